@@ -1,0 +1,1 @@
+//! courier's PostgreSQL store: pool with client-aligned timeouts, once-only migrations, the lease protocol.

@@ -1,0 +1,1 @@
+//! Test-only helpers: a database per test, unique topics, a recording HTTP destination.

@@ -1,0 +1,1 @@
+//! The delivery runtime: plan, lease, read, deliver, checkpoint, renew, drain.
