@@ -1,1 +1,37 @@
-//! courier's PostgreSQL store: pool with client-aligned timeouts, once-only migrations, the lease protocol.
+//! courier's PostgreSQL store: the single source of truth for delivery progress.
+//!
+//! Kafka holds the data, workers hold nothing that cannot be lost, and this crate holds every fact about
+//! progress: which ranges exist, who leases them under which epoch, what is done or failed.
+//!
+//! # Layout
+//! - [`config`]: [`StoreConfig`] and the client-aligned [`Timeouts`] (the server gives up before the
+//!   client does), validated at startup.
+//! - [`pool`]: the connection pool that sets those limits on every connection, and the client deadline
+//!   around every call.
+//! - [`migrate`]: the embedded, forward-only, once-only migration runner. The only place with DDL.
+//! - [`protocol`]: the lease protocol: register, plan, lease, renew, checkpoint, fail, release, advance
+//!   watermarks, compact, replay, workers and shared `Retry-After`.
+//! - [`error`]: [`StoreError`], whose variants decide what the caller does next and whose messages say
+//!   what to do at 2 a.m.
+//!
+//! # Rules this crate keeps
+//! - No transaction spans network I/O to Kafka or a destination: every call here is a few statements.
+//! - Every query is parameterised.
+//! - A connection whose call outlived the client deadline is thrown away, never handed out again.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod error;
+pub mod migrate;
+pub mod pool;
+pub mod protocol;
+
+pub use config::{StoreConfig, Timeouts};
+pub use error::{Result, StoreError};
+pub use migrate::{MigrationReport, Migrator, SchemaVersion};
+pub use pool::Store;
+pub use protocol::{
+    FailOutcome, LeaseRequest, PartitionProgress, PlanOutcome, PlanRequest, ReplayFilter,
+    ReplayAudit, ReplayOutcome, RouteSpec,
+};

@@ -1,0 +1,228 @@
+//! The connection pool: client-aligned limits on every connection, a client deadline around every call.
+//!
+//! Every pooled connection is opened with the server-side limits of [`Timeouts`] as connection
+//! `options`, so they hold from the first statement and show as `source = client` in `pg_settings`.
+//! Every call runs under the client deadline; a call that outlives it loses its connection (it is
+//! detached from the pool and closed), so a connection stuck behind a lock or inside an abandoned
+//! transaction is never handed to the next caller. Returned connections are recycled with a `ROLLBACK`,
+//! so none is ever handed out inside a transaction, broken or not.
+
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::{
+    ClientWrapper, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
+use futures::future::BoxFuture;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+use crate::config::{StoreConfig, Timeouts};
+use crate::error::{Result, StoreError};
+
+/// A handle on the store: cheap to clone, shared by every task of a process.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    pg_config: tokio_postgres::Config,
+    timeouts: Timeouts,
+    target: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the URL: it carries the password.
+        f.debug_struct("Store").field("target", &self.target).finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Validates `config`, opens the pool and makes one round trip, so a wrong URL, a wrong password or a
+    /// server that is down is reported here, once, clearly.
+    pub async fn connect(config: &StoreConfig) -> Result<Self> {
+        let (pg_config, target) = pg_config(config)?;
+        let timeouts = config.timeouts.clone();
+        let manager = Manager::from_config(
+            pg_config.clone(),
+            NoTls,
+            ManagerConfig {
+                // A ROLLBACK on every checkout: whatever a cancelled caller left open is closed before the
+                // connection is handed out again. Outside a transaction it is a no-op with a warning.
+                recycling_method: RecyclingMethod::Custom("ROLLBACK".into()),
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .wait_timeout(Some(timeouts.pool_wait))
+            .create_timeout(Some(timeouts.pool_create))
+            .recycle_timeout(Some(timeouts.pool_recycle))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Config(format!("cannot build the store pool: {e}")))?;
+        let store = Self { pool, pg_config, timeouts, target };
+        store
+            .run("connect", |client| {
+                Box::pin(async move {
+                    client.simple_query("SELECT 1").await.map_err(|e| StoreError::from_db("connect", e))?;
+                    Ok(())
+                })
+            })
+            .await?;
+        Ok(store)
+    }
+
+    /// The timeouts this store was opened with.
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
+    }
+
+    /// `host:port/database`, safe to print (no password).
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Runs `call` on a pooled connection under the client deadline.
+    ///
+    /// If the deadline passes, the call is abandoned and its connection detached and closed: the server
+    /// sees the client leave (and `client_connection_check_interval` ends a backend still waiting on a lock).
+    pub async fn run<T, F>(&self, operation: &'static str, call: F) -> Result<T>
+    where
+        F: for<'c> FnOnce(&'c mut ClientWrapper) -> BoxFuture<'c, Result<T>>,
+    {
+        let deadline = self.timeouts.client_deadline;
+        let started = Instant::now();
+        let mut client = match tokio::time::timeout(deadline, self.pool.get()).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(error)) => return Err(self.pool_error(operation, error)),
+            Err(_) => return Err(StoreError::Deadline { operation, deadline }),
+        };
+        let remaining = deadline.saturating_sub(started.elapsed());
+        let outcome = tokio::time::timeout(remaining, call(&mut client)).await;
+        match outcome {
+            Ok(Err(error)) if connection_is_suspect(&error) => {
+                drop(Object::take(client));
+                Err(error)
+            }
+            Ok(result) => result,
+            Err(_) => {
+                drop(Object::take(client));
+                Err(StoreError::Deadline { operation, deadline })
+            }
+        }
+    }
+
+    /// A connection outside the pool, with the same limits, for work that must not share a session
+    /// (the migration runner, tests that hold locks on purpose). Dropping the client closes it.
+    pub async fn dedicated_connection(&self) -> Result<tokio_postgres::Client> {
+        connect_dedicated(&self.pg_config, &self.target).await
+    }
+
+    fn pool_error(&self, operation: &'static str, error: PoolError) -> StoreError {
+        match error {
+            PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => StoreError::PoolExhausted { operation },
+            PoolError::Timeout(_) => StoreError::Unreachable {
+                target: self.target.clone(),
+                detail: format!("no connection within {:?}", self.timeouts.pool_create),
+            },
+            PoolError::Backend(error) => connect_error(&self.target, error),
+            other => StoreError::Unreachable { target: self.target.clone(), detail: other.to_string() },
+        }
+    }
+}
+
+/// After these errors the session may be in an unknown state (a statement still running, a transaction
+/// open): the connection is discarded rather than recycled.
+fn connection_is_suspect(error: &StoreError) -> bool {
+    matches!(error, StoreError::StatementTimeout { .. })
+        || matches!(error, StoreError::Database { source, .. } if source.is_closed())
+}
+
+/// Validates `config` and builds the driver configuration every courier connection uses: the
+/// server-side limits as `options`, client keepalives, a connect timeout. Also returns the printable target.
+pub(crate) fn pg_config(config: &StoreConfig) -> Result<(tokio_postgres::Config, String)> {
+    config.validate()?;
+    let mut pg_config: tokio_postgres::Config = config.url.parse().map_err(|e| {
+        StoreError::Config(format!(
+            "store.url is not a valid PostgreSQL URL ({e}); expected postgres://USER:PASSWORD@HOST:PORT/DATABASE"
+        ))
+    })?;
+    let timeouts = &config.timeouts;
+    pg_config
+        .application_name(&config.application_name)
+        .options(timeouts.server_options())
+        .connect_timeout(timeouts.pool_create)
+        // The client also watches the server: a dead store is found by keepalives, not by waiting.
+        .keepalives(true)
+        .keepalives_idle(timeouts.tcp_keepalives_idle)
+        .keepalives_interval(timeouts.tcp_keepalives_interval)
+        .keepalives_retries(timeouts.tcp_keepalives_count)
+        .tcp_user_timeout(timeouts.tcp_user_timeout);
+    let target = describe_target(&pg_config);
+    Ok((pg_config, target))
+}
+
+/// Opens one connection outside any pool, with the same limits as pooled ones.
+pub(crate) async fn connect_dedicated(
+    pg_config: &tokio_postgres::Config,
+    target: &str,
+) -> Result<tokio_postgres::Client> {
+    let (client, connection) = pg_config.connect(NoTls).await.map_err(|e| connect_error(target, e))?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "Dedicated store connection ended.");
+        }
+    });
+    Ok(client)
+}
+
+/// Turns a failure to connect into the error that tells the operator what to fix.
+pub(crate) fn connect_error(target: &str, error: tokio_postgres::Error) -> StoreError {
+    let target = target.to_owned();
+    match error.code() {
+        Some(code)
+            if *code == SqlState::INVALID_PASSWORD
+                || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
+        {
+            StoreError::Authentication { target, detail: db_message(&error) }
+        }
+        Some(code) if *code == SqlState::INVALID_CATALOG_NAME => StoreError::Unreachable {
+            target,
+            detail: format!("{} (create it, or fix the database name in the URL)", db_message(&error)),
+        },
+        _ => StoreError::Unreachable { target, detail: db_message(&error) },
+    }
+}
+
+fn db_message(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => db.message().to_owned(),
+        None => {
+            let mut text = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            text
+        }
+    }
+}
+
+fn describe_target(config: &tokio_postgres::Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|host| match host {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let database = config.get_dbname().or(config.get_user()).unwrap_or("postgres");
+    format!("{host}:{port}/{database}")
+}
+
+/// Converts a duration to the whole milliseconds PostgreSQL takes for interval arithmetic.
+pub(crate) fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,760 @@
+//! The lease protocol: how ranges are carved, claimed, kept, settled and replayed.
+//!
+//! Each function is one short transaction (most are one statement). None waits on Kafka or a
+//! destination: a worker leases, lets go of the connection, does its network I/O, and comes back with the
+//! lease's epoch. Every report (renew, checkpoint, fail, release) is a compare-and-set on that epoch, so a
+//! worker whose lease expired and was taken over changes nothing: it is *fenced*.
+//!
+//! Watermarks are advanced lazily by [`Store::advance_watermarks`] (the planner calls it every tick),
+//! not inside each checkpoint: the per-partition row would otherwise be a lock every checkpoint of the
+//! partition queues on.
+
+use std::time::Duration;
+
+use courier_core::{
+    carve, CheckpointOutcome, Epoch, Lease, Offset, OffsetRange, Ordering, Partition, RangeKind,
+};
+use tokio_postgres::Row;
+
+use crate::error::{Result, StoreError};
+use crate::pool::{millis, Store};
+
+/// A route as configured: its name, source topic and destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub name: String,
+    pub topic: String,
+    pub destination: String,
+}
+
+/// One planner step for one partition.
+#[derive(Debug, Clone)]
+pub struct PlanRequest {
+    pub route: String,
+    pub partition: Partition,
+    /// Kafka's high watermark: the offset of the next message to be written.
+    pub high_watermark: Offset,
+    pub range_size: u32,
+    /// Cap on ranges carved in this step, so a partition far behind is planned over several short
+    /// transactions and the un-leased backlog stays bounded.
+    pub max_new_ranges: usize,
+    /// A tail shorter than `range_size` is carved once it has waited this long (0: at once).
+    pub max_tail_age: Duration,
+}
+
+/// What a planner step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanOutcome {
+    pub carved: usize,
+    pub frontier: Offset,
+}
+
+/// A worker asking for work.
+#[derive(Debug, Clone)]
+pub struct LeaseRequest {
+    pub route: String,
+    /// The worker id recorded as `lease_owner`.
+    pub owner: String,
+    /// At most this many ranges.
+    pub max_ranges: usize,
+    pub ttl: Duration,
+    pub ordering: Ordering,
+    /// Live work or replays: replays are leased separately so they run on their own budget.
+    pub kind: RangeKind,
+}
+
+/// What became of a failure report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailOutcome {
+    /// Back to `pending`, to be leased again after the backoff.
+    Retrying,
+    /// Failed for good (permanent error, or out of attempts): listed, alerted on, replayable.
+    Failed,
+    /// The lease was lost; nothing changed.
+    Fenced,
+}
+
+/// Progress of one partition of a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionProgress {
+    pub partition: Partition,
+    pub initial_offset: Offset,
+    /// Next offset not yet carved into a range.
+    pub frontier: Offset,
+    /// Every live range below it is settled.
+    pub watermark: Offset,
+}
+
+/// Which failed ranges to replay.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayFilter {
+    pub partition: Option<Partition>,
+    /// Only ranges whose `last_error` contains this text (case-insensitive).
+    pub error_contains: Option<String>,
+}
+
+/// The ranges a replay (re)queued, or would have with `dry_run`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayOutcome {
+    /// The audit row; `None` for a dry run.
+    pub replay_id: Option<i64>,
+    pub ranges: Vec<(Partition, OffsetRange)>,
+}
+
+/// Who asks for a replay and why: both are recorded.
+#[derive(Debug, Clone)]
+pub struct ReplayAudit {
+    pub requested_by: String,
+    pub reason: String,
+    pub dry_run: bool,
+}
+
+fn db(operation: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
+    move |e| StoreError::from_db(operation, e)
+}
+
+fn invalid(operation: &'static str, message: String) -> StoreError {
+    StoreError::Invalid { operation, message }
+}
+
+fn epoch_outcome(rows: u64) -> CheckpointOutcome {
+    if rows == 1 {
+        CheckpointOutcome::Applied
+    } else {
+        CheckpointOutcome::Fenced
+    }
+}
+
+impl Store {
+    /// Records a route, or checks that the recorded one still reads the same topic. Progress is offsets
+    /// of one topic: pointing an existing route at another topic would deliver the wrong messages.
+    pub async fn ensure_route(&self, route: &RouteSpec) -> Result<()> {
+        let route = route.clone();
+        self.run("ensure route", move |c| {
+            Box::pin(async move {
+                let row = c
+                    .query_one(
+                        "INSERT INTO courier_routes (name, topic, destination) VALUES ($1, $2, $3)
+                         ON CONFLICT (name) DO UPDATE SET destination = EXCLUDED.destination
+                         RETURNING topic",
+                        &[&route.name, &route.topic, &route.destination],
+                    )
+                    .await
+                    .map_err(db("ensure route"))?;
+                let recorded: String = row.get(0);
+                if recorded != route.topic {
+                    return Err(invalid(
+                        "ensure route",
+                        format!(
+                            "route {:?} is recorded with topic {recorded:?} but configured with topic {:?}; its progress is \
+                             offsets of {recorded:?} and would be wrong for another topic. Give the new pairing a new route name.",
+                            route.name, route.topic
+                        ),
+                    ));
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Registers partitions of a route with the offset each starts from. Known partitions keep their
+    /// progress: the initial offset only matters the first time.
+    pub async fn ensure_partitions(&self, route: &str, initial: &[(Partition, Offset)]) -> Result<()> {
+        let route = route.to_owned();
+        let partitions: Vec<i32> = initial.iter().map(|(p, _)| *p).collect();
+        let offsets: Vec<i64> = initial.iter().map(|(_, o)| *o).collect();
+        if let Some(offset) = offsets.iter().find(|o| **o < 0) {
+            return Err(invalid("ensure partitions", format!("initial offset {offset} is negative")));
+        }
+        self.run("ensure partitions", move |c| {
+            Box::pin(async move {
+                c.execute(
+                    "INSERT INTO courier_partitions (route, partition, initial_offset, frontier, watermark)
+                     SELECT $1, p, o, o, o FROM unnest($2::int[], $3::bigint[]) AS t (p, o)
+                     ON CONFLICT (route, partition) DO NOTHING",
+                    &[&route, &partitions, &offsets],
+                )
+                .await
+                .map_err(db("ensure partitions"))?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Frontier and watermark of every partition of a route.
+    pub async fn partitions(&self, route: &str) -> Result<Vec<PartitionProgress>> {
+        let route = route.to_owned();
+        self.run("read partitions", move |c| {
+            Box::pin(async move {
+                let rows = c
+                    .query(
+                        "SELECT partition, initial_offset, frontier, watermark FROM courier_partitions
+                         WHERE route = $1 ORDER BY partition",
+                        &[&route],
+                    )
+                    .await
+                    .map_err(db("read partitions"))?;
+                Ok(rows
+                    .iter()
+                    .map(|r| PartitionProgress {
+                        partition: r.get(0),
+                        initial_offset: r.get(1),
+                        frontier: r.get(2),
+                        watermark: r.get(3),
+                    })
+                    .collect())
+            })
+        })
+        .await
+    }
+
+    /// Carves new ranges from the frontier towards Kafka's high watermark and advances the frontier, in
+    /// one short transaction. Concurrent planners serialise on the partition row and never overlap.
+    pub async fn plan(&self, request: &PlanRequest) -> Result<PlanOutcome> {
+        const OP: &str = "plan";
+        let request = request.clone();
+        self.run(OP, move |c| {
+            Box::pin(async move {
+                let tx = c.transaction().await.map_err(db(OP))?;
+                let row = tx
+                    .query_opt(
+                        "SELECT frontier,
+                                tail_seen_at IS NOT NULL
+                                  AND now() - tail_seen_at >= $3::bigint * interval '1 millisecond',
+                                tail_seen_at IS NOT NULL
+                         FROM courier_partitions WHERE route = $1 AND partition = $2 FOR UPDATE",
+                        &[&request.route, &request.partition, &millis(request.max_tail_age)],
+                    )
+                    .await
+                    .map_err(db(OP))?
+                    .ok_or_else(|| {
+                        invalid(
+                            OP,
+                            format!(
+                                "partition {} of route {:?} is not registered; the worker registers partitions at start",
+                                request.partition, request.route
+                            ),
+                        )
+                    })?;
+                let frontier: i64 = row.get(0);
+                let tail_due = request.max_tail_age.is_zero() || row.get::<_, bool>(1);
+                let tail_seen: bool = row.get(2);
+                if request.high_watermark < frontier {
+                    return Err(invalid(
+                        OP,
+                        format!(
+                            "Kafka's high watermark {} for route {:?} partition {} is below courier's frontier {frontier}: the \
+                             topic was deleted and recreated, or this is another cluster. courier never moves progress \
+                             backwards; check the brokers and topic, and see docs/runbooks/lag.md",
+                            request.high_watermark, request.route, request.partition
+                        ),
+                    ));
+                }
+                let mut ranges = carve(frontier, request.high_watermark, request.range_size, request.max_new_ranges, false);
+                let carved_to = ranges.last().map_or(frontier, OffsetRange::end);
+                let tail_waiting = carved_to < request.high_watermark && ranges.len() < request.max_new_ranges;
+                let mut seen_now = false;
+                if tail_waiting {
+                    if tail_due {
+                        ranges.extend(carve(carved_to, request.high_watermark, request.range_size, 1, true));
+                    } else {
+                        seen_now = !tail_seen || !ranges.is_empty();
+                    }
+                }
+                let new_frontier = ranges.last().map_or(frontier, OffsetRange::end);
+                let starts: Vec<i64> = ranges.iter().map(OffsetRange::start).collect();
+                let ends: Vec<i64> = ranges.iter().map(OffsetRange::end).collect();
+                if !ranges.is_empty() {
+                    tx.execute(
+                        "INSERT INTO courier_ranges (route, partition, start_offset, end_offset)
+                         SELECT $1, $2, s, e FROM unnest($3::bigint[], $4::bigint[]) AS t (s, e)
+                         ON CONFLICT (route, partition, start_offset) WHERE kind = 'live' DO NOTHING",
+                        &[&request.route, &request.partition, &starts, &ends],
+                    )
+                    .await
+                    .map_err(db(OP))?;
+                }
+                // tail_seen_at: set when a short tail is first seen waiting, kept while it waits, cleared
+                // once nothing short is waiting.
+                tx.execute(
+                    "UPDATE courier_partitions
+                     SET frontier = $3,
+                         tail_seen_at = CASE WHEN $4 THEN now() WHEN $5 THEN tail_seen_at ELSE NULL END,
+                         updated_at = now()
+                     WHERE route = $1 AND partition = $2",
+                    &[&request.route, &request.partition, &new_frontier, &seen_now, &(tail_waiting && !tail_due)],
+                )
+                .await
+                .map_err(db(OP))?;
+                tx.commit().await.map_err(db(OP))?;
+                Ok(PlanOutcome { carved: ranges.len(), frontier: new_frontier })
+            })
+        })
+        .await
+    }
+
+    /// Claims up to `max_ranges` ranges: pending ones whose backoff has passed, and leased ones whose lease
+    /// expired. Each claim bumps the epoch. Rows another worker is claiming right now are skipped, not
+    /// waited on. With [`Ordering::Partition`], only the lowest unsettled live range of each partition is
+    /// eligible, so a partition has at most one range in flight and is delivered in offset order.
+    pub async fn lease(&self, request: &LeaseRequest) -> Result<Vec<Lease>> {
+        const OP: &str = "lease";
+        let request = request.clone();
+        let ordered = request.ordering == Ordering::Partition && request.kind == RangeKind::Live;
+        // The eligibility test appears twice in the ordered form: once to find the partition heads, once
+        // after locking, where PostgreSQL re-checks it against the row's latest version.
+        let eligible = "((r.state = 'pending' AND r.not_before <= now())
+                          OR (r.state = 'leased' AND r.lease_expires_at <= now()))";
+        let candidates = if ordered {
+            format!(
+                "SELECT r.id FROM courier_ranges r
+                 WHERE r.id IN (
+                     SELECT head.id FROM courier_partitions p
+                     CROSS JOIN LATERAL (
+                         SELECT h.id FROM courier_ranges h
+                         WHERE h.route = p.route AND h.partition = p.partition AND h.kind = 'live'
+                           AND h.state IN ('pending', 'leased')
+                         ORDER BY h.start_offset LIMIT 1
+                     ) head
+                     WHERE p.route = $1)
+                   AND {eligible}
+                 ORDER BY r.id LIMIT $2
+                 FOR UPDATE OF r SKIP LOCKED"
+            )
+        } else {
+            format!(
+                "SELECT r.id FROM courier_ranges r
+                 WHERE r.route = $1 AND r.kind = $5 AND r.state IN ('pending', 'leased') AND {eligible}
+                 ORDER BY r.id LIMIT $2
+                 FOR UPDATE SKIP LOCKED"
+            )
+        };
+        let sql = format!(
+            "WITH picked AS ({candidates})
+             UPDATE courier_ranges r
+             SET state = 'leased', epoch = r.epoch + 1, lease_owner = $3,
+                 lease_expires_at = now() + $4::bigint * interval '1 millisecond',
+                 attempts = r.attempts + 1, updated_at = now()
+             FROM picked WHERE r.id = picked.id
+             RETURNING r.id, r.partition, r.start_offset, r.end_offset, r.epoch, r.attempts, r.kind"
+        );
+        let limit = i64::try_from(request.max_ranges).unwrap_or(i64::MAX);
+        self.run(OP, move |c| {
+            Box::pin(async move {
+                let statement = c.prepare_cached(&sql).await.map_err(db(OP))?;
+                let kind = request.kind.as_str();
+                let ttl = millis(request.ttl);
+                let rows = if ordered {
+                    c.query(&statement, &[&request.route, &limit, &request.owner, &ttl]).await
+                } else {
+                    c.query(&statement, &[&request.route, &limit, &request.owner, &ttl, &kind]).await
+                }
+                .map_err(db(OP))?;
+                rows.iter().map(|row| lease_from_row(&request.route, row)).collect()
+            })
+        })
+        .await
+    }
+
+    /// Extends a lease still held under `lease.epoch`.
+    pub async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<CheckpointOutcome> {
+        let (id, epoch) = (lease.id, lease.epoch.0);
+        self.execute_fenced(
+            "renew",
+            "UPDATE courier_ranges SET lease_expires_at = now() + $3::bigint * interval '1 millisecond', updated_at = now()
+             WHERE id = $1 AND epoch = $2 AND state = 'leased'",
+            id,
+            epoch,
+            Some(millis(ttl)),
+        )
+        .await
+    }
+
+    /// Marks a leased range done: a compare-and-set on the epoch. `Fenced` means the lease was lost and
+    /// another worker has (or will have) delivered the range: count it, never retry it.
+    pub async fn checkpoint(&self, lease: &Lease) -> Result<CheckpointOutcome> {
+        self.execute_fenced(
+            "checkpoint",
+            "UPDATE courier_ranges SET state = 'done', lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+             WHERE id = $1 AND epoch = $2 AND state = 'leased'",
+            lease.id,
+            lease.epoch.0,
+            None,
+        )
+        .await
+    }
+
+    /// Gives a lease back untouched (graceful shutdown): the range is pending again at once and the
+    /// attempt is not counted.
+    pub async fn release(&self, lease: &Lease) -> Result<CheckpointOutcome> {
+        self.execute_fenced(
+            "release",
+            "UPDATE courier_ranges SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL,
+                    attempts = GREATEST(attempts - 1, 0), not_before = now(), updated_at = now()
+             WHERE id = $1 AND epoch = $2 AND state = 'leased'",
+            lease.id,
+            lease.epoch.0,
+            None,
+        )
+        .await
+    }
+
+    async fn execute_fenced(
+        &self,
+        operation: &'static str,
+        sql: &'static str,
+        id: i64,
+        epoch: i64,
+        ttl_millis: Option<i64>,
+    ) -> Result<CheckpointOutcome> {
+        self.run(operation, move |c| {
+            Box::pin(async move {
+                let statement = c.prepare_cached(sql).await.map_err(db(operation))?;
+                let rows = match ttl_millis {
+                    Some(ttl) => c.execute(&statement, &[&id, &epoch, &ttl]).await,
+                    None => c.execute(&statement, &[&id, &epoch]).await,
+                }
+                .map_err(db(operation))?;
+                Ok(epoch_outcome(rows))
+            })
+        })
+        .await
+    }
+
+    /// Reports a failed delivery. A retryable failure puts the range back with `not_before = now() +
+    /// backoff`, unless it has been leased `max_attempts` times; a permanent one fails it at once. The
+    /// reason is kept in `last_error` either way.
+    pub async fn fail(
+        &self,
+        lease: &Lease,
+        reason: &str,
+        permanent: bool,
+        backoff: Duration,
+        max_attempts: i32,
+    ) -> Result<FailOutcome> {
+        const OP: &str = "fail";
+        let (id, epoch) = (lease.id, lease.epoch.0);
+        // Bounded: a destination answering a megabyte of HTML must not bloat the hot table.
+        let reason: String = reason.chars().take(2000).collect();
+        let backoff = millis(backoff);
+        self.run(OP, move |c| {
+            Box::pin(async move {
+                let statement = c
+                    .prepare_cached(
+                        "UPDATE courier_ranges
+                         SET state = CASE WHEN $3 OR attempts >= $4 THEN 'failed' ELSE 'pending' END,
+                             not_before = now() + $5::bigint * interval '1 millisecond',
+                             last_error = $6, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+                         WHERE id = $1 AND epoch = $2 AND state = 'leased'
+                         RETURNING state",
+                    )
+                    .await
+                    .map_err(db(OP))?;
+                let row = c
+                    .query_opt(&statement, &[&id, &epoch, &permanent, &max_attempts, &backoff, &reason])
+                    .await
+                    .map_err(db(OP))?;
+                Ok(match row.map(|r| r.get::<_, String>(0)) {
+                    None => FailOutcome::Fenced,
+                    Some(state) if state == "failed" => FailOutcome::Failed,
+                    Some(_) => FailOutcome::Retrying,
+                })
+            })
+        })
+        .await
+    }
+
+    /// Moves each partition's watermark over its contiguous prefix of settled live ranges. Never
+    /// backwards: a replayed range below the watermark does not pull it back.
+    pub async fn advance_watermarks(&self, route: &str) -> Result<Vec<PartitionProgress>> {
+        const OP: &str = "advance watermarks";
+        let route = route.to_owned();
+        self.run(OP, move |c| {
+            Box::pin(async move {
+                let rows = c
+                    .query(
+                        "WITH next AS (
+                             SELECT p.route, p.partition,
+                                    COALESCE((SELECT min(r.start_offset) FROM courier_ranges r
+                                              WHERE r.route = p.route AND r.partition = p.partition
+                                                AND r.kind = 'live' AND r.state IN ('pending', 'leased')
+                                                AND r.start_offset >= p.watermark),
+                                             p.frontier) AS watermark
+                             FROM courier_partitions p WHERE p.route = $1)
+                         UPDATE courier_partitions p SET watermark = next.watermark, updated_at = now()
+                         FROM next
+                         WHERE p.route = next.route AND p.partition = next.partition
+                           AND next.watermark > p.watermark
+                         RETURNING p.partition, p.initial_offset, p.frontier, p.watermark",
+                        &[&route],
+                    )
+                    .await
+                    .map_err(db(OP))?;
+                Ok(rows
+                    .iter()
+                    .map(|r| PartitionProgress {
+                        partition: r.get(0),
+                        initial_offset: r.get(1),
+                        frontier: r.get(2),
+                        watermark: r.get(3),
+                    })
+                    .collect())
+            })
+        })
+        .await
+    }
+
+    /// Deletes up to `limit` done ranges that no longer matter: live ones wholly below the watermark, and
+    /// finished replays. Failed ranges stay until replayed. Returns how many rows went.
+    pub async fn compact(&self, route: &str, limit: i64) -> Result<u64> {
+        const OP: &str = "compact";
+        let route = route.to_owned();
+        self.run(OP, move |c| {
+            Box::pin(async move {
+                c.execute(
+                    "DELETE FROM courier_ranges WHERE id IN (
+                         SELECT r.id FROM courier_ranges r
+                         JOIN courier_partitions p ON p.route = r.route AND p.partition = r.partition
+                         WHERE r.route = $1 AND r.state = 'done'
+                           AND (r.kind = 'replay' OR r.end_offset <= p.watermark)
+                         LIMIT $2)",
+                    &[&route, &limit],
+                )
+                .await
+                .map_err(db(OP))
+            })
+        })
+        .await
+    }
+
+    /// Puts failed ranges of a route back to `pending` (attempts reset), audited in `courier_replays`.
+    /// The watermark does not move: the ranges are redelivered below it.
+    pub async fn replay_failed(&self, route: &str, filter: &ReplayFilter, audit: &ReplayAudit) -> Result<ReplayOutcome> {
+        const OP: &str = "replay failed ranges";
+        let route = route.to_owned();
+        let filter = filter.clone();
+        let audit = audit.clone();
+        self.run(OP, move |c| {
+            Box::pin(async move {
+                let tx = c.transaction().await.map_err(db(OP))?;
+                let rows = tx
+                    .query(
+                        "SELECT id, partition, start_offset, end_offset FROM courier_ranges
+                         WHERE route = $1 AND state = 'failed'
+                           AND ($2::int IS NULL OR partition = $2)
+                           AND ($3::text IS NULL OR last_error ILIKE '%' || $3 || '%')
+                         ORDER BY partition, start_offset
+                         FOR UPDATE",
+                        &[&route, &filter.partition, &filter.error_contains],
+                    )
+                    .await
+                    .map_err(db(OP))?;
+                let mut outcome = ReplayOutcome::default();
+                let mut ids = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    ids.push(row.get::<_, i64>(0));
+                    let range = OffsetRange::new(row.get(2), row.get(3)).map_err(|e| invalid(OP, e.to_string()))?;
+                    outcome.ranges.push((row.get(1), range));
+                }
+                if audit.dry_run || ids.is_empty() {
+                    return Ok(outcome);
+                }
+                let replay_id = insert_audit(&tx, &route, filter.partition, None, ids.len(), &audit).await?;
+                tx.execute(
+                    "UPDATE courier_ranges SET state = 'pending', attempts = 0, not_before = now(), replay_id = $2,
+                            updated_at = now()
+                     WHERE id = ANY($1)",
+                    &[&ids, &replay_id],
+                )
+                .await
+                .map_err(db(OP))?;
+                tx.commit().await.map_err(db(OP))?;
+                outcome.replay_id = Some(replay_id);
+                Ok(outcome)
+            })
+        })
+        .await
+    }
+
+    /// Queues any already-planned window `[start, end)` of a partition for delivery again, even if it was
+    /// delivered, as replay ranges of `range_size` offsets. Refuses a window beyond the frontier (not
+    /// planned yet: it will be delivered anyway), naming the valid window.
+    pub async fn replay_window(
+        &self,
+        route: &str,
+        partition: Partition,
+        window: OffsetRange,
+        range_size: u32,
+        audit: &ReplayAudit,
+    ) -> Result<ReplayOutcome> {
+        const OP: &str = "replay window";
+        let route = route.to_owned();
+        let audit = audit.clone();
+        self.run(OP, move |c| {
+            Box::pin(async move {
+                let tx = c.transaction().await.map_err(db(OP))?;
+                let row = tx
+                    .query_opt(
+                        "SELECT frontier FROM courier_partitions WHERE route = $1 AND partition = $2",
+                        &[&route, &partition],
+                    )
+                    .await
+                    .map_err(db(OP))?
+                    .ok_or_else(|| {
+                        invalid(OP, format!("route {route:?} has no partition {partition}; `courier status` lists them"))
+                    })?;
+                let frontier: i64 = row.get(0);
+                if window.end() > frontier {
+                    return Err(invalid(
+                        OP,
+                        format!(
+                            "window {window} of route {route:?} partition {partition} reaches past what has been planned \
+                             (offsets below {frontier}); replay a window inside [0, {frontier}), or wait: newer offsets \
+                             are delivered anyway"
+                        ),
+                    ));
+                }
+                let ranges = carve(window.start(), window.end(), range_size, usize::MAX, true);
+                let outcome_ranges: Vec<(Partition, OffsetRange)> = ranges.iter().map(|r| (partition, *r)).collect();
+                if audit.dry_run {
+                    return Ok(ReplayOutcome { replay_id: None, ranges: outcome_ranges });
+                }
+                let replay_id = insert_audit(&tx, &route, Some(partition), Some(window), ranges.len(), &audit).await?;
+                let starts: Vec<i64> = ranges.iter().map(OffsetRange::start).collect();
+                let ends: Vec<i64> = ranges.iter().map(OffsetRange::end).collect();
+                tx.execute(
+                    "INSERT INTO courier_ranges (route, partition, start_offset, end_offset, kind, replay_id)
+                     SELECT $1, $2, s, e, 'replay', $5 FROM unnest($3::bigint[], $4::bigint[]) AS t (s, e)",
+                    &[&route, &partition, &starts, &ends, &replay_id],
+                )
+                .await
+                .map_err(db(OP))?;
+                tx.commit().await.map_err(db(OP))?;
+                Ok(ReplayOutcome { replay_id: Some(replay_id), ranges: outcome_ranges })
+            })
+        })
+        .await
+    }
+
+    /// Records a worker process (who runs what version since when) or refreshes its heartbeat.
+    pub async fn heartbeat(&self, worker_id: &str, host: &str, pid: u32, version: &str) -> Result<()> {
+        const OP: &str = "worker heartbeat";
+        let (id, host, version) = (worker_id.to_owned(), host.to_owned(), version.to_owned());
+        let pid = i32::try_from(pid).unwrap_or(i32::MAX);
+        self.run(OP, move |c| {
+            Box::pin(async move {
+                c.execute(
+                    "INSERT INTO courier_workers (id, host, pid, version) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), stopped_at = NULL",
+                    &[&id, &host, &pid, &version],
+                )
+                .await
+                .map_err(db(OP))?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Marks a worker as stopped after a graceful drain.
+    pub async fn worker_stopped(&self, worker_id: &str) -> Result<()> {
+        const OP: &str = "worker stopped";
+        let id = worker_id.to_owned();
+        self.run(OP, move |c| {
+            Box::pin(async move {
+                c.execute("UPDATE courier_workers SET stopped_at = now() WHERE id = $1", &[&id])
+                    .await
+                    .map_err(db(OP))?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Asks every worker to hold off `destination` for `wait` (a `Retry-After`). Never shortens a wait
+    /// already recorded.
+    pub async fn defer_destination(&self, destination: &str, wait: Duration, reason: &str) -> Result<()> {
+        const OP: &str = "defer destination";
+        let (name, reason, wait) = (destination.to_owned(), reason.to_owned(), millis(wait));
+        self.run(OP, move |c| {
+            Box::pin(async move {
+                c.execute(
+                    "INSERT INTO courier_destinations (name, not_before, reason)
+                     VALUES ($1, now() + $2::bigint * interval '1 millisecond', $3)
+                     ON CONFLICT (name) DO UPDATE
+                     SET not_before = GREATEST(courier_destinations.not_before, EXCLUDED.not_before),
+                         reason = EXCLUDED.reason, updated_at = now()",
+                    &[&name, &wait, &reason],
+                )
+                .await
+                .map_err(db(OP))?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// How long every worker must still hold off `destination`, if at all.
+    pub async fn destination_wait(&self, destination: &str) -> Result<Option<Duration>> {
+        const OP: &str = "read destination wait";
+        let name = destination.to_owned();
+        self.run(OP, move |c| {
+            Box::pin(async move {
+                let row = c
+                    .query_opt(
+                        "SELECT (EXTRACT(EPOCH FROM (not_before - now())) * 1000)::bigint
+                         FROM courier_destinations WHERE name = $1 AND not_before > now()",
+                        &[&name],
+                    )
+                    .await
+                    .map_err(db(OP))?;
+                Ok(row.map(|r| Duration::from_millis(u64::try_from(r.get::<_, i64>(0)).unwrap_or(0))))
+            })
+        })
+        .await
+    }
+}
+
+async fn insert_audit(
+    tx: &deadpool_postgres::Transaction<'_>,
+    route: &str,
+    partition: Option<Partition>,
+    window: Option<OffsetRange>,
+    ranges: usize,
+    audit: &ReplayAudit,
+) -> Result<i64> {
+    let ranges = i32::try_from(ranges).unwrap_or(i32::MAX);
+    let row = tx
+        .query_one(
+            "INSERT INTO courier_replays (route, partition, start_offset, end_offset, ranges, requested_by, reason)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            &[
+                &route,
+                &partition,
+                &window.map(|w| w.start()),
+                &window.map(|w| w.end()),
+                &ranges,
+                &audit.requested_by,
+                &audit.reason,
+            ],
+        )
+        .await
+        .map_err(db("record replay"))?;
+    Ok(row.get(0))
+}
+
+fn lease_from_row(route: &str, row: &Row) -> Result<Lease> {
+    let range = OffsetRange::new(row.get(2), row.get(3)).map_err(|e| invalid("lease", e.to_string()))?;
+    let kind: String = row.get(6);
+    Ok(Lease {
+        id: row.get(0),
+        route: route.to_owned(),
+        partition: row.get(1),
+        range,
+        epoch: Epoch(row.get(4)),
+        attempts: row.get(5),
+        kind: kind.parse().map_err(|e: String| invalid("lease", e))?,
+    })
+}
