@@ -86,12 +86,26 @@ pub enum StoreError {
     #[error("{operation}: {message}")]
     Invalid { operation: &'static str, message: String },
 
-    #[error("{operation}: {source}{}", hint(source))]
+    #[error("{operation}: {}{}", describe(source), hint(source))]
     Database {
         operation: &'static str,
         #[source]
         source: tokio_postgres::Error,
     },
+}
+
+/// The driver's own `Display` says only "db error" for server errors: show the server's words instead.
+fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => {
+            let mut text = format!("{} ({}): {}", db.severity(), db.code().code(), db.message());
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!("; {detail}"));
+            }
+            text
+        }
+        None => error.to_string(),
+    }
 }
 
 fn hint(error: &tokio_postgres::Error) -> &'static str {

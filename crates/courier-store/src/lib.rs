@@ -30,7 +30,7 @@ pub mod protocol;
 pub use config::{StoreConfig, Timeouts};
 pub use error::{Result, StoreError};
 pub use migrate::{MigrationReport, Migrator, SchemaVersion};
-pub use pool::Store;
+pub use pool::{DedicatedConnection, Store};
 pub use protocol::{
     FailOutcome, LeaseRequest, PartitionProgress, PlanOutcome, PlanRequest, ReplayFilter,
     ReplayAudit, ReplayOutcome, RouteSpec,

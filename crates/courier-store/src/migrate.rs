@@ -16,11 +16,10 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::Client;
 
 use crate::config::StoreConfig;
 use crate::error::{Result, StoreError};
-use crate::pool::{connect_dedicated, millis, pg_config};
+use crate::pool::{connect_dedicated, millis, pg_config, DedicatedConnection};
 
 /// Key of the advisory lock that serialises migration runners (ASCII "courier\0" as an i64).
 const MIGRATION_LOCK_KEY: i64 = 0x636f_7572_6965_7200;
@@ -170,7 +169,7 @@ impl Migrator {
     /// transaction. Returns false when nothing was pending.
     async fn apply_next(
         &self,
-        client: &mut Client,
+        client: &mut DedicatedConnection,
         config: &StoreConfig,
         report: &mut MigrationReport,
     ) -> Result<bool> {
@@ -244,7 +243,7 @@ impl Migrator {
 }
 
 /// The applied `(version, checksum)` rows, or `None` when the bookkeeping table does not exist yet.
-async fn read_applied(client: &Client) -> Result<Option<Vec<(i64, String)>>> {
+async fn read_applied(client: &tokio_postgres::Client) -> Result<Option<Vec<(i64, String)>>> {
     let exists: bool = client
         .query_one("SELECT to_regclass('courier_migrations') IS NOT NULL", &[])
         .await

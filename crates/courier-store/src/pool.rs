@@ -112,7 +112,7 @@ impl Store {
 
     /// A connection outside the pool, with the same limits, for work that must not share a session
     /// (the migration runner, tests that hold locks on purpose). Dropping the client closes it.
-    pub async fn dedicated_connection(&self) -> Result<tokio_postgres::Client> {
+    pub async fn dedicated_connection(&self) -> Result<DedicatedConnection> {
         connect_dedicated(&self.pg_config, &self.target).await
     }
 
@@ -160,18 +160,45 @@ pub(crate) fn pg_config(config: &StoreConfig) -> Result<(tokio_postgres::Config,
     Ok((pg_config, target))
 }
 
+/// One connection outside the pool. Dropping it closes the socket at once, even with a statement in
+/// flight, so the server sees its client leave (a plain `tokio_postgres::Client` would keep the socket
+/// open until the pending answer arrived).
+pub struct DedicatedConnection {
+    client: tokio_postgres::Client,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl std::ops::Deref for DedicatedConnection {
+    type Target = tokio_postgres::Client;
+    fn deref(&self) -> &Self::Target {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for DedicatedConnection {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.client
+    }
+}
+
+impl Drop for DedicatedConnection {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
 /// Opens one connection outside any pool, with the same limits as pooled ones.
 pub(crate) async fn connect_dedicated(
     pg_config: &tokio_postgres::Config,
     target: &str,
-) -> Result<tokio_postgres::Client> {
+) -> Result<DedicatedConnection> {
     let (client, connection) = pg_config.connect(NoTls).await.map_err(|e| connect_error(target, e))?;
-    tokio::spawn(async move {
+    let connection = tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "Dedicated store connection ended.");
         }
     });
-    Ok(client)
+    Ok(DedicatedConnection { client, connection })
 }
 
 /// Turns a failure to connect into the error that tells the operator what to fix.
