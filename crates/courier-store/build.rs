@@ -5,13 +5,18 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 fn main() {
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let dir = manifest.join("../../migrations");
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut files: Vec<(i64, String, PathBuf)> = Vec::new();
     for entry in std::fs::read_dir(&dir).expect("migrations/ must exist at the workspace root") {
         let path = entry.expect("readable migrations/ entry").path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
         if !name.ends_with(".sql") {
             continue;
         }
@@ -25,13 +30,24 @@ fn main() {
     }
     files.sort();
     for pair in files.windows(2) {
-        assert!(pair[0].0 != pair[1].0, "two migrations share version {}: {} and {}", pair[0].0, pair[0].1, pair[1].1);
+        assert!(
+            pair[0].0 != pair[1].0,
+            "two migrations share version {}: {} and {}",
+            pair[0].0,
+            pair[0].1,
+            pair[1].1
+        );
     }
     let mut out = String::from("&[\n");
     for (version, name, path) in &files {
-        let _ = writeln!(out, "    ({version}, {name:?}, include_str!({:?})),", path.display().to_string());
+        let _ = writeln!(
+            out,
+            "    ({version}, {name:?}, include_str!({:?})),",
+            path.display().to_string()
+        );
     }
     out.push(']');
-    let target = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("migrations.rs");
+    let target =
+        PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("migrations.rs");
     std::fs::write(target, out).expect("write migrations.rs");
 }

@@ -47,9 +47,18 @@ mod tests {
     #[test]
     fn carves_full_ranges_and_holds_back_a_young_tail() {
         let ranges = carve(0, 250, 100, 10, false);
-        assert_eq!(ranges.iter().map(|r| (r.start(), r.end())).collect::<Vec<_>>(), vec![(0, 100), (100, 200)]);
+        assert_eq!(
+            ranges
+                .iter()
+                .map(|r| (r.start(), r.end()))
+                .collect::<Vec<_>>(),
+            vec![(0, 100), (100, 200)]
+        );
         let ranges = carve(0, 250, 100, 10, true);
-        assert_eq!(ranges.last().map(|r| (r.start(), r.end())), Some((200, 250)));
+        assert_eq!(
+            ranges.last().map(|r| (r.start(), r.end())),
+            Some((200, 250))
+        );
     }
 
     #[test]

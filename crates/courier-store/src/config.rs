@@ -148,8 +148,14 @@ impl Timeouts {
             ("statement_timeout", self.statement_timeout),
             ("lock_timeout", self.lock_timeout),
             ("ddl_lock_timeout", self.ddl_lock_timeout),
-            ("idle_in_transaction_session_timeout", self.idle_in_transaction_session_timeout),
-            ("client_connection_check_interval", self.client_connection_check_interval),
+            (
+                "idle_in_transaction_session_timeout",
+                self.idle_in_transaction_session_timeout,
+            ),
+            (
+                "client_connection_check_interval",
+                self.client_connection_check_interval,
+            ),
             ("tcp_keepalives_idle", self.tcp_keepalives_idle),
             ("tcp_keepalives_interval", self.tcp_keepalives_interval),
             ("tcp_user_timeout", self.tcp_user_timeout),
@@ -166,10 +172,30 @@ impl Timeouts {
             }
         }
         let must_be_below = [
-            ("statement_timeout", self.statement_timeout, "client_deadline", self.client_deadline),
-            ("lock_timeout", self.lock_timeout, "statement_timeout", self.statement_timeout),
-            ("ddl_lock_timeout", self.ddl_lock_timeout, "statement_timeout", self.statement_timeout),
-            ("pool_wait", self.pool_wait, "client_deadline", self.client_deadline),
+            (
+                "statement_timeout",
+                self.statement_timeout,
+                "client_deadline",
+                self.client_deadline,
+            ),
+            (
+                "lock_timeout",
+                self.lock_timeout,
+                "statement_timeout",
+                self.statement_timeout,
+            ),
+            (
+                "ddl_lock_timeout",
+                self.ddl_lock_timeout,
+                "statement_timeout",
+                self.statement_timeout,
+            ),
+            (
+                "pool_wait",
+                self.pool_wait,
+                "client_deadline",
+                self.client_deadline,
+            ),
             (
                 "client_connection_check_interval",
                 self.client_connection_check_interval,
@@ -213,7 +239,10 @@ impl Timeouts {
             ms(self.tcp_user_timeout),
         );
         if !self.idle_session_timeout.is_zero() {
-            options.push_str(&format!(" -c idle_session_timeout={}", ms(self.idle_session_timeout)));
+            options.push_str(&format!(
+                " -c idle_session_timeout={}",
+                ms(self.idle_session_timeout)
+            ));
         }
         options
     }
@@ -229,28 +258,45 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        Timeouts::default().validate().expect("defaults must validate");
+        Timeouts::default()
+            .validate()
+            .expect("defaults must validate");
     }
 
     #[test]
     fn server_timeout_not_below_client_deadline_is_refused_naming_both_keys() {
-        let t = Timeouts { statement_timeout: Duration::from_secs(5), ..Timeouts::default() };
+        let t = Timeouts {
+            statement_timeout: Duration::from_secs(5),
+            ..Timeouts::default()
+        };
         let message = t.validate().expect_err("must refuse").to_string();
-        assert!(message.contains("statement_timeout") && message.contains("client_deadline"), "{message}");
+        assert!(
+            message.contains("statement_timeout") && message.contains("client_deadline"),
+            "{message}"
+        );
     }
 
     #[test]
     fn lock_timeout_must_be_below_statement_timeout() {
-        let t = Timeouts { lock_timeout: Duration::from_secs(4500), ..Timeouts::default() };
+        let t = Timeouts {
+            lock_timeout: Duration::from_secs(4500),
+            ..Timeouts::default()
+        };
         let message = t.validate().expect_err("must refuse").to_string();
         assert!(message.contains("store.timeouts.lock_timeout"), "{message}");
     }
 
     #[test]
     fn zero_limits_are_refused() {
-        let t = Timeouts { idle_in_transaction_session_timeout: Duration::ZERO, ..Timeouts::default() };
+        let t = Timeouts {
+            idle_in_transaction_session_timeout: Duration::ZERO,
+            ..Timeouts::default()
+        };
         let message = t.validate().expect_err("must refuse").to_string();
-        assert!(message.contains("idle_in_transaction_session_timeout is zero"), "{message}");
+        assert!(
+            message.contains("idle_in_transaction_session_timeout is zero"),
+            "{message}"
+        );
     }
 
     #[test]

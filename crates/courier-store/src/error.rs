@@ -75,7 +75,10 @@ pub enum StoreError {
         "{operation}: no answer from the store within the client deadline ({deadline:?}); the connection was discarded. \
          The store is overloaded or unreachable. Runbook: docs/runbooks/store-unavailable.md"
     )]
-    Deadline { operation: &'static str, deadline: Duration },
+    Deadline {
+        operation: &'static str,
+        deadline: Duration,
+    },
 
     #[error(
         "{operation}: no free store connection within pool_wait: every pooled connection is busy. Raise store.pool_size \
@@ -84,7 +87,10 @@ pub enum StoreError {
     PoolExhausted { operation: &'static str },
 
     #[error("{operation}: {message}")]
-    Invalid { operation: &'static str, message: String },
+    Invalid {
+        operation: &'static str,
+        message: String,
+    },
 
     #[error("{operation}: {}{}", describe(source), hint(source))]
     Database {

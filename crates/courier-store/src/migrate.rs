@@ -39,7 +39,10 @@ pub struct Migration {
 impl Migration {
     /// SHA-256 of the SQL text, hex encoded.
     pub fn checksum(&self) -> String {
-        Sha256::digest(self.sql.as_bytes()).iter().map(|byte| format!("{byte:02x}")).collect()
+        Sha256::digest(self.sql.as_bytes())
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
     }
 }
 
@@ -120,7 +123,8 @@ impl Migrator {
                 Err(StoreError::LockTimeout { .. }) if attempt + 1 < DDL_ATTEMPTS => {
                     attempt += 1;
                     report.ddl_retries += 1;
-                    let ceiling = Duration::from_millis(100 * (1 << attempt)).min(Duration::from_secs(5));
+                    let ceiling =
+                        Duration::from_millis(100 * (1 << attempt)).min(Duration::from_secs(5));
                     let pause = ceiling.mul_f64(rand::rng().random::<f64>());
                     tracing::warn!(
                         attempt,
@@ -139,10 +143,15 @@ impl Migrator {
     pub async fn check(&self, config: &StoreConfig) -> Result<SchemaVersion> {
         let (pg_config, target) = pg_config(config)?;
         let client = connect_dedicated(&pg_config, &target).await?;
-        let applied = read_applied(&client).await?.ok_or(StoreError::SchemaMissing { target })?;
+        let applied = read_applied(&client)
+            .await?
+            .ok_or(StoreError::SchemaMissing { target })?;
         let version = self.verify(&applied)?;
         if version.applied < version.expected {
-            return Err(StoreError::SchemaBehind { applied: version.applied, expected: version.expected });
+            return Err(StoreError::SchemaBehind {
+                applied: version.applied,
+                expected: version.expected,
+            });
         }
         Ok(version)
     }
@@ -152,17 +161,30 @@ impl Migrator {
         let expected = self.expected_version();
         let mut version = 0;
         for (applied_version, checksum) in applied {
-            match self.migrations.iter().find(|m| m.version == *applied_version) {
+            match self
+                .migrations
+                .iter()
+                .find(|m| m.version == *applied_version)
+            {
                 Some(known) if known.checksum() != *checksum => {
-                    return Err(StoreError::MigrationEdited { version: known.version, name: known.name.clone() });
+                    return Err(StoreError::MigrationEdited {
+                        version: known.version,
+                        name: known.name.clone(),
+                    });
                 }
                 Some(_) => version = version.max(*applied_version),
                 None => {
-                    return Err(StoreError::SchemaAhead { applied: *applied_version, expected });
+                    return Err(StoreError::SchemaAhead {
+                        applied: *applied_version,
+                        expected,
+                    });
                 }
             }
         }
-        Ok(SchemaVersion { applied: version, expected })
+        Ok(SchemaVersion {
+            applied: version,
+            expected,
+        })
     }
 
     /// Under the advisory lock, applies the lowest pending migration with its bookkeeping row in one
@@ -174,7 +196,10 @@ impl Migrator {
         report: &mut MigrationReport,
     ) -> Result<bool> {
         let timeouts = &config.timeouts;
-        let tx = client.transaction().await.map_err(|e| StoreError::from_db("migrate: begin", e))?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| StoreError::from_db("migrate: begin", e))?;
 
         // Wait for the advisory lock up to migration_lock_wait; the server's limits follow suit.
         let lock_wait = millis(timeouts.migration_lock_wait);
@@ -185,10 +210,18 @@ impl Migrator {
         .await
         .map_err(|e| StoreError::from_db("migrate: set limits", e))?;
         let waiting = Instant::now();
-        if let Err(error) = tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY]).await {
+        if let Err(error) = tx
+            .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
+            .await
+        {
             return Err(match error.code() {
-                Some(code) if *code == SqlState::LOCK_NOT_AVAILABLE || *code == SqlState::QUERY_CANCELED => {
-                    StoreError::MigrationLockTimeout { waited: timeouts.migration_lock_wait }
+                Some(code)
+                    if *code == SqlState::LOCK_NOT_AVAILABLE
+                        || *code == SqlState::QUERY_CANCELED =>
+                {
+                    StoreError::MigrationLockTimeout {
+                        waited: timeouts.migration_lock_wait,
+                    }
                 }
                 _ => StoreError::from_db("migrate: advisory lock", error),
             });
@@ -219,23 +252,31 @@ impl Migrator {
         let applied = select_applied(&tx).await?;
         let version = self.verify(&applied)?;
         let Some(next) = self.migrations.iter().find(|m| m.version > version.applied) else {
-            tx.commit().await.map_err(|e| StoreError::from_db("migrate: commit", e))?;
+            tx.commit()
+                .await
+                .map_err(|e| StoreError::from_db("migrate: commit", e))?;
             return Ok(false);
         };
-        tx.batch_execute(&next.sql).await.map_err(|e| match e.code() {
-            Some(code) if *code == SqlState::LOCK_NOT_AVAILABLE => StoreError::LockTimeout { operation: "migrate" },
-            _ => StoreError::Invalid {
-                operation: "migrate",
-                message: format!("migration {} failed and was rolled back: {e}", next.name),
-            },
-        })?;
+        tx.batch_execute(&next.sql)
+            .await
+            .map_err(|e| match e.code() {
+                Some(code) if *code == SqlState::LOCK_NOT_AVAILABLE => StoreError::LockTimeout {
+                    operation: "migrate",
+                },
+                _ => StoreError::Invalid {
+                    operation: "migrate",
+                    message: format!("migration {} failed and was rolled back: {e}", next.name),
+                },
+            })?;
         tx.execute(
             "INSERT INTO courier_migrations (version, name, checksum) VALUES ($1, $2, $3)",
             &[&next.version, &next.name, &next.checksum()],
         )
         .await
         .map_err(|e| StoreError::from_db("migrate: record", e))?;
-        tx.commit().await.map_err(|e| StoreError::from_db("migrate: commit", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| StoreError::from_db("migrate: commit", e))?;
         tracing::info!(version = next.version, name = %next.name, "Applied migration.");
         report.applied.push(next.version);
         Ok(true)
@@ -257,7 +298,10 @@ async fn read_applied(client: &tokio_postgres::Client) -> Result<Option<Vec<(i64
 
 async fn select_applied(client: &impl tokio_postgres::GenericClient) -> Result<Vec<(i64, String)>> {
     let rows = client
-        .query("SELECT version, checksum FROM courier_migrations ORDER BY version", &[])
+        .query(
+            "SELECT version, checksum FROM courier_migrations ORDER BY version",
+            &[],
+        )
         .await
         .map_err(|e| StoreError::from_db("migrate: read version", e))?;
     Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
@@ -271,14 +315,24 @@ mod tests {
     fn embedded_migrations_are_ordered_and_start_at_one() {
         let migrator = Migrator::embedded();
         assert_eq!(migrator.migrations.first().map(|m| m.version), Some(1));
-        assert!(migrator.migrations.windows(2).all(|w| w[0].version < w[1].version));
+        assert!(migrator
+            .migrations
+            .windows(2)
+            .all(|w| w[0].version < w[1].version));
         assert!(migrator.migrations.iter().all(|m| !m.sql.trim().is_empty()));
     }
 
     #[test]
     fn checksum_changes_with_the_text() {
-        let a = Migration { version: 1, name: "0001_a.sql".into(), sql: "SELECT 1".into() };
-        let b = Migration { sql: "SELECT 2".into(), ..a.clone() };
+        let a = Migration {
+            version: 1,
+            name: "0001_a.sql".into(),
+            sql: "SELECT 1".into(),
+        };
+        let b = Migration {
+            sql: "SELECT 2".into(),
+            ..a.clone()
+        };
         assert_ne!(a.checksum(), b.checksum());
         assert_eq!(a.checksum().len(), 64);
     }

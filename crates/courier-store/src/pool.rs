@@ -31,7 +31,9 @@ pub struct Store {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the URL: it carries the password.
-        f.debug_struct("Store").field("target", &self.target).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
     }
 }
 
@@ -58,11 +60,19 @@ impl Store {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Config(format!("cannot build the store pool: {e}")))?;
-        let store = Self { pool, pg_config, timeouts, target };
+        let store = Self {
+            pool,
+            pg_config,
+            timeouts,
+            target,
+        };
         store
             .run("connect", |client| {
                 Box::pin(async move {
-                    client.simple_query("SELECT 1").await.map_err(|e| StoreError::from_db("connect", e))?;
+                    client
+                        .simple_query("SELECT 1")
+                        .await
+                        .map_err(|e| StoreError::from_db("connect", e))?;
                     Ok(())
                 })
             })
@@ -93,7 +103,12 @@ impl Store {
         let mut client = match tokio::time::timeout(deadline, self.pool.get()).await {
             Ok(Ok(client)) => client,
             Ok(Err(error)) => return Err(self.pool_error(operation, error)),
-            Err(_) => return Err(StoreError::Deadline { operation, deadline }),
+            Err(_) => {
+                return Err(StoreError::Deadline {
+                    operation,
+                    deadline,
+                })
+            }
         };
         let remaining = deadline.saturating_sub(started.elapsed());
         let outcome = tokio::time::timeout(remaining, call(&mut client)).await;
@@ -105,7 +120,10 @@ impl Store {
             Ok(result) => result,
             Err(_) => {
                 drop(Object::take(client));
-                Err(StoreError::Deadline { operation, deadline })
+                Err(StoreError::Deadline {
+                    operation,
+                    deadline,
+                })
             }
         }
     }
@@ -118,13 +136,18 @@ impl Store {
 
     fn pool_error(&self, operation: &'static str, error: PoolError) -> StoreError {
         match error {
-            PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => StoreError::PoolExhausted { operation },
+            PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
+                StoreError::PoolExhausted { operation }
+            }
             PoolError::Timeout(_) => StoreError::Unreachable {
                 target: self.target.clone(),
                 detail: format!("no connection within {:?}", self.timeouts.pool_create),
             },
             PoolError::Backend(error) => connect_error(&self.target, error),
-            other => StoreError::Unreachable { target: self.target.clone(), detail: other.to_string() },
+            other => StoreError::Unreachable {
+                target: self.target.clone(),
+                detail: other.to_string(),
+            },
         }
     }
 }
@@ -192,7 +215,10 @@ pub(crate) async fn connect_dedicated(
     pg_config: &tokio_postgres::Config,
     target: &str,
 ) -> Result<DedicatedConnection> {
-    let (client, connection) = pg_config.connect(NoTls).await.map_err(|e| connect_error(target, e))?;
+    let (client, connection) = pg_config
+        .connect(NoTls)
+        .await
+        .map_err(|e| connect_error(target, e))?;
     let connection = tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "Dedicated store connection ended.");
@@ -209,13 +235,22 @@ pub(crate) fn connect_error(target: &str, error: tokio_postgres::Error) -> Store
             if *code == SqlState::INVALID_PASSWORD
                 || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
         {
-            StoreError::Authentication { target, detail: db_message(&error) }
+            StoreError::Authentication {
+                target,
+                detail: db_message(&error),
+            }
         }
         Some(code) if *code == SqlState::INVALID_CATALOG_NAME => StoreError::Unreachable {
             target,
-            detail: format!("{} (create it, or fix the database name in the URL)", db_message(&error)),
+            detail: format!(
+                "{} (create it, or fix the database name in the URL)",
+                db_message(&error)
+            ),
         },
-        _ => StoreError::Unreachable { target, detail: db_message(&error) },
+        _ => StoreError::Unreachable {
+            target,
+            detail: db_message(&error),
+        },
     }
 }
 
@@ -245,7 +280,10 @@ fn describe_target(config: &tokio_postgres::Config) -> String {
         })
         .unwrap_or_else(|| "localhost".into());
     let port = config.get_ports().first().copied().unwrap_or(5432);
-    let database = config.get_dbname().or(config.get_user()).unwrap_or("postgres");
+    let database = config
+        .get_dbname()
+        .or(config.get_user())
+        .unwrap_or("postgres");
     format!("{host}:{port}/{database}")
 }
 

@@ -160,12 +160,19 @@ impl Store {
 
     /// Registers partitions of a route with the offset each starts from. Known partitions keep their
     /// progress: the initial offset only matters the first time.
-    pub async fn ensure_partitions(&self, route: &str, initial: &[(Partition, Offset)]) -> Result<()> {
+    pub async fn ensure_partitions(
+        &self,
+        route: &str,
+        initial: &[(Partition, Offset)],
+    ) -> Result<()> {
         let route = route.to_owned();
         let partitions: Vec<i32> = initial.iter().map(|(p, _)| *p).collect();
         let offsets: Vec<i64> = initial.iter().map(|(_, o)| *o).collect();
         if let Some(offset) = offsets.iter().find(|o| **o < 0) {
-            return Err(invalid("ensure partitions", format!("initial offset {offset} is negative")));
+            return Err(invalid(
+                "ensure partitions",
+                format!("initial offset {offset} is negative"),
+            ));
         }
         self.run("ensure partitions", move |c| {
             Box::pin(async move {
@@ -241,16 +248,12 @@ impl Store {
                 let frontier: i64 = row.get(0);
                 let tail_due = request.max_tail_age.is_zero() || row.get::<_, bool>(1);
                 let tail_seen: bool = row.get(2);
-                if request.high_watermark < frontier {
-                    return Err(invalid(
-                        OP,
-                        format!(
-                            "Kafka's high watermark {} for route {:?} partition {} is below courier's frontier {frontier}: the \
-                             topic was deleted and recreated, or this is another cluster. courier never moves progress \
-                             backwards; check the brokers and topic, and see docs/runbooks/lag.md",
-                            request.high_watermark, request.route, request.partition
-                        ),
-                    ));
+                if request.high_watermark <= frontier {
+                    // Nothing new, or a planner racing with a staler high watermark than another one had.
+                    // A high watermark that stays below the frontier (topic recreated) is the caller's to
+                    // alert on: progress never moves backwards here.
+                    tx.commit().await.map_err(db(OP))?;
+                    return Ok(PlanOutcome { carved: 0, frontier });
                 }
                 let mut ranges = carve(frontier, request.high_watermark, request.range_size, request.max_new_ranges, false);
                 let carved_to = ranges.last().map_or(frontier, OffsetRange::end);
@@ -347,12 +350,19 @@ impl Store {
                 let kind = request.kind.as_str();
                 let ttl = millis(request.ttl);
                 let rows = if ordered {
-                    c.query(&statement, &[&request.route, &limit, &request.owner, &ttl]).await
+                    c.query(&statement, &[&request.route, &limit, &request.owner, &ttl])
+                        .await
                 } else {
-                    c.query(&statement, &[&request.route, &limit, &request.owner, &ttl, &kind]).await
+                    c.query(
+                        &statement,
+                        &[&request.route, &limit, &request.owner, &ttl, &kind],
+                    )
+                    .await
                 }
                 .map_err(db(OP))?;
-                rows.iter().map(|row| lease_from_row(&request.route, row)).collect()
+                rows.iter()
+                    .map(|row| lease_from_row(&request.route, row))
+                    .collect()
             })
         })
         .await
@@ -531,7 +541,12 @@ impl Store {
 
     /// Puts failed ranges of a route back to `pending` (attempts reset), audited in `courier_replays`.
     /// The watermark does not move: the ranges are redelivered below it.
-    pub async fn replay_failed(&self, route: &str, filter: &ReplayFilter, audit: &ReplayAudit) -> Result<ReplayOutcome> {
+    pub async fn replay_failed(
+        &self,
+        route: &str,
+        filter: &ReplayFilter,
+        audit: &ReplayAudit,
+    ) -> Result<ReplayOutcome> {
         const OP: &str = "replay failed ranges";
         let route = route.to_owned();
         let filter = filter.clone();
@@ -639,7 +654,13 @@ impl Store {
     }
 
     /// Records a worker process (who runs what version since when) or refreshes its heartbeat.
-    pub async fn heartbeat(&self, worker_id: &str, host: &str, pid: u32, version: &str) -> Result<()> {
+    pub async fn heartbeat(
+        &self,
+        worker_id: &str,
+        host: &str,
+        pid: u32,
+        version: &str,
+    ) -> Result<()> {
         const OP: &str = "worker heartbeat";
         let (id, host, version) = (worker_id.to_owned(), host.to_owned(), version.to_owned());
         let pid = i32::try_from(pid).unwrap_or(i32::MAX);
@@ -664,9 +685,12 @@ impl Store {
         let id = worker_id.to_owned();
         self.run(OP, move |c| {
             Box::pin(async move {
-                c.execute("UPDATE courier_workers SET stopped_at = now() WHERE id = $1", &[&id])
-                    .await
-                    .map_err(db(OP))?;
+                c.execute(
+                    "UPDATE courier_workers SET stopped_at = now() WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .map_err(db(OP))?;
                 Ok(())
             })
         })
@@ -675,7 +699,12 @@ impl Store {
 
     /// Asks every worker to hold off `destination` for `wait` (a `Retry-After`). Never shortens a wait
     /// already recorded.
-    pub async fn defer_destination(&self, destination: &str, wait: Duration, reason: &str) -> Result<()> {
+    pub async fn defer_destination(
+        &self,
+        destination: &str,
+        wait: Duration,
+        reason: &str,
+    ) -> Result<()> {
         const OP: &str = "defer destination";
         let (name, reason, wait) = (destination.to_owned(), reason.to_owned(), millis(wait));
         self.run(OP, move |c| {
@@ -710,7 +739,8 @@ impl Store {
                     )
                     .await
                     .map_err(db(OP))?;
-                Ok(row.map(|r| Duration::from_millis(u64::try_from(r.get::<_, i64>(0)).unwrap_or(0))))
+                Ok(row
+                    .map(|r| Duration::from_millis(u64::try_from(r.get::<_, i64>(0)).unwrap_or(0))))
             })
         })
         .await
@@ -746,7 +776,8 @@ async fn insert_audit(
 }
 
 fn lease_from_row(route: &str, row: &Row) -> Result<Lease> {
-    let range = OffsetRange::new(row.get(2), row.get(3)).map_err(|e| invalid("lease", e.to_string()))?;
+    let range =
+        OffsetRange::new(row.get(2), row.get(3)).map_err(|e| invalid("lease", e.to_string()))?;
     let kind: String = row.get(6);
     Ok(Lease {
         id: row.get(0),

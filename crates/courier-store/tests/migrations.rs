@@ -20,16 +20,29 @@ async fn fifty_runners_at_once_apply_each_migration_exactly_once() {
     }
     let mut applied = Vec::new();
     for runner in runners {
-        let report = runner.await.expect("runner task").expect("no runner may fail");
-        assert_eq!(report.ddl_retries, 0, "a runner's DDL waited on a table lock: {report:?}");
+        let report = runner
+            .await
+            .expect("runner task")
+            .expect("no runner may fail");
+        assert_eq!(
+            report.ddl_retries, 0,
+            "a runner's DDL waited on a table lock: {report:?}"
+        );
         applied.extend(report.applied);
     }
     applied.sort();
     let expected: Vec<i64> = (1..=migrator.expected_version()).collect();
-    assert_eq!(applied, expected, "each migration must be applied by exactly one runner");
+    assert_eq!(
+        applied, expected,
+        "each migration must be applied by exactly one runner"
+    );
 
     let client = db.raw_client().await;
-    let rows: i64 = client.query_one("SELECT count(*) FROM courier_migrations", &[]).await.expect("count").get(0);
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM courier_migrations", &[])
+        .await
+        .expect("count")
+        .get(0);
     assert_eq!(rows, migrator.expected_version());
     let version = migrator.check(&db.config()).await.expect("schema current");
     assert_eq!(version.applied, version.expected);
@@ -38,8 +51,14 @@ async fn fifty_runners_at_once_apply_each_migration_exactly_once() {
 #[tokio::test]
 async fn a_second_run_on_a_current_schema_takes_no_lock_and_applies_nothing() {
     let db = TestDb::migrated().await;
-    let report = Migrator::embedded().run(&db.config()).await.expect("second run");
-    assert!(report.already_current && report.applied.is_empty(), "{report:?}");
+    let report = Migrator::embedded()
+        .run(&db.config())
+        .await
+        .expect("second run");
+    assert!(
+        report.already_current && report.applied.is_empty(),
+        "{report:?}"
+    );
 }
 
 #[tokio::test]
@@ -49,12 +68,24 @@ async fn an_edited_applied_migration_is_refused_naming_the_file() {
     edited[0].sql.push_str("\n-- a harmless-looking edit\n");
     let migrator = Migrator::new(edited);
 
-    let err = migrator.run(&db.config()).await.expect_err("edited migration must be refused");
-    assert!(matches!(err, StoreError::MigrationEdited { version: 1, .. }), "{err:?}");
+    let err = migrator
+        .run(&db.config())
+        .await
+        .expect_err("edited migration must be refused");
+    assert!(
+        matches!(err, StoreError::MigrationEdited { version: 1, .. }),
+        "{err:?}"
+    );
     let message = err.to_string();
-    assert!(message.contains("0001_initial.sql") && message.contains("edited"), "{message}");
+    assert!(
+        message.contains("0001_initial.sql") && message.contains("edited"),
+        "{message}"
+    );
 
-    let err = migrator.check(&db.config()).await.expect_err("check mode refuses too");
+    let err = migrator
+        .check(&db.config())
+        .await
+        .expect_err("check mode refuses too");
     assert!(err.to_string().contains("0001_initial.sql"), "{err}");
 }
 
@@ -68,20 +99,32 @@ async fn a_database_behind_is_refused_in_check_mode_naming_courier_migrate() {
         sql: "ALTER TABLE courier_routes ADD COLUMN note text".into(),
     });
     let migrator = Migrator::new(newer);
-    let err = migrator.check(&db.config()).await.expect_err("behind must be refused");
-    assert!(matches!(err, StoreError::SchemaBehind { expected: 9999, .. }), "{err:?}");
+    let err = migrator
+        .check(&db.config())
+        .await
+        .expect_err("behind must be refused");
+    assert!(
+        matches!(err, StoreError::SchemaBehind { expected: 9999, .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("courier migrate"), "{err}");
 
     // And `courier migrate` is indeed the fix.
     let report = migrator.run(&db.config()).await.expect("migrate");
     assert_eq!(report.applied, vec![9999]);
-    migrator.check(&db.config()).await.expect("current after migrate");
+    migrator
+        .check(&db.config())
+        .await
+        .expect("current after migrate");
 }
 
 #[tokio::test]
 async fn an_empty_database_is_refused_naming_courier_migrate() {
     let db = TestDb::create().await;
-    let err = Migrator::embedded().check(&db.config()).await.expect_err("no schema");
+    let err = Migrator::embedded()
+        .check(&db.config())
+        .await
+        .expect_err("no schema");
     assert!(matches!(err, StoreError::SchemaMissing { .. }), "{err:?}");
     assert!(err.to_string().contains("courier migrate"), "{err}");
 }
@@ -94,8 +137,14 @@ async fn a_database_ahead_of_this_binary_is_refused() {
         .execute("INSERT INTO courier_migrations (version, name, checksum) VALUES (9998, '9998_future.sql', 'x')", &[])
         .await
         .expect("insert");
-    let err = Migrator::embedded().check(&db.config()).await.expect_err("ahead");
-    assert!(matches!(err, StoreError::SchemaAhead { applied: 9998, .. }), "{err:?}");
+    let err = Migrator::embedded()
+        .check(&db.config())
+        .await
+        .expect_err("ahead");
+    assert!(
+        matches!(err, StoreError::SchemaAhead { applied: 9998, .. }),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -107,14 +156,29 @@ async fn a_failing_migration_is_rolled_back_with_its_bookkeeping_row() {
         name: "9997_broken.sql".into(),
         sql: "CREATE TABLE courier_half_done (id int); SELECT no_such_function();".into(),
     });
-    let err = Migrator::new(broken).run(&db.config()).await.expect_err("broken migration");
+    let err = Migrator::new(broken)
+        .run(&db.config())
+        .await
+        .expect_err("broken migration");
     assert!(err.to_string().contains("9997_broken.sql"), "{err}");
     let client = db.raw_client().await;
-    let half_done: bool =
-        client.query_one("SELECT to_regclass('courier_half_done') IS NOT NULL", &[]).await.expect("q").get(0);
-    let recorded: i64 =
-        client.query_one("SELECT count(*) FROM courier_migrations WHERE version = 9997", &[]).await.expect("q").get(0);
-    assert!(!half_done && recorded == 0, "a failed migration must leave nothing behind");
+    let half_done: bool = client
+        .query_one("SELECT to_regclass('courier_half_done') IS NOT NULL", &[])
+        .await
+        .expect("q")
+        .get(0);
+    let recorded: i64 = client
+        .query_one(
+            "SELECT count(*) FROM courier_migrations WHERE version = 9997",
+            &[],
+        )
+        .await
+        .expect("q")
+        .get(0);
+    assert!(
+        !half_done && recorded == 0,
+        "a failed migration must leave nothing behind"
+    );
 }
 
 fn embedded_list() -> Vec<Migration> {
@@ -125,9 +189,21 @@ fn embedded_list() -> Vec<Migration> {
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|path| path.extension().is_some_and(|ext| ext == "sql"))
         .map(|path| {
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
-            let version = name.split('_').next().and_then(|v| v.parse().ok()).expect("NNNN_ prefix");
-            Migration { version, name, sql: std::fs::read_to_string(&path).expect("read migration") }
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            let version = name
+                .split('_')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .expect("NNNN_ prefix");
+            Migration {
+                version,
+                name,
+                sql: std::fs::read_to_string(&path).expect("read migration"),
+            }
         })
         .collect();
     list.sort_by_key(|m| m.version);

@@ -33,7 +33,10 @@ impl TestDb {
             .batch_execute(&format!("CREATE DATABASE \"{name}\""))
             .await
             .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
-        Self { url: with_database(&server, &name), name }
+        Self {
+            url: with_database(&server, &name),
+            name,
+        }
     }
 
     /// Creates a database and applies courier's migrations.
@@ -53,18 +56,24 @@ impl TestDb {
 
     /// A store configuration with short, still-consistent limits, so tests see timeouts in seconds.
     pub fn config_with(&self, timeouts: Timeouts) -> StoreConfig {
-        StoreConfig { timeouts, ..self.config() }
+        StoreConfig {
+            timeouts,
+            ..self.config()
+        }
     }
 
     /// Opens a store on this database.
     pub async fn store(&self) -> Store {
-        Store::connect(&self.config()).await.unwrap_or_else(|e| panic!("connect to {}: {e}", self.name))
+        Store::connect(&self.config())
+            .await
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.name))
     }
 
     /// A plain connection (no courier limits), for tests that play a misbehaving client.
     pub async fn raw_client(&self) -> tokio_postgres::Client {
-        let (client, connection) =
-            tokio_postgres::connect(&self.url, NoTls).await.unwrap_or_else(|e| panic!("connect to {}: {e}", self.name));
+        let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.name));
         tokio::spawn(connection);
         client
     }
@@ -106,8 +115,17 @@ mod tests {
 
     #[test]
     fn replaces_the_database_name_only() {
-        assert_eq!(with_database("postgres://u:p@h:1/courier", "t1"), "postgres://u:p@h:1/t1");
-        assert_eq!(with_database("postgres://u:p@h:1", "t1"), "postgres://u:p@h:1/t1");
-        assert_eq!(with_database("postgres://u:p@h:1/x?sslmode=disable", "t1"), "postgres://u:p@h:1/t1?sslmode=disable");
+        assert_eq!(
+            with_database("postgres://u:p@h:1/courier", "t1"),
+            "postgres://u:p@h:1/t1"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h:1", "t1"),
+            "postgres://u:p@h:1/t1"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h:1/x?sslmode=disable", "t1"),
+            "postgres://u:p@h:1/t1?sslmode=disable"
+        );
     }
 }

@@ -1,0 +1,643 @@
+//! Model-based property test of the lease protocol against a real PostgreSQL.
+//!
+//! Random interleavings of produce / plan / lease / renew / checkpoint / fail / expire / release /
+//! replay / advance / compact by several workers run against the store and, side by side, against an
+//! in-memory oracle. After every step the store must agree with the oracle, and every invariant of
+//! DESIGN.md must hold:
+//! 1. no loss: live ranges (plus compacted ones) tile `[initial, frontier)` with no gap or overlap, and
+//!    at the end every offset is done or failed-and-listed;
+//! 2. fencing: a report with a stale epoch changes nothing;
+//! 3. bounded duplicates: a range is delivered twice only if its lease was interrupted or it was replayed;
+//! 4. monotonic: frontier and watermark never move backwards;
+//! 5. the watermark never passes an unsettled range.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use courier_core::{carve, CheckpointOutcome, Lease, Ordering, RangeKind, RangeState};
+use courier_store::protocol::ReplayAudit;
+use courier_store::{
+    FailOutcome, LeaseRequest, PlanRequest, ReplayFilter, RouteSpec, Store, StoreError,
+};
+use courier_testkit::TestDb;
+use proptest::prelude::*;
+
+const PARTITIONS: i32 = 2;
+const WORKERS: usize = 3;
+const RANGE_SIZE: u32 = 50;
+const MAX_NEW_RANGES: usize = 4;
+const MAX_ATTEMPTS: i32 = 3;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Produce {
+        partition: i32,
+        count: i64,
+    },
+    Plan {
+        partition: i32,
+    },
+    Lease {
+        worker: usize,
+        max: usize,
+    },
+    Renew {
+        worker: usize,
+        slot: usize,
+    },
+    Checkpoint {
+        worker: usize,
+        slot: usize,
+    },
+    Fail {
+        worker: usize,
+        slot: usize,
+        permanent: bool,
+    },
+    Expire {
+        worker: usize,
+        slot: usize,
+    },
+    Release {
+        worker: usize,
+        slot: usize,
+    },
+    ReplayFailed,
+    Advance,
+    Compact,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let partition = 0..PARTITIONS;
+    let worker = 0..WORKERS;
+    let slot = 0usize..4;
+    prop_oneof![
+        2 => (partition.clone(), 1i64..180).prop_map(|(partition, count)| Op::Produce { partition, count }),
+        3 => partition.prop_map(|partition| Op::Plan { partition }),
+        4 => (worker.clone(), 1usize..4).prop_map(|(worker, max)| Op::Lease { worker, max }),
+        1 => (worker.clone(), slot.clone()).prop_map(|(worker, slot)| Op::Renew { worker, slot }),
+        4 => (worker.clone(), slot.clone()).prop_map(|(worker, slot)| Op::Checkpoint { worker, slot }),
+        2 => (worker.clone(), slot.clone(), any::<bool>()).prop_map(|(worker, slot, permanent)| Op::Fail { worker, slot, permanent }),
+        2 => (worker.clone(), slot.clone()).prop_map(|(worker, slot)| Op::Expire { worker, slot }),
+        1 => (worker, slot).prop_map(|(worker, slot)| Op::Release { worker, slot }),
+        1 => Just(Op::ReplayFailed),
+        2 => Just(Op::Advance),
+        1 => Just(Op::Compact),
+    ]
+}
+
+/// The oracle's view of one live range.
+#[derive(Debug, Clone)]
+struct ModelRange {
+    end: i64,
+    state: RangeState,
+    epoch: i64,
+    attempts: i32,
+    /// The current lease's expiry has passed (time moved on for it).
+    expired: bool,
+    /// A lease on it was lost, expired or abandoned at some point: duplicates are allowed.
+    interrupted: bool,
+    replayed: bool,
+    deliveries: u32,
+}
+
+#[derive(Debug, Default)]
+struct ModelPartition {
+    high_watermark: i64,
+    frontier: i64,
+    watermark: i64,
+    ranges: BTreeMap<i64, ModelRange>,
+    /// Ranges compaction deleted: (start, end), all done below the watermark.
+    compacted: BTreeMap<i64, i64>,
+}
+
+struct Model {
+    route: String,
+    ordering: Ordering,
+    partitions: Vec<ModelPartition>,
+    held: Vec<Vec<Lease>>,
+}
+
+impl Model {
+    fn range(&mut self, lease: &Lease) -> &mut ModelRange {
+        self.partitions[lease.partition as usize]
+            .ranges
+            .get_mut(&lease.range.start())
+            .expect("a leased range exists in the model")
+    }
+
+    fn is_current(&mut self, lease: &Lease) -> bool {
+        let range = self.range(lease);
+        range.state == RangeState::Leased && range.epoch == lease.epoch.0
+    }
+
+    fn eligible(range: &ModelRange) -> bool {
+        range.state == RangeState::Pending || (range.state == RangeState::Leased && range.expired)
+    }
+
+    /// Ranges a lease call may return, as (partition, start).
+    fn leasable(&self) -> BTreeSet<(i32, i64)> {
+        let mut out = BTreeSet::new();
+        for (p, part) in self.partitions.iter().enumerate() {
+            let mut unsettled = part.ranges.iter().filter(|(_, r)| !r.state.is_settled());
+            match self.ordering {
+                Ordering::Partition => {
+                    if let Some((start, r)) = unsettled.next() {
+                        if Self::eligible(r) {
+                            out.insert((p as i32, *start));
+                        }
+                    }
+                }
+                Ordering::None => {
+                    for (start, r) in unsettled {
+                        if Self::eligible(r) {
+                            out.insert((p as i32, *start));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn expected_watermark(part: &ModelPartition) -> i64 {
+        part.ranges
+            .iter()
+            .filter(|(start, r)| **start >= part.watermark && !r.state.is_settled())
+            .map(|(start, _)| *start)
+            .next()
+            .unwrap_or(part.frontier)
+    }
+
+    fn take_slot(&mut self, worker: usize, slot: usize) -> Option<Lease> {
+        let held = &mut self.held[worker];
+        if held.is_empty() {
+            return None;
+        }
+        let index = slot % held.len();
+        Some(held.remove(index))
+    }
+
+    fn peek_slot(&self, worker: usize, slot: usize) -> Option<Lease> {
+        let held = &self.held[worker];
+        (!held.is_empty()).then(|| held[slot % held.len()].clone())
+    }
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    })
+}
+
+fn store() -> &'static Store {
+    static STORE: OnceLock<Store> = OnceLock::new();
+    STORE.get_or_init(|| runtime().block_on(async { TestDb::migrated().await.store().await }))
+}
+
+fn lease_request(model: &Model, worker: usize, max: usize) -> LeaseRequest {
+    LeaseRequest {
+        route: model.route.clone(),
+        owner: format!("worker-{worker}"),
+        max_ranges: max,
+        ttl: Duration::from_secs(300),
+        ordering: model.ordering,
+        kind: RangeKind::Live,
+    }
+}
+
+async fn expire_in_store(store: &Store, lease: &Lease) {
+    let (id, epoch) = (lease.id, lease.epoch.0);
+    store
+        .run("expire", move |c| {
+            Box::pin(async move {
+                c.execute(
+                    "UPDATE courier_ranges SET lease_expires_at = now() - interval '1 second'
+                     WHERE id = $1 AND epoch = $2 AND state = 'leased'",
+                    &[&id, &epoch],
+                )
+                .await
+                .map_err(|e| StoreError::from_db("expire", e))
+            })
+        })
+        .await
+        .expect("expire");
+}
+
+type Snapshot = Vec<(i32, i64, i64, String, i64, i32)>;
+
+async fn snapshot(store: &Store, route: &str) -> Snapshot {
+    let route = route.to_owned();
+    store
+        .run("snapshot", move |c| {
+            Box::pin(async move {
+                let rows = c
+                    .query(
+                        "SELECT partition, start_offset, end_offset, state, epoch, attempts FROM courier_ranges
+                         WHERE route = $1 AND kind = 'live' ORDER BY partition, start_offset",
+                        &[&route],
+                    )
+                    .await
+                    .map_err(|e| StoreError::from_db("snapshot", e))?;
+                Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))).collect())
+            })
+        })
+        .await
+        .expect("snapshot")
+}
+
+/// The store's rows must be exactly the oracle's, and every invariant must hold.
+async fn check_invariants(
+    store: &Store,
+    model: &Model,
+    last_marks: &mut [(i64, i64)],
+) -> Result<(), TestCaseError> {
+    let rows = snapshot(store, &model.route).await;
+    let progress = store.partitions(&model.route).await.expect("partitions");
+    for (p, part) in model.partitions.iter().enumerate() {
+        let db: Vec<_> = rows.iter().filter(|r| r.0 == p as i32).collect();
+        prop_assert_eq!(db.len(), part.ranges.len(), "partition {} row count", p);
+        for (row, (start, range)) in db.iter().zip(&part.ranges) {
+            prop_assert_eq!((row.1, row.2), (*start, range.end), "range bounds");
+            prop_assert_eq!(
+                &row.3,
+                range.state.as_str(),
+                "state of [{}, {})",
+                start,
+                range.end
+            );
+            prop_assert_eq!(row.4, range.epoch, "epoch of [{}, {})", start, range.end);
+            prop_assert_eq!(
+                row.5,
+                range.attempts,
+                "attempts of [{}, {})",
+                start,
+                range.end
+            );
+        }
+        // 1. Tiling of [0, frontier) by live and compacted ranges.
+        let mut tiles: Vec<(i64, i64)> = part.ranges.iter().map(|(s, r)| (*s, r.end)).collect();
+        tiles.extend(part.compacted.iter().map(|(s, e)| (*s, *e)));
+        tiles.sort();
+        let mut next = 0;
+        for (start, end) in tiles {
+            prop_assert_eq!(
+                start,
+                next,
+                "gap or overlap at {} in partition {}",
+                start,
+                p
+            );
+            next = end;
+        }
+        let stored = progress
+            .iter()
+            .find(|pp| pp.partition == p as i32)
+            .expect("partition row");
+        prop_assert_eq!(next, stored.frontier, "ranges must tile up to the frontier");
+        prop_assert_eq!(stored.frontier, part.frontier);
+        prop_assert_eq!(stored.watermark, part.watermark);
+        // 4. Monotonic.
+        prop_assert!(
+            stored.frontier >= last_marks[p].0 && stored.watermark >= last_marks[p].1,
+            "moved backwards"
+        );
+        last_marks[p] = (stored.frontier, stored.watermark);
+        // 5. Nothing unsettled below the watermark, except replays of failed ranges.
+        for (start, range) in &part.ranges {
+            if range.end <= stored.watermark && !range.state.is_settled() {
+                prop_assert!(
+                    range.replayed,
+                    "unsettled range [{}, {}) below watermark {}",
+                    start,
+                    range.end,
+                    stored.watermark
+                );
+            }
+        }
+        // 3. Bounded duplicates.
+        for (start, range) in &part.ranges {
+            if range.deliveries > 1 {
+                prop_assert!(
+                    range.interrupted || range.replayed,
+                    "range [{}, {}) delivered {} times without an interruption",
+                    start,
+                    range.end,
+                    range.deliveries
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCaseError> {
+    match *op {
+        Op::Produce { partition, count } => {
+            model.partitions[partition as usize].high_watermark += count
+        }
+        Op::Plan { partition } => {
+            let part = &mut model.partitions[partition as usize];
+            let outcome = store
+                .plan(&PlanRequest {
+                    route: model.route.clone(),
+                    partition,
+                    high_watermark: part.high_watermark,
+                    range_size: RANGE_SIZE,
+                    max_new_ranges: MAX_NEW_RANGES,
+                    max_tail_age: Duration::ZERO,
+                })
+                .await
+                .expect("plan");
+            let carved = carve(
+                part.frontier,
+                part.high_watermark,
+                RANGE_SIZE,
+                MAX_NEW_RANGES,
+                true,
+            );
+            prop_assert_eq!(outcome.carved, carved.len());
+            for range in &carved {
+                part.ranges.insert(
+                    range.start(),
+                    ModelRange {
+                        end: range.end(),
+                        state: RangeState::Pending,
+                        epoch: 0,
+                        attempts: 0,
+                        expired: false,
+                        interrupted: false,
+                        replayed: false,
+                        deliveries: 0,
+                    },
+                );
+            }
+            part.frontier = carved.last().map_or(part.frontier, |r| r.end());
+            prop_assert_eq!(outcome.frontier, part.frontier);
+        }
+        Op::Lease { worker, max } => {
+            let leasable = model.leasable();
+            let leases = store
+                .lease(&lease_request(model, worker, max))
+                .await
+                .expect("lease");
+            prop_assert_eq!(leases.len(), leasable.len().min(max), "lease count");
+            let mut partitions_seen = BTreeSet::new();
+            for lease in leases {
+                prop_assert!(
+                    leasable.contains(&(lease.partition, lease.range.start())),
+                    "leased an ineligible range {}",
+                    lease
+                );
+                if model.ordering == Ordering::Partition {
+                    prop_assert!(
+                        partitions_seen.insert(lease.partition),
+                        "two ranges of one partition in flight"
+                    );
+                }
+                let range = model.range(&lease);
+                prop_assert_eq!(lease.epoch.0, range.epoch + 1, "epoch must grow by one");
+                if range.state == RangeState::Leased {
+                    range.interrupted = true; // its previous holder may still deliver it
+                }
+                range.state = RangeState::Leased;
+                range.epoch += 1;
+                range.attempts += 1;
+                range.expired = false;
+                model.held[worker].push(lease);
+            }
+        }
+        Op::Renew { worker, slot } => {
+            if let Some(lease) = model.peek_slot(worker, slot) {
+                let expected = if model.is_current(&lease) {
+                    CheckpointOutcome::Applied
+                } else {
+                    CheckpointOutcome::Fenced
+                };
+                let outcome = store
+                    .renew(&lease, Duration::from_secs(300))
+                    .await
+                    .expect("renew");
+                prop_assert_eq!(outcome, expected);
+                if outcome == CheckpointOutcome::Applied {
+                    model.range(&lease).expired = false;
+                }
+            }
+        }
+        Op::Checkpoint { worker, slot } => {
+            if let Some(lease) = model.take_slot(worker, slot) {
+                model.range(&lease).deliveries += 1; // the worker delivered before reporting
+                let expected = if model.is_current(&lease) {
+                    CheckpointOutcome::Applied
+                } else {
+                    CheckpointOutcome::Fenced
+                };
+                let outcome = store.checkpoint(&lease).await.expect("checkpoint");
+                prop_assert_eq!(outcome, expected, "checkpoint of {}", lease);
+                if outcome == CheckpointOutcome::Applied {
+                    let range = model.range(&lease);
+                    range.state = RangeState::Done;
+                    range.expired = false;
+                }
+            }
+        }
+        Op::Fail {
+            worker,
+            slot,
+            permanent,
+        } => {
+            if let Some(lease) = model.take_slot(worker, slot) {
+                let current = model.is_current(&lease);
+                let range = model.range(&lease);
+                let expected = if !current {
+                    FailOutcome::Fenced
+                } else if permanent || range.attempts >= MAX_ATTEMPTS {
+                    FailOutcome::Failed
+                } else {
+                    FailOutcome::Retrying
+                };
+                let outcome = store
+                    .fail(&lease, "boom", permanent, Duration::ZERO, MAX_ATTEMPTS)
+                    .await
+                    .expect("fail");
+                prop_assert_eq!(&outcome, &expected);
+                let range = model.range(&lease);
+                match outcome {
+                    FailOutcome::Failed => range.state = RangeState::Failed,
+                    FailOutcome::Retrying => range.state = RangeState::Pending,
+                    FailOutcome::Fenced => {}
+                }
+                range.expired = false;
+            }
+        }
+        Op::Expire { worker, slot } => {
+            if let Some(lease) = model.peek_slot(worker, slot) {
+                if model.is_current(&lease) {
+                    expire_in_store(store, &lease).await;
+                    model.range(&lease).expired = true;
+                }
+            }
+        }
+        Op::Release { worker, slot } => {
+            if let Some(lease) = model.take_slot(worker, slot) {
+                let expected = if model.is_current(&lease) {
+                    CheckpointOutcome::Applied
+                } else {
+                    CheckpointOutcome::Fenced
+                };
+                let outcome = store.release(&lease).await.expect("release");
+                prop_assert_eq!(outcome, expected);
+                if outcome == CheckpointOutcome::Applied {
+                    let range = model.range(&lease);
+                    range.state = RangeState::Pending;
+                    range.attempts = (range.attempts - 1).max(0);
+                    range.expired = false;
+                }
+            }
+        }
+        Op::ReplayFailed => {
+            let audit = ReplayAudit {
+                requested_by: "model".into(),
+                reason: "property test".into(),
+                dry_run: false,
+            };
+            let outcome = store
+                .replay_failed(&model.route, &ReplayFilter::default(), &audit)
+                .await
+                .expect("replay");
+            let mut expected = 0;
+            for part in &mut model.partitions {
+                for range in part
+                    .ranges
+                    .values_mut()
+                    .filter(|r| r.state == RangeState::Failed)
+                {
+                    range.state = RangeState::Pending;
+                    range.attempts = 0;
+                    range.replayed = true;
+                    expected += 1;
+                }
+            }
+            prop_assert_eq!(outcome.ranges.len(), expected);
+            prop_assert_eq!(outcome.replay_id.is_some(), expected > 0);
+        }
+        Op::Advance => {
+            store
+                .advance_watermarks(&model.route)
+                .await
+                .expect("advance");
+            for part in &mut model.partitions {
+                part.watermark = Model::expected_watermark(part);
+            }
+        }
+        Op::Compact => {
+            let deleted = store.compact(&model.route, 1000).await.expect("compact");
+            let mut expected = 0;
+            for part in &mut model.partitions {
+                let gone: Vec<i64> = part
+                    .ranges
+                    .iter()
+                    .filter(|(_, r)| r.state == RangeState::Done && r.end <= part.watermark)
+                    .map(|(s, _)| *s)
+                    .collect();
+                for start in gone {
+                    if let Some(range) = part.ranges.remove(&start) {
+                        part.compacted.insert(start, range.end);
+                        expected += 1;
+                    }
+                }
+            }
+            prop_assert_eq!(deleted, expected);
+        }
+    }
+    Ok(())
+}
+
+/// Every worker dies, a finisher plans and drains everything: at the end no offset is lost.
+async fn drain_and_check_no_loss(store: &Store, model: &mut Model) -> Result<(), TestCaseError> {
+    for worker in 0..WORKERS {
+        for lease in std::mem::take(&mut model.held[worker]) {
+            if model.is_current(&lease) {
+                expire_in_store(store, &lease).await;
+                model.range(&lease).expired = true;
+            }
+        }
+    }
+    for _ in 0..10_000 {
+        for partition in 0..PARTITIONS {
+            apply(store, model, &Op::Plan { partition }).await?;
+        }
+        apply(store, model, &Op::Lease { worker: 0, max: 3 }).await?;
+        if model.held[0].is_empty() {
+            break;
+        }
+        while !model.held[0].is_empty() {
+            apply(store, model, &Op::Checkpoint { worker: 0, slot: 0 }).await?;
+        }
+    }
+    apply(store, model, &Op::Advance).await?;
+    for part in &model.partitions {
+        prop_assert_eq!(
+            part.frontier,
+            part.high_watermark,
+            "everything produced is planned"
+        );
+        prop_assert_eq!(
+            part.watermark,
+            part.high_watermark,
+            "everything planned is settled"
+        );
+        for (start, range) in &part.ranges {
+            prop_assert!(
+                range.state.is_settled(),
+                "[{}, {}) left unsettled",
+                start,
+                range.end
+            );
+            prop_assert!(
+                range.state == RangeState::Failed || range.deliveries >= 1,
+                "[{}, {}) done but never delivered",
+                start,
+                range.end
+            );
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_store_agrees_with_the_model_under_random_interleavings(
+        ordered in any::<bool>(),
+        ops in proptest::collection::vec(op(), 1..60),
+    ) {
+        let store = store();
+        runtime().block_on(async {
+            let route = courier_testkit::unique_name("model");
+            store.ensure_route(&RouteSpec { name: route.clone(), topic: "t".into(), destination: "d".into() }).await.expect("route");
+            let initial: Vec<(i32, i64)> = (0..PARTITIONS).map(|p| (p, 0)).collect();
+            store.ensure_partitions(&route, &initial).await.expect("partitions");
+            let mut model = Model {
+                route,
+                ordering: if ordered { Ordering::Partition } else { Ordering::None },
+                partitions: (0..PARTITIONS).map(|_| ModelPartition::default()).collect(),
+                held: vec![Vec::new(); WORKERS],
+            };
+            let mut marks = vec![(0, 0); PARTITIONS as usize];
+            for op in &ops {
+                apply(store, &mut model, op).await?;
+                check_invariants(store, &model, &mut marks).await?;
+            }
+            drain_and_check_no_loss(store, &mut model).await?;
+            check_invariants(store, &model, &mut marks).await
+        })?;
+    }
+}
