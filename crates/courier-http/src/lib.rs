@@ -1,1 +1,33 @@
-//! Deliver one batch to one HTTP destination: request, idempotency key, classification, Retry-After.
+//! Deliver one batch to one HTTP destination: the request, its idempotency key, the classification of
+//! the answer, Retry-After, and the destination's protections (concurrency limit, circuit breaker).
+//!
+//! # Layout
+//! - [`config`]: [`DestinationConfig`], what an operator writes about a destination, and its checks.
+//! - [`batch`]: the [`Batch`] a request carries, its idempotency key, and the [`batches`] splitter.
+//! - [`body`]: how messages become a JSON array or NDJSON body (the element rule).
+//! - [`deliver`]: the [`Deliverer`] and the [`Delivery`] it returns.
+//! - [`breaker`]: the [`CircuitBreaker`] that pauses a destination failing continuously.
+//! - [`retry_after`]: parsing `Retry-After` (seconds or HTTP-date).
+//! - `resolve`: name resolution that answers the special-use `.invalid` domain without asking DNS.
+//!
+//! The decision "success, retry later, give up" is `courier_core::Disposition`; this crate only maps
+//! HTTP and network outcomes onto it: 2xx succeeds; 408, 429 and 5xx other than 501 retry; any other
+//! status (3xx and 4xx, redirects are not followed) fails permanently; connect errors, DNS failures,
+//! timeouts, resets and unreadable bodies retry.
+
+// Network code with no need for unsafe: keep it out entirely.
+#![forbid(unsafe_code)]
+
+pub mod batch;
+pub mod body;
+pub mod breaker;
+pub mod config;
+pub mod deliver;
+mod resolve;
+pub mod retry_after;
+
+pub use batch::{batches, Batch};
+pub use breaker::{Admission, CircuitBreaker, CircuitState};
+pub use config::{ConfigError, DestinationConfig, Format};
+pub use deliver::{BuildError, Deliverer, Delivery};
+pub use retry_after::parse_retry_after;

@@ -1,0 +1,349 @@
+//! What an operator writes about one destination, with its defaults and the checks made at startup.
+//!
+//! The `///` comments on [`DestinationConfig`] are the operator's documentation of each key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use reqwest::header::{HeaderName, HeaderValue};
+use serde::{Deserialize, Serialize};
+
+/// How a batch is encoded in the request body.
+///
+/// Either way every message becomes one JSON element: its payload embedded verbatim when it is valid
+/// JSON, otherwise the payload as a JSON string (invalid UTF-8 replaced by U+FFFD), and `null` for a
+/// message without a payload (a tombstone).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// One JSON array of elements, `Content-Type: application/json`.
+    #[default]
+    Json,
+    /// One element per line, each line ending in `\n`, `Content-Type: application/x-ndjson`.
+    Ndjson,
+}
+
+impl Format {
+    /// The `Content-Type` a body in this format is sent with.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::Json => "application/json",
+            Self::Ndjson => "application/x-ndjson",
+        }
+    }
+}
+
+/// One HTTP destination: where batches are POSTed and how hard courier may push it.
+///
+/// Its `Debug` output shows header names but not their values, which often are credentials.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// Absolute `http://` or `https://` URL every batch is POSTed to. Environment proxy variables are
+    /// ignored: courier connects to this address directly, so DNS and connect failures are its own.
+    pub url: String,
+    /// How long one request may take, from connecting until the response body is read, e.g. `"10s"`.
+    /// A request that takes longer is abandoned and the range retried later. Keep it well below the
+    /// lease TTL. Default: 10 s.
+    #[serde(with = "humantime_serde", default = "defaults::timeout")]
+    pub timeout: Duration,
+    /// Body encoding: `"json"` (one JSON array per batch) or `"ndjson"` (one element per line).
+    /// Default: `"json"`.
+    #[serde(default)]
+    pub format: Format,
+    /// Extra request headers, e.g. `{ Authorization = "Bearer ..." }`. The headers courier sets itself
+    /// (`Content-Type`, `Idempotency-Key`, `X-Courier-*`) cannot be overridden. Default: none.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// How many requests to this destination may be in flight at once, across every route of the
+    /// process that shares this destination's deliverer. Default: 8.
+    #[serde(default = "defaults::max_in_flight")]
+    pub max_in_flight: usize,
+    /// At most this many messages in one request. Default: 500.
+    #[serde(default = "defaults::max_batch_messages")]
+    pub max_batch_messages: usize,
+    /// At most this many payload bytes in one request (a single larger message is still sent, alone).
+    /// Default: 1 MiB (1048576).
+    #[serde(default = "defaults::max_batch_bytes")]
+    pub max_batch_bytes: usize,
+    /// After this many consecutive retryable failures (5xx, 408, 429, timeouts, connect or DNS
+    /// errors) the destination is paused (circuit open) so it stops taking every worker's slots.
+    /// `0` never pauses. Default: 20.
+    #[serde(default = "defaults::pause_after_failures")]
+    pub pause_after_failures: u32,
+    /// How long a paused destination rests before one probe request is let through; the probe's
+    /// success resumes deliveries, its failure pauses again, e.g. `"10s"`. Default: 10 s.
+    #[serde(with = "humantime_serde", default = "defaults::pause_for")]
+    pub pause_for: Duration,
+    /// The longest `Retry-After` courier honours; a destination asking for more gets this, e.g.
+    /// `"5m"`. Default: 5 minutes.
+    #[serde(with = "humantime_serde", default = "defaults::max_retry_after")]
+    pub max_retry_after: Duration,
+}
+
+impl fmt::Debug for DestinationConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: BTreeMap<&str, &str> = self
+            .headers
+            .keys()
+            .map(|name| (name.as_str(), "<redacted>"))
+            .collect();
+        f.debug_struct("DestinationConfig")
+            .field("url", &self.url)
+            .field("timeout", &self.timeout)
+            .field("format", &self.format)
+            .field("headers", &headers)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("max_batch_messages", &self.max_batch_messages)
+            .field("max_batch_bytes", &self.max_batch_bytes)
+            .field("pause_after_failures", &self.pause_after_failures)
+            .field("pause_for", &self.pause_for)
+            .field("max_retry_after", &self.max_retry_after)
+            .finish()
+    }
+}
+
+mod defaults {
+    use std::time::Duration;
+
+    pub fn timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn max_in_flight() -> usize {
+        8
+    }
+    pub fn max_batch_messages() -> usize {
+        500
+    }
+    pub fn max_batch_bytes() -> usize {
+        1024 * 1024
+    }
+    pub fn pause_after_failures() -> u32 {
+        20
+    }
+    pub fn pause_for() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn max_retry_after() -> Duration {
+        Duration::from_secs(300)
+    }
+}
+
+/// Headers courier sets on every request; a configured header must not replace them.
+const RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "host",
+    "transfer-encoding",
+    "idempotency-key",
+    "x-courier-route",
+    "x-courier-partition",
+    "x-courier-offsets",
+];
+
+/// A destination setting that cannot work. Each message names the key and what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("destination `url` {url:?} is not a valid absolute URL ({reason}): write one such as \"https://api.example.com/events\"")]
+    InvalidUrl { url: String, reason: String },
+    #[error("destination `url` {url:?} uses the scheme {scheme:?}: courier only delivers over \"http\" or \"https\"")]
+    UnsupportedScheme { url: String, scheme: String },
+    #[error("destination `{key}` is 0: set a positive duration such as \"10s\"")]
+    ZeroDuration { key: &'static str },
+    #[error("destination `{key}` is 0: nothing could ever be sent; set a positive number (default {default})")]
+    ZeroLimit { key: &'static str, default: usize },
+    #[error("destination `headers` entry {name:?} is not a valid header ({reason}): use a token name and a visible-ASCII value")]
+    InvalidHeader { name: String, reason: String },
+    #[error("destination `headers` entry {name:?} is set by courier itself and cannot be configured: remove it (use `format` to choose the body encoding)")]
+    ReservedHeader { name: String },
+}
+
+impl DestinationConfig {
+    /// A destination at `url` with every other setting at its default.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            timeout: defaults::timeout(),
+            format: Format::default(),
+            headers: BTreeMap::new(),
+            max_in_flight: defaults::max_in_flight(),
+            max_batch_messages: defaults::max_batch_messages(),
+            max_batch_bytes: defaults::max_batch_bytes(),
+            pause_after_failures: defaults::pause_after_failures(),
+            pause_for: defaults::pause_for(),
+            max_retry_after: defaults::max_retry_after(),
+        }
+    }
+
+    /// Checks every setting, returning the first that cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.parsed_url()?;
+        if self.timeout.is_zero() {
+            return Err(ConfigError::ZeroDuration { key: "timeout" });
+        }
+        if self.pause_after_failures > 0 && self.pause_for.is_zero() {
+            return Err(ConfigError::ZeroDuration { key: "pause_for" });
+        }
+        let limits = [
+            (
+                "max_in_flight",
+                self.max_in_flight,
+                defaults::max_in_flight(),
+            ),
+            (
+                "max_batch_messages",
+                self.max_batch_messages,
+                defaults::max_batch_messages(),
+            ),
+            (
+                "max_batch_bytes",
+                self.max_batch_bytes,
+                defaults::max_batch_bytes(),
+            ),
+        ];
+        for (key, value, default) in limits {
+            if value == 0 {
+                return Err(ConfigError::ZeroLimit { key, default });
+            }
+        }
+        self.header_pairs()?;
+        Ok(())
+    }
+
+    /// The URL, parsed and checked to be http(s) with a host.
+    pub(crate) fn parsed_url(&self) -> Result<reqwest::Url, ConfigError> {
+        let url = reqwest::Url::parse(&self.url).map_err(|e| ConfigError::InvalidUrl {
+            url: self.url.clone(),
+            reason: e.to_string(),
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(ConfigError::UnsupportedScheme {
+                url: self.url.clone(),
+                scheme: url.scheme().to_owned(),
+            });
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(ConfigError::InvalidUrl {
+                url: self.url.clone(),
+                reason: "it has no host".to_owned(),
+            });
+        }
+        Ok(url)
+    }
+
+    /// The configured headers, parsed and checked against the reserved ones.
+    pub(crate) fn header_pairs(&self) -> Result<Vec<(HeaderName, HeaderValue)>, ConfigError> {
+        self.headers
+            .iter()
+            .map(|(name, value)| {
+                let invalid = |reason: String| ConfigError::InvalidHeader {
+                    name: name.clone(),
+                    reason,
+                };
+                let header =
+                    HeaderName::from_bytes(name.as_bytes()).map_err(|e| invalid(e.to_string()))?;
+                if RESERVED_HEADERS.contains(&header.as_str()) {
+                    return Err(ConfigError::ReservedHeader { name: name.clone() });
+                }
+                let mut value = HeaderValue::from_str(value).map_err(|e| invalid(e.to_string()))?;
+                // Configured headers often carry credentials: keep them out of debug output.
+                value.set_sensitive(true);
+                Ok((header, value))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<DestinationConfig, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    #[test]
+    fn defaults_fill_everything_but_the_url() {
+        let config = parse(r#"url = "http://127.0.0.1:9/""#).expect("minimal config parses");
+        assert_eq!(config, DestinationConfig::new("http://127.0.0.1:9/"));
+        assert_eq!(config.timeout, Duration::from_secs(10));
+        assert_eq!(config.format, Format::Json);
+        assert_eq!(config.max_in_flight, 8);
+        assert_eq!(config.max_batch_messages, 500);
+        assert_eq!(config.max_batch_bytes, 1 << 20);
+        assert_eq!(config.pause_after_failures, 20);
+        assert_eq!(config.pause_for, Duration::from_secs(10));
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn every_key_parses() {
+        let config = parse(
+            r#"
+            url = "https://hooks.example.com/in"
+            timeout = "2s 500ms"
+            format = "ndjson"
+            headers = { Authorization = "Bearer x" }
+            max_in_flight = 2
+            max_batch_messages = 10
+            max_batch_bytes = 4096
+            pause_after_failures = 3
+            pause_for = "1m"
+            max_retry_after = "30s"
+            "#,
+        )
+        .expect("full config parses");
+        assert_eq!(config.timeout, Duration::from_millis(2500));
+        assert_eq!(config.format, Format::Ndjson);
+        assert_eq!(config.pause_for, Duration::from_secs(60));
+        assert_eq!(
+            config.headers.get("Authorization").map(String::as_str),
+            Some("Bearer x")
+        );
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = parse("url = \"http://127.0.0.1/\"\ntimeout_ms = 5").expect_err("typo must fail");
+        assert!(err.to_string().contains("timeout_ms"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let check = |edit: fn(&mut DestinationConfig)| {
+            let mut config = DestinationConfig::new("http://127.0.0.1:1/");
+            edit(&mut config);
+            config.validate().expect_err("invalid").to_string()
+        };
+        assert!(check(|c| c.url = "not a url".into()).contains("`url`"));
+        assert!(check(|c| c.url = "ftp://127.0.0.1/x".into()).contains("\"ftp\""));
+        assert!(check(|c| c.timeout = Duration::ZERO).contains("`timeout`"));
+        assert!(check(|c| c.max_in_flight = 0).contains("`max_in_flight`"));
+        assert!(check(|c| c.max_batch_messages = 0).contains("`max_batch_messages`"));
+        assert!(check(|c| c.max_batch_bytes = 0).contains("`max_batch_bytes`"));
+        assert!(check(|c| c.pause_for = Duration::ZERO).contains("`pause_for`"));
+        assert!(check(|c| {
+            c.headers.insert("Idempotency-Key".into(), "x".into());
+        })
+        .contains("set by courier"));
+        assert!(check(|c| {
+            c.headers.insert("bad header".into(), "x".into());
+        })
+        .contains("\"bad header\""));
+        assert!(check(|c| {
+            c.headers.insert("X-Ok".into(), "line\nbreak".into());
+        })
+        .contains("\"X-Ok\""));
+    }
+
+    #[test]
+    fn a_disabled_breaker_needs_no_pause() {
+        let mut config = DestinationConfig::new("http://127.0.0.1:1/");
+        config.pause_after_failures = 0;
+        config.pause_for = Duration::ZERO;
+        assert_eq!(config.validate(), Ok(()));
+    }
+}

@@ -1,0 +1,490 @@
+//! The [`Deliverer`]: one per destination, it POSTs a batch and turns whatever happens into a
+//! [`Delivery`] whose [`Disposition`] decides the range's fate.
+//!
+//! Before each request it consults, in order: the Retry-After gate (the destination asked everyone to
+//! wait), the per-destination concurrency limit (a semaphore held for the whole request), and the
+//! circuit breaker (the destination is paused after failing continuously). A refusal sends nothing
+//! and is retryable.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use courier_core::Disposition;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::StatusCode;
+use tokio::sync::Semaphore;
+
+use crate::batch::Batch;
+use crate::body::encode;
+use crate::breaker::{Admission, CircuitBreaker, CircuitState};
+use crate::config::{ConfigError, DestinationConfig};
+use crate::resolve::Resolver;
+use crate::retry_after::parse_retry_after;
+
+/// At most this many bytes of a response body are read (to let the connection be reused); the rest is
+/// never buffered and the connection is closed instead.
+pub const BODY_READ_LIMIT: usize = 64 * 1024;
+
+/// At most this many bytes of an error response's body go into the [`Delivery::reason`].
+pub const REASON_BODY_BYTES: usize = 512;
+
+/// Longest reason text kept for a network error chain.
+const REASON_MAX_CHARS: usize = 1024;
+
+/// Why a [`Deliverer`] could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("the HTTP client for destination {url:?} could not be built ({source}): the TLS library (native-tls, OpenSSL on Linux) may be missing; install libssl and restart")]
+    Client {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+/// The outcome of one [`Deliverer::deliver`] call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// What to do with the range: checkpoint, retry later, or fail it.
+    pub disposition: Disposition,
+    /// The destination's HTTP status, when it answered.
+    pub status: Option<u16>,
+    /// How long the request took, from sending until the response was read (zero when nothing was
+    /// attempted). Time spent waiting for a concurrency slot is not included.
+    pub elapsed: Duration,
+    /// A short human reason, fit for the range's `last_error`: the status and at most the first
+    /// [`REASON_BODY_BYTES`] bytes of the response body, or the network error.
+    pub reason: String,
+    /// Whether a request was attempted (even if connecting failed). `false` when the deliverer refused
+    /// without trying (circuit open, Retry-After gate, headers that cannot be sent) or the batch was
+    /// empty.
+    pub attempted: bool,
+}
+
+impl Delivery {
+    fn unsent(disposition: Disposition, reason: String) -> Self {
+        Self {
+            disposition,
+            status: None,
+            elapsed: Duration::ZERO,
+            reason,
+            attempted: false,
+        }
+    }
+
+    fn refused(reason: String, retry_after: Option<Duration>) -> Self {
+        Self::unsent(
+            Disposition::Retry {
+                reason: reason.clone(),
+                retry_after,
+            },
+            reason,
+        )
+    }
+}
+
+/// Delivers batches to one destination. Build it once per destination and clone it freely: clones
+/// share the HTTP client (and its connection pool), the concurrency limit, the circuit breaker and the
+/// Retry-After gate.
+#[derive(Debug, Clone)]
+pub struct Deliverer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: DestinationConfig,
+    url: reqwest::Url,
+    client: reqwest::Client,
+    headers: HeaderMap,
+    slots: Semaphore,
+    breaker: Mutex<CircuitBreaker>,
+    blocked_until: Mutex<Option<Instant>>,
+}
+
+/// Locks a mutex that is only ever held for a few instructions; a panic elsewhere cannot leave these
+/// states half-updated in a way that matters, so poisoning is ignored.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Deliverer {
+    /// Validates `config` and builds the client. Redirects are not followed (a 3xx fails the range
+    /// permanently) and environment proxy settings are ignored.
+    pub fn new(config: DestinationConfig) -> Result<Self, BuildError> {
+        config.validate()?;
+        let url = config.parsed_url()?;
+        let headers: HeaderMap = config.header_pairs()?.into_iter().collect();
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(Resolver)
+            .user_agent(concat!("courier/", env!("CARGO_PKG_VERSION")))
+            .pool_max_idle_per_host(config.max_in_flight)
+            .build()
+            .map_err(|source| BuildError::Client {
+                url: config.url.clone(),
+                source,
+            })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                slots: Semaphore::new(config.max_in_flight),
+                breaker: Mutex::new(CircuitBreaker::new(
+                    config.pause_after_failures,
+                    config.pause_for,
+                )),
+                blocked_until: Mutex::new(None),
+                url,
+                client,
+                headers,
+                config,
+            }),
+        })
+    }
+
+    /// The destination's settings.
+    pub fn config(&self) -> &DestinationConfig {
+        &self.inner.config
+    }
+
+    /// Until when the destination asked to be left alone (the latest `Retry-After` of a 429 or 503,
+    /// or [`block_until`](Self::block_until)); `None` once that time has passed.
+    pub fn blocked_until(&self) -> Option<Instant> {
+        let now = Instant::now();
+        lock(&self.inner.blocked_until).filter(|until| *until > now)
+    }
+
+    /// Refuses requests until `until` (or later, if already blocked longer): how a Retry-After seen by
+    /// another worker, shared through the store, reaches this one.
+    pub fn block_until(&self, until: Instant) {
+        let mut blocked = lock(&self.inner.blocked_until);
+        *blocked = Some(blocked.map_or(until, |current| current.max(until)));
+    }
+
+    /// The circuit breaker's state now.
+    pub fn circuit_state(&self) -> CircuitState {
+        lock(&self.inner.breaker).state(Instant::now())
+    }
+
+    /// POSTs `batch` and classifies the outcome; never panics on anything the network or the
+    /// destination does. An empty batch sends nothing and succeeds.
+    pub async fn deliver(&self, batch: &Batch<'_>) -> Delivery {
+        if batch.messages.is_empty() {
+            return Delivery::unsent(
+                Disposition::Success,
+                "empty batch: nothing to send".to_owned(),
+            );
+        }
+        // Refuse cheaply before queueing for a slot, and again once a slot is held: the gate or the
+        // breaker may have closed while this call waited.
+        if let Err(refusal) = self.admit(Instant::now(), false) {
+            return refusal;
+        }
+        let Ok(_slot) = self.inner.slots.acquire().await else {
+            return Delivery::refused("deliverer closed: no request sent".to_owned(), None);
+        };
+        let is_probe = match self.admit(Instant::now(), true) {
+            Ok(is_probe) => is_probe,
+            Err(refusal) => return refusal,
+        };
+        // From here on a probe must be reported or given back.
+        let mut probe = ProbeGuard {
+            breaker: &self.inner.breaker,
+            armed: is_probe,
+        };
+        let request = match self.request(batch) {
+            Ok(request) => request,
+            Err(reason) => {
+                return Delivery::unsent(
+                    Disposition::Permanent {
+                        reason: reason.clone(),
+                    },
+                    reason,
+                )
+            }
+        };
+        let sent_at = Instant::now();
+        let (disposition, status, reason) = self.send(request).await;
+        let elapsed = sent_at.elapsed();
+        probe.armed = false;
+        self.record(&disposition, status);
+        Delivery {
+            disposition,
+            status,
+            elapsed,
+            reason,
+            attempted: true,
+        }
+    }
+
+    /// Whether a request may be sent now (`Ok(true)` for a half-open circuit's probe), or the refusal.
+    /// Only with `take_probe` is the probe actually taken.
+    fn admit(&self, now: Instant, take_probe: bool) -> Result<bool, Delivery> {
+        if let Some(until) = lock(&self.inner.blocked_until).filter(|until| *until > now) {
+            let wait = until - now;
+            return Err(Delivery::refused(
+                format!("destination asked to wait (Retry-After): no request sent for another {wait:.1?}"),
+                Some(wait),
+            ));
+        }
+        let mut breaker = lock(&self.inner.breaker);
+        let admission = if take_probe {
+            breaker.admit(now)
+        } else {
+            breaker.peek(now)
+        };
+        match admission {
+            Admission::Allowed => Ok(false),
+            Admission::Probe => Ok(true),
+            Admission::Refused { until: Some(until), failures } => Err(Delivery::refused(
+                format!("destination paused (circuit open) after {failures} consecutive failures"),
+                Some(until.saturating_duration_since(now)),
+            )),
+            Admission::Refused { until: None, failures } => Err(Delivery::refused(
+                format!(
+                    "destination paused (circuit half-open, a probe request is in flight) after {failures} consecutive failures"
+                ),
+                None,
+            )),
+        }
+    }
+
+    fn request(&self, batch: &Batch<'_>) -> Result<reqwest::RequestBuilder, String> {
+        let format = self.inner.config.format;
+        let value = |header: &str, text: String| {
+            HeaderValue::try_from(text.as_str()).map_err(|_| {
+                format!("{header} {text:?} cannot be sent as an HTTP header value: route names must be visible ASCII")
+            })
+        };
+        let mut headers = self.inner.headers.clone();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static(format.content_type()),
+        );
+        headers.insert(
+            HeaderName::from_static("idempotency-key"),
+            value("Idempotency-Key", batch.idempotency_key())?,
+        );
+        headers.insert(
+            HeaderName::from_static("x-courier-route"),
+            value("X-Courier-Route", batch.route.to_owned())?,
+        );
+        headers.insert(
+            HeaderName::from_static("x-courier-partition"),
+            HeaderValue::from(batch.partition),
+        );
+        headers.insert(
+            HeaderName::from_static("x-courier-offsets"),
+            value("X-Courier-Offsets", batch.offsets())?,
+        );
+        Ok(self
+            .inner
+            .client
+            .post(self.inner.url.clone())
+            .headers(headers)
+            .body(encode(batch.messages, format)))
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> (Disposition, Option<u16>, String) {
+        let mut response = match request.send().await {
+            Ok(response) => response,
+            Err(error) => {
+                let disposition = classify_error(&error, self.inner.config.timeout);
+                let reason = reason_of(&disposition);
+                return (disposition, None, reason);
+            }
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| {
+                parse_retry_after(value, SystemTime::now(), self.inner.config.max_retry_after)
+            });
+        let mut reason = status_text(status);
+        if let Some(wait) = retry_after {
+            reason.push_str(&format!(" (Retry-After {wait:?})"));
+        }
+        let disposition = match read_bounded(&mut response).await {
+            Ok(body) => {
+                if !status.is_success() && !body.is_empty() {
+                    reason.push_str(": ");
+                    reason.push_str(&body);
+                }
+                Disposition::from_http_status(status.as_u16(), reason.clone(), retry_after)
+            }
+            Err(error) => {
+                reason.push_str(&format!(
+                    ", then reading the response body failed: {}",
+                    error_chain(&error, self.inner.config.timeout)
+                ));
+                if status.is_success() {
+                    // The answer is incomplete: whether the batch was applied is unknown, so send it
+                    // again (the idempotency key lets the destination drop the repeat).
+                    Disposition::Retry {
+                        reason: reason.clone(),
+                        retry_after,
+                    }
+                } else {
+                    Disposition::from_http_status(status.as_u16(), reason.clone(), retry_after)
+                }
+            }
+        };
+        (disposition, Some(status.as_u16()), reason)
+    }
+
+    /// Feeds an outcome to the breaker and the Retry-After gate.
+    fn record(&self, disposition: &Disposition, status: Option<u16>) {
+        match disposition {
+            // A permanent answer is about the batch, not the destination's health: it answered.
+            Disposition::Success | Disposition::Permanent { .. } => {
+                lock(&self.inner.breaker).record_success()
+            }
+            Disposition::Retry {
+                reason,
+                retry_after,
+            } => {
+                let now = Instant::now();
+                {
+                    let mut breaker = lock(&self.inner.breaker);
+                    let was_open = matches!(breaker.state(now), CircuitState::Open { .. });
+                    breaker.record_failure(now);
+                    if let (false, CircuitState::Open { until, failures }) =
+                        (was_open, breaker.state(now))
+                    {
+                        tracing::warn!(
+                            url = %self.inner.url,
+                            failures,
+                            pause = ?until.saturating_duration_since(now),
+                            last_error = %reason,
+                            "Destination paused (circuit open) after consecutive failures."
+                        );
+                    }
+                }
+                if let (Some(429 | 503), Some(wait)) = (status, retry_after) {
+                    *lock(&self.inner.blocked_until) = Some(now + *wait);
+                }
+            }
+        }
+    }
+}
+
+/// Gives a half-open circuit's probe back if the request never reported an outcome (the `deliver`
+/// future was dropped mid-request, or the request could not be built).
+struct ProbeGuard<'a> {
+    breaker: &'a Mutex<CircuitBreaker>,
+    armed: bool,
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            lock(self.breaker).probe_abandoned();
+        }
+    }
+}
+
+fn reason_of(disposition: &Disposition) -> String {
+    match disposition {
+        Disposition::Success => String::new(),
+        Disposition::Retry { reason, .. } | Disposition::Permanent { reason } => reason.clone(),
+    }
+}
+
+fn status_text(status: StatusCode) -> String {
+    match status.canonical_reason() {
+        Some(text) => format!("HTTP {} {text}", status.as_u16()),
+        None => format!("HTTP {}", status.as_u16()),
+    }
+}
+
+/// Reads at most [`BODY_READ_LIMIT`] bytes of the body, keeping the first [`REASON_BODY_BYTES`] as a
+/// one-line text.
+async fn read_bounded(response: &mut reqwest::Response) -> Result<String, reqwest::Error> {
+    let mut kept = Vec::with_capacity(REASON_BODY_BYTES);
+    let mut read = 0usize;
+    let mut truncated = false;
+    while let Some(chunk) = response.chunk().await? {
+        read += chunk.len();
+        let room = REASON_BODY_BYTES - kept.len();
+        kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if chunk.len() > room {
+            truncated = true;
+        }
+        if read >= BODY_READ_LIMIT {
+            truncated = true;
+            break;
+        }
+    }
+    let mut text: String = String::from_utf8_lossy(&kept)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .trim()
+        .to_owned();
+    if truncated {
+        text.push_str(" …");
+    }
+    Ok(text)
+}
+
+/// Network failures are retryable (connect, DNS, timeout, reset, unreadable body); only a request
+/// that could not even be built is permanent.
+fn classify_error(error: &reqwest::Error, timeout: Duration) -> Disposition {
+    let detail = error_chain(error, timeout);
+    if error.is_builder() {
+        return Disposition::Permanent {
+            reason: format!("the request could not be built: {detail}"),
+        };
+    }
+    let what = if error.is_timeout() {
+        "timed out"
+    } else if error.is_dns() {
+        "DNS lookup failed"
+    } else if error.is_connect() {
+        "connect failed"
+    } else if error.is_body() || error.is_decode() {
+        "reading the response failed"
+    } else {
+        "request failed"
+    };
+    Disposition::Retry {
+        reason: format!("{what}: {detail}"),
+        retry_after: None,
+    }
+}
+
+/// The error and its sources on one line, bounded, the URL left out (the destination is known).
+fn error_chain(error: &reqwest::Error, timeout: Duration) -> String {
+    let mut parts = vec![text_without_url(error)];
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    if error.is_timeout() {
+        parts.push(format!("no complete answer within the {timeout:?} timeout"));
+    }
+    let mut text = parts.join(": ");
+    if text.chars().count() > REASON_MAX_CHARS {
+        text = text.chars().take(REASON_MAX_CHARS).collect::<String>() + " …";
+    }
+    text
+}
+
+/// `reqwest::Error`'s own text without the URL, which the caller already knows.
+fn text_without_url(error: &reqwest::Error) -> String {
+    let text = error.to_string();
+    match error.url() {
+        Some(url) => text.replace(&format!(" for url ({url})"), ""),
+        None => text,
+    }
+}
