@@ -41,6 +41,9 @@ CREATE TABLE courier_ranges (
     lease_owner      text,
     lease_expires_at timestamptz,
     attempts         int NOT NULL DEFAULT 0,
+    -- Offsets below it were delivered by an attempt that then failed: a retry resumes here, so a partial
+    -- failure does not deliver the first batches twice.
+    resume_offset    bigint,
     not_before       timestamptz NOT NULL DEFAULT now(),
     last_error       text,
     -- Set when an operator replayed this range (courier_replays holds who, why and when).

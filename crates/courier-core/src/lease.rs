@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::range::{OffsetRange, Partition, RangeId, RangeKind};
+use crate::range::{Offset, OffsetRange, Partition, RangeId, RangeKind};
 
 /// A fencing token. Every lease of a range increments it, so a worker whose lease expired and was taken
 /// by another carries a stale epoch: its checkpoint, renewal or failure changes nothing.
@@ -31,6 +31,9 @@ pub struct Lease {
     /// How many times this range has been leased, this lease included.
     pub attempts: i32,
     pub kind: RangeKind,
+    /// Where delivery resumes: `range.start()`, or past the batches an earlier attempt delivered before
+    /// it failed.
+    pub resume_from: Offset,
 }
 
 impl Lease {

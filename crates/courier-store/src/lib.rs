@@ -32,6 +32,6 @@ pub use error::{Result, StoreError};
 pub use migrate::{MigrationReport, Migrator, SchemaVersion};
 pub use pool::{DedicatedConnection, Store};
 pub use protocol::{
-    FailOutcome, LeaseRequest, PartitionProgress, PlanOutcome, PlanRequest, ReplayAudit,
+    FailOutcome, Failure, LeaseRequest, PartitionProgress, PlanOutcome, PlanRequest, ReplayAudit,
     ReplayFilter, ReplayOutcome, RouteSpec,
 };

@@ -63,6 +63,21 @@ pub struct LeaseRequest {
     pub kind: RangeKind,
 }
 
+/// A failed delivery attempt, as reported to the store.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// Why, for `last_error`: what the destination or Kafka said.
+    pub reason: String,
+    /// Will never succeed as is: fail the range now instead of retrying.
+    pub permanent: bool,
+    /// How long before the range may be leased again.
+    pub backoff: Duration,
+    /// Fail for good once the range has been leased this many times.
+    pub max_attempts: i32,
+    /// Offsets below this were delivered by this attempt (its first batches went through).
+    pub delivered_to: Option<Offset>,
+}
+
 /// What became of a failure report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FailOutcome {
@@ -341,7 +356,8 @@ impl Store {
                  lease_expires_at = now() + $4::bigint * interval '1 millisecond',
                  attempts = r.attempts + 1, updated_at = now()
              FROM picked WHERE r.id = picked.id
-             RETURNING r.id, r.partition, r.start_offset, r.end_offset, r.epoch, r.attempts, r.kind"
+             RETURNING r.id, r.partition, r.start_offset, r.end_offset, r.epoch, r.attempts, r.kind,
+                       COALESCE(r.resume_offset, r.start_offset)"
         );
         let limit = i64::try_from(request.max_ranges).unwrap_or(i64::MAX);
         self.run(OP, move |c| {
@@ -396,17 +412,18 @@ impl Store {
         .await
     }
 
-    /// Gives a lease back untouched (graceful shutdown): the range is pending again at once and the
-    /// attempt is not counted.
-    pub async fn release(&self, lease: &Lease) -> Result<CheckpointOutcome> {
+    /// Gives a lease back without an attempt counted: at once for a graceful shutdown, or after `delay`
+    /// when the destination asked every worker to hold off (a `Retry-After`, an open circuit).
+    pub async fn release(&self, lease: &Lease, delay: Duration) -> Result<CheckpointOutcome> {
         self.execute_fenced(
             "release",
             "UPDATE courier_ranges SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL,
-                    attempts = GREATEST(attempts - 1, 0), not_before = now(), updated_at = now()
+                    attempts = GREATEST(attempts - 1, 0),
+                    not_before = now() + $3::bigint * interval '1 millisecond', updated_at = now()
              WHERE id = $1 AND epoch = $2 AND state = 'leased'",
             lease.id,
             lease.epoch.0,
-            None,
+            Some(millis(delay)),
         )
         .await
     }
@@ -435,20 +452,18 @@ impl Store {
 
     /// Reports a failed delivery. A retryable failure puts the range back with `not_before = now() +
     /// backoff`, unless it has been leased `max_attempts` times; a permanent one fails it at once. The
-    /// reason is kept in `last_error` either way.
-    pub async fn fail(
-        &self,
-        lease: &Lease,
-        reason: &str,
-        permanent: bool,
-        backoff: Duration,
-        max_attempts: i32,
-    ) -> Result<FailOutcome> {
+    /// reason is kept in `last_error` either way. `delivered_to` is the offset up to which this attempt
+    /// delivered before failing: the next attempt resumes there.
+    pub async fn fail(&self, lease: &Lease, failure: &Failure) -> Result<FailOutcome> {
         const OP: &str = "fail";
         let (id, epoch) = (lease.id, lease.epoch.0);
         // Bounded: a destination answering a megabyte of HTML must not bloat the hot table.
-        let reason: String = reason.chars().take(2000).collect();
-        let backoff = millis(backoff);
+        let reason: String = failure.reason.chars().take(2000).collect();
+        let backoff = millis(failure.backoff);
+        let (permanent, max_attempts) = (failure.permanent, failure.max_attempts);
+        let delivered_to = failure
+            .delivered_to
+            .filter(|offset| lease.range.contains(*offset));
         self.run(OP, move |c| {
             Box::pin(async move {
                 let statement = c
@@ -456,14 +471,15 @@ impl Store {
                         "UPDATE courier_ranges
                          SET state = CASE WHEN $3 OR attempts >= $4 THEN 'failed' ELSE 'pending' END,
                              not_before = now() + $5::bigint * interval '1 millisecond',
-                             last_error = $6, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+                             last_error = $6, lease_owner = NULL, lease_expires_at = NULL, updated_at = now(),
+                             resume_offset = COALESCE($7, resume_offset)
                          WHERE id = $1 AND epoch = $2 AND state = 'leased'
                          RETURNING state",
                     )
                     .await
                     .map_err(db(OP))?;
                 let row = c
-                    .query_opt(&statement, &[&id, &epoch, &permanent, &max_attempts, &backoff, &reason])
+                    .query_opt(&statement, &[&id, &epoch, &permanent, &max_attempts, &backoff, &reason, &delivered_to])
                     .await
                     .map_err(db(OP))?;
                 Ok(match row.map(|r| r.get::<_, String>(0)) {
@@ -787,5 +803,6 @@ fn lease_from_row(route: &str, row: &Row) -> Result<Lease> {
         epoch: Epoch(row.get(4)),
         attempts: row.get(5),
         kind: kind.parse().map_err(|e: String| invalid("lease", e))?,
+        resume_from: row.get(7),
     })
 }

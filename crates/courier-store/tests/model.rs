@@ -18,7 +18,7 @@ use std::time::Duration;
 use courier_core::{carve, CheckpointOutcome, Lease, Ordering, RangeKind, RangeState};
 use courier_store::protocol::ReplayAudit;
 use courier_store::{
-    FailOutcome, LeaseRequest, PlanRequest, ReplayFilter, RouteSpec, Store, StoreError,
+    FailOutcome, Failure, LeaseRequest, PlanRequest, ReplayFilter, RouteSpec, Store, StoreError,
 };
 use courier_testkit::TestDb;
 use proptest::prelude::*;
@@ -182,6 +182,16 @@ impl Model {
     fn peek_slot(&self, worker: usize, slot: usize) -> Option<Lease> {
         let held = &self.held[worker];
         (!held.is_empty()).then(|| held[slot % held.len()].clone())
+    }
+}
+
+fn failure(permanent: bool) -> Failure {
+    Failure {
+        reason: "boom".into(),
+        permanent,
+        backoff: Duration::ZERO,
+        max_attempts: MAX_ATTEMPTS,
+        delivered_to: None,
     }
 }
 
@@ -462,10 +472,7 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCase
                 } else {
                     FailOutcome::Retrying
                 };
-                let outcome = store
-                    .fail(&lease, "boom", permanent, Duration::ZERO, MAX_ATTEMPTS)
-                    .await
-                    .expect("fail");
+                let outcome = store.fail(&lease, &failure(permanent)).await.expect("fail");
                 prop_assert_eq!(&outcome, &expected);
                 let range = model.range(&lease);
                 match outcome {
@@ -491,7 +498,10 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCase
                 } else {
                     CheckpointOutcome::Fenced
                 };
-                let outcome = store.release(&lease).await.expect("release");
+                let outcome = store
+                    .release(&lease, Duration::ZERO)
+                    .await
+                    .expect("release");
                 prop_assert_eq!(outcome, expected);
                 if outcome == CheckpointOutcome::Applied {
                     let range = model.range(&lease);

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use courier_core::{CheckpointOutcome, OffsetRange, Ordering, RangeKind};
 use courier_store::protocol::ReplayAudit;
-use courier_store::{FailOutcome, LeaseRequest, PlanRequest, RouteSpec, Store, StoreError};
+use courier_store::{
+    FailOutcome, Failure, LeaseRequest, PlanRequest, RouteSpec, Store, StoreError,
+};
 use courier_testkit::TestDb;
 
 async fn route(store: &Store, name: &str, partitions: i32) {
@@ -43,6 +45,16 @@ fn lease(route: &str, kind: RangeKind) -> LeaseRequest {
         ttl: Duration::from_secs(60),
         ordering: Ordering::None,
         kind,
+    }
+}
+
+fn failure(reason: &str, permanent: bool, backoff: Duration, delivered_to: Option<i64>) -> Failure {
+    Failure {
+        reason: reason.into(),
+        permanent,
+        backoff,
+        max_attempts: 5,
+        delivered_to,
     }
 }
 
@@ -160,10 +172,12 @@ async fn a_retryable_failure_backs_off_and_a_permanent_one_is_listed_with_its_re
     let outcome = store
         .fail(
             &leases[0],
-            "503 Service Unavailable",
-            false,
-            Duration::from_secs(3600),
-            5,
+            &failure(
+                "503 Service Unavailable",
+                false,
+                Duration::from_secs(3600),
+                Some(50),
+            ),
         )
         .await
         .expect("fail");
@@ -171,10 +185,7 @@ async fn a_retryable_failure_backs_off_and_a_permanent_one_is_listed_with_its_re
     let outcome = store
         .fail(
             &leases[1],
-            "404 Not Found: no such hook",
-            true,
-            Duration::ZERO,
-            5,
+            &failure("404 Not Found: no such hook", true, Duration::ZERO, None),
         )
         .await
         .expect("fail");
@@ -186,6 +197,28 @@ async fn a_retryable_failure_backs_off_and_a_permanent_one_is_listed_with_its_re
             .expect("lease")
             .is_empty(),
         "backoff holds the range"
+    );
+    // Once the backoff has passed, the retry resumes after the batches the failed attempt delivered.
+    let client = db.raw_client().await;
+    client
+        .execute(
+            "UPDATE courier_ranges SET not_before = now() WHERE id = $1",
+            &[&leases[0].id],
+        )
+        .await
+        .expect("skip backoff");
+    let retry = store
+        .lease(&lease("r", RangeKind::Live))
+        .await
+        .expect("lease");
+    assert_eq!(retry.len(), 1);
+    assert_eq!(retry[0].resume_from, 50);
+    assert_eq!(
+        store
+            .release(&retry[0], Duration::from_secs(3600))
+            .await
+            .expect("release"),
+        CheckpointOutcome::Applied
     );
     // A stale report after the fact changes nothing.
     assert_eq!(

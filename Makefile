@@ -1,0 +1,66 @@
+# courier: deliver Kafka topics to HTTP destinations, progress kept in PostgreSQL.
+# `make` lists the targets. Every target starts the local services it needs (idempotently).
+
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+CARGO ?= cargo
+# DATABASE_URL and KAFKA_BROKERS, when set, point everything at existing services instead; unset, the
+# scripts start local ones and every tool defaults to them.
+
+##@ Start here
+
+.PHONY: demo
+demo: services ## Run the pipeline end to end on local services: demo topic, demo destination, live progress
+	$(CARGO) run --quiet -p courier -- demo
+
+.PHONY: test
+test: services ## Run the whole test suite against real PostgreSQL, Kafka and HTTP (~15 min cold on 2 cores)
+	scripts/postgres.sh clean-test-databases
+	$(CARGO) test --workspace --no-fail-fast
+
+##@ Longer runs
+
+.PHONY: chaos
+chaos: services ## Full chaos gameday: incident 8 naive vs courier, and the other faults of that day
+	$(CARGO) run --release -p courier -- gameday --all --full
+
+.PHONY: bench
+bench: services ## Benchmarks against the raw pipe and a naive forwarder, as ratios measured in one run
+	$(CARGO) bench --workspace
+
+##@ Services
+
+.PHONY: services
+services: postgres kafka ## Start PostgreSQL and Kafka on 127.0.0.1 (no-op when DATABASE_URL / KAFKA_BROKERS answer)
+
+.PHONY: postgres
+postgres: ## Install (if missing) and start a PostgreSQL cluster on 127.0.0.1:54329
+	scripts/postgres.sh start >/dev/null
+
+.PHONY: kafka
+kafka: ## Fetch the broker from Maven Central (once) and start Kafka in KRaft mode on 127.0.0.1:9092
+	scripts/kafka.sh start
+
+.PHONY: stop
+stop: ## Stop the local Kafka broker and PostgreSQL cluster
+	scripts/kafka.sh stop
+	scripts/postgres.sh stop
+
+##@ Development
+
+.PHONY: build
+build: ## Build the courier binary (release)
+	$(CARGO) build --release -p courier
+
+.PHONY: lint
+lint: ## rustfmt and clippy, warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make \033[36m<target>\033[0m\n"} \
+	/^[a-zA-Z_-]+:.*?##/ { printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2 } \
+	/^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
