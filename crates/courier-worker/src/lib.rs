@@ -1,1 +1,270 @@
-//! The delivery runtime: plan, lease, read, deliver, checkpoint, renew, drain.
+//! The delivery runtime: one worker process serving every configured route.
+//!
+//! A worker runs, concurrently:
+//! - a **planner** that reads Kafka's high watermarks, registers new partitions, carves ranges ahead of
+//!   delivery, advances watermarks, compacts settled ranges and shares destinations' `Retry-After`;
+//! - **delivery tasks** that lease ranges, read them from Kafka, deliver them in batches and checkpoint
+//!   them, renewing the lease while a long delivery runs (live and replay tasks are separate budgets);
+//! - a **heartbeat** that records the worker's host and version, so `courier status` can answer
+//!   "what changed?".
+//!
+//! The worker holds nothing that cannot be lost: every fact lives in the store. No store transaction is
+//! open while Kafka or a destination is being talked to.
+//!
+//! # Layout
+//! - [`config`]: [`WorkerConfig`] and [`RouteConfig`].
+//! - [`metrics`]: every metric name, in one place.
+//! - `delivery`: lease → read → deliver → checkpoint for one range.
+//! - `planner`: the planner tick.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod delivery;
+pub mod metrics;
+mod planner;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use courier_core::RangeKind;
+use courier_http::{Deliverer, DestinationConfig};
+use courier_kafka::{KafkaConfig, RangeReader};
+use courier_store::{RouteSpec, Store, StoreError};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use config::{RouteConfig, StartFrom, WorkerConfig};
+
+/// The version recorded in `courier_workers`, shown by `courier status`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Why a worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot reach Kafka: {0}")]
+    Kafka(#[from] courier_kafka::Error),
+}
+
+/// One route as the runtime sees it: its settings and the deliverer of its destination (shared with every
+/// other route to the same destination, so the concurrency limit and circuit breaker are per destination).
+pub(crate) struct Route {
+    pub config: RouteConfig,
+    pub deliverer: Deliverer,
+}
+
+/// What a worker did, counted as it went.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub ranges_checkpointed: AtomicU64,
+    pub messages_delivered: AtomicU64,
+    pub ranges_fenced: AtomicU64,
+    pub ranges_retried: AtomicU64,
+    pub ranges_failed: AtomicU64,
+    pub ranges_released: AtomicU64,
+}
+
+impl WorkerStats {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, AtomicOrdering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(AtomicOrdering::Relaxed)
+    }
+}
+
+/// Everything the worker's tasks share.
+pub(crate) struct Context {
+    pub id: String,
+    pub store: Store,
+    pub reader: RangeReader,
+    pub routes: Vec<Route>,
+    pub config: WorkerConfig,
+    pub stats: Arc<WorkerStats>,
+}
+
+/// A configured worker, ready to [`run`](Worker::run).
+pub struct Worker {
+    context: Arc<Context>,
+}
+
+impl Worker {
+    /// Validates the configuration, connects to Kafka, records the routes. Nothing is leased yet.
+    pub async fn new(
+        store: Store,
+        kafka: KafkaConfig,
+        destinations: &BTreeMap<String, DestinationConfig>,
+        routes: Vec<RouteConfig>,
+        config: WorkerConfig,
+    ) -> Result<Self, WorkerError> {
+        if routes.is_empty() {
+            return Err(WorkerError::Config(
+                "no routes configured: add a [routes.NAME] section with topic and destination".into(),
+            ));
+        }
+        let longest_timeout = destinations.values().map(|d| d.timeout).max().unwrap_or_default();
+        config.validate(longest_timeout).map_err(WorkerError::Config)?;
+        let mut deliverers = BTreeMap::new();
+        for (name, destination) in destinations {
+            let deliverer = Deliverer::new(destination.clone())
+                .map_err(|e| WorkerError::Config(format!("destinations.{name}: {e}")))?;
+            deliverers.insert(name.clone(), deliverer);
+        }
+        let mut runtime_routes = Vec::new();
+        for route in routes {
+            route.validate().map_err(WorkerError::Config)?;
+            let deliverer = deliverers.get(&route.destination).cloned().ok_or_else(|| {
+                WorkerError::Config(format!(
+                    "routes.{}.destination names {:?}, which is not a [destinations.{}] section; known destinations: {}",
+                    route.name,
+                    route.destination,
+                    route.destination,
+                    deliverers.keys().cloned().collect::<Vec<_>>().join(", ")
+                ))
+            })?;
+            store
+                .ensure_route(&RouteSpec {
+                    name: route.name.clone(),
+                    topic: route.topic.clone(),
+                    destination: route.destination.clone(),
+                })
+                .await?;
+            runtime_routes.push(Route { config: route, deliverer });
+        }
+        let reader = RangeReader::connect(kafka).await?;
+        let host = gethostname::gethostname().to_string_lossy().into_owned();
+        let id = format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>());
+        Ok(Self {
+            context: Arc::new(Context {
+                id,
+                store,
+                reader,
+                routes: runtime_routes,
+                config,
+                stats: Arc::default(),
+            }),
+        })
+    }
+
+    /// This worker's id, as recorded in `lease_owner` and `courier_workers`.
+    pub fn id(&self) -> &str {
+        &self.context.id
+    }
+
+    /// Live counters, readable while the worker runs.
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        Arc::clone(&self.context.stats)
+    }
+
+    /// Runs until `shutdown` turns true, then drains: no new leases; in-flight ranges get
+    /// `drain_timeout` to finish, and whatever is still running after that is given back (released)
+    /// so another worker takes it over at once instead of after the lease TTL.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<Arc<WorkerStats>, WorkerError> {
+        let ctx = self.context;
+        let host = gethostname::gethostname().to_string_lossy().into_owned();
+        ctx.store.heartbeat(&ctx.id, &host, std::process::id(), VERSION).await?;
+        tracing::info!(worker = %ctx.id, routes = ctx.routes.len(), tasks = ctx.config.delivery_tasks, "Worker started.");
+
+        let (stop_leasing, leasing_stopped) = watch::channel(false);
+        let (hard_stop, hard_stopped) = watch::channel(false);
+        let mut background = JoinSet::new();
+        background.spawn(planner::run(Arc::clone(&ctx), leasing_stopped.clone()));
+        background.spawn(heartbeat(Arc::clone(&ctx), host, leasing_stopped.clone()));
+        let mut deliveries = JoinSet::new();
+        for index in 0..ctx.config.delivery_tasks {
+            deliveries.spawn(delivery::run(
+                Arc::clone(&ctx),
+                RangeKind::Live,
+                index,
+                leasing_stopped.clone(),
+                hard_stopped.clone(),
+            ));
+        }
+        for index in 0..ctx.config.replay_tasks {
+            deliveries.spawn(delivery::run(
+                Arc::clone(&ctx),
+                RangeKind::Replay,
+                index,
+                leasing_stopped.clone(),
+                hard_stopped.clone(),
+            ));
+        }
+
+        // A closed channel (the sender dropped) also means stop.
+        stopped(&mut shutdown).await;
+        tracing::info!(worker = %ctx.id, drain_timeout = ?ctx.config.drain_timeout, "Draining: no new leases; finishing in-flight ranges.");
+        let _ = stop_leasing.send(true);
+        let drained = tokio::time::timeout(ctx.config.drain_timeout, async {
+            while deliveries.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(worker = %ctx.id, "Drain timeout passed; releasing the leases still in flight.");
+            let _ = hard_stop.send(true);
+            // Releasing is one short store call per lease, bounded by the client deadline.
+            let bound = ctx.store.timeouts().client_deadline * 2;
+            if tokio::time::timeout(bound, async { while deliveries.join_next().await.is_some() {} }).await.is_err() {
+                deliveries.abort_all();
+            }
+        }
+        background.abort_all();
+        if let Err(error) = ctx.store.worker_stopped(&ctx.id).await {
+            tracing::warn!(worker = %ctx.id, %error, "Could not record the worker as stopped; its heartbeat will simply age.");
+        }
+        tracing::info!(worker = %ctx.id, "Worker stopped.");
+        Ok(Arc::clone(&ctx.stats))
+    }
+}
+
+/// Resolves once `signal` turns true or its sender is gone. (The guard `wait_for` returns is not `Send`,
+/// so it is dropped here, inside.)
+pub(crate) async fn stopped(signal: &mut watch::Receiver<bool>) {
+    let _ = signal.wait_for(|stop| *stop).await;
+}
+
+async fn heartbeat(ctx: Arc<Context>, host: String, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(ctx.config.heartbeat_every);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = crate::stopped(&mut stop) => return,
+        }
+        if let Err(error) = ctx.store.heartbeat(&ctx.id, &host, std::process::id(), VERSION).await {
+            metrics::store_error("heartbeat");
+            tracing::warn!(worker = %ctx.id, %error, "Heartbeat failed.");
+        }
+    }
+}
+
+/// Logs at most once per `every` for a given key, so a failure repeating every tick does not flood the
+/// log at 2 a.m. while still being visible.
+pub(crate) struct Throttle {
+    every: Duration,
+    last: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+impl Throttle {
+    pub fn new(every: Duration) -> Self {
+        Self { every, last: std::sync::Mutex::default() }
+    }
+
+    pub fn ready(&self, key: &str) -> bool {
+        let now = std::time::Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match last.get(key) {
+            Some(at) if now.duration_since(*at) < self.every => false,
+            _ => {
+                last.insert(key.to_owned(), now);
+                true
+            }
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! What a worker process is told: how many delivery tasks, lease timing, and the routes it serves.
+
+use std::time::Duration;
+
+use courier_core::{Backoff, Ordering};
+use serde::Deserialize;
+
+/// The `[worker]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Concurrent delivery tasks in this process. Each holds at most `leases_per_task` ranges at a time.
+    pub delivery_tasks: usize,
+    /// Ranges a delivery task leases per store round trip (k in `LIMIT k`).
+    pub leases_per_task: usize,
+    /// Delivery tasks reserved for operator replays, so a replay never takes live traffic's slots and a
+    /// big replay never starves live traffic.
+    pub replay_tasks: usize,
+    /// How long a lease lasts without renewal. A range whose worker died is leased again after this.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How often a long delivery renews its lease. Must leave room for a destination timeout inside
+    /// `lease_ttl`.
+    #[serde(with = "humantime_serde")]
+    pub renew_every: Duration,
+    /// How long an idle delivery task waits before asking for work again.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How often the planner reads Kafka's high watermarks and carves new ranges.
+    #[serde(with = "humantime_serde")]
+    pub plan_interval: Duration,
+    /// A tail shorter than a range is carved once it has waited this long, so a quiet topic still flows.
+    #[serde(with = "humantime_serde")]
+    pub max_tail_age: Duration,
+    /// Planned-but-unsettled ranges per partition the planner keeps ahead of delivery.
+    pub ranges_ahead: usize,
+    /// How long SIGTERM / SIGINT waits for in-flight ranges before releasing their leases.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// How often the worker records its heartbeat (and version) in the store.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_every: Duration,
+    /// First retry delay of a failed range (exponential with full jitter from here).
+    #[serde(with = "humantime_serde")]
+    pub retry_base: Duration,
+    /// Longest retry delay, also the cap on a destination's `Retry-After` for a range.
+    #[serde(with = "humantime_serde")]
+    pub retry_cap: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            delivery_tasks: 8,
+            leases_per_task: 1,
+            replay_tasks: 1,
+            lease_ttl: Duration::from_secs(30),
+            renew_every: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(100),
+            plan_interval: Duration::from_millis(250),
+            max_tail_age: Duration::from_millis(200),
+            ranges_ahead: 32,
+            drain_timeout: Duration::from_secs(15),
+            heartbeat_every: Duration::from_secs(5),
+            retry_base: Duration::from_millis(500),
+            retry_cap: Duration::from_secs(300),
+        }
+    }
+}
+
+impl WorkerConfig {
+    pub fn backoff(&self) -> Backoff {
+        Backoff { base: self.retry_base, cap: self.retry_cap }
+    }
+
+    /// Cross-field rules. `longest_destination_timeout` is the largest per-request timeout of any
+    /// destination: a lease must outlive a renewal interval plus one request, or a healthy but slow
+    /// delivery loses its lease and the range is delivered twice.
+    pub fn validate(&self, longest_destination_timeout: Duration) -> Result<(), String> {
+        if self.delivery_tasks == 0 {
+            return Err("worker.delivery_tasks is 0: set at least 1".into());
+        }
+        if self.leases_per_task == 0 {
+            return Err("worker.leases_per_task is 0: set at least 1".into());
+        }
+        for (key, value) in [
+            ("lease_ttl", self.lease_ttl),
+            ("renew_every", self.renew_every),
+            ("poll_interval", self.poll_interval),
+            ("plan_interval", self.plan_interval),
+            ("heartbeat_every", self.heartbeat_every),
+            ("retry_base", self.retry_base),
+        ] {
+            if value.is_zero() {
+                return Err(format!("worker.{key} is zero: set a positive duration"));
+            }
+        }
+        let needed = self.renew_every + longest_destination_timeout;
+        if self.lease_ttl <= needed {
+            return Err(format!(
+                "worker.lease_ttl ({:?}) must exceed worker.renew_every ({:?}) plus the longest destination timeout ({:?}): \
+                 otherwise a slow but healthy delivery loses its lease and is delivered twice. Raise lease_ttl above {:?} \
+                 or lower renew_every",
+                self.lease_ttl, self.renew_every, longest_destination_timeout, needed
+            ));
+        }
+        if self.ranges_ahead == 0 {
+            return Err("worker.ranges_ahead is 0: set at least 1 (the planner would never carve)".into());
+        }
+        Ok(())
+    }
+}
+
+/// Where a new route starts reading a partition the first time it sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartFrom {
+    /// The oldest message Kafka still has.
+    #[default]
+    Earliest,
+    /// Only messages written after the route was first seen.
+    Latest,
+}
+
+/// One `[routes.NAME]` section: a topic delivered to a destination, with its own progress.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Filled from the section name.
+    #[serde(skip)]
+    pub name: String,
+    /// Kafka topic to read.
+    pub topic: String,
+    /// Name of a `[destinations.NAME]` section.
+    pub destination: String,
+    /// `"none"` (fastest) or `"partition"` (each partition delivered in offset order).
+    #[serde(default)]
+    pub ordering: Ordering,
+    /// Offsets per range: the unit of leasing, checkpointing and retry. Bigger ranges mean fewer store
+    /// transactions; smaller ones mean less redelivered after a crash.
+    #[serde(default = "default_range_size")]
+    pub range_size: u32,
+    /// A range failing this many times is failed for good (listed, alerted on, replayable).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: i32,
+    /// Where the route starts on partitions it has never seen.
+    #[serde(default)]
+    pub start: StartFrom,
+}
+
+fn default_range_size() -> u32 {
+    1000
+}
+
+fn default_max_attempts() -> i32 {
+    10
+}
+
+impl RouteConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let name = &self.name;
+        if self.topic.trim().is_empty() {
+            return Err(format!("routes.{name}.topic is empty: name the Kafka topic to deliver"));
+        }
+        if self.range_size == 0 {
+            return Err(format!("routes.{name}.range_size is 0: use at least 1 (100 to 1000 suits most routes)"));
+        }
+        if self.max_attempts < 1 {
+            return Err(format!("routes.{name}.max_attempts is {}: use at least 1", self.max_attempts));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_with_the_default_destination_timeout() {
+        WorkerConfig::default().validate(Duration::from_secs(10)).expect("valid");
+    }
+
+    #[test]
+    fn a_lease_shorter_than_renewal_plus_a_request_is_refused() {
+        let config = WorkerConfig { lease_ttl: Duration::from_secs(15), ..WorkerConfig::default() };
+        let err = config.validate(Duration::from_secs(10)).expect_err("too short");
+        assert!(err.contains("worker.lease_ttl") && err.contains("renew_every"), "{err}");
+    }
+
+    #[test]
+    fn zero_tasks_and_zero_ttl_are_refused() {
+        let err = WorkerConfig { delivery_tasks: 0, ..WorkerConfig::default() }.validate(Duration::ZERO).expect_err("0");
+        assert!(err.contains("delivery_tasks"));
+        let err = WorkerConfig { lease_ttl: Duration::ZERO, ..WorkerConfig::default() }.validate(Duration::ZERO).expect_err("0");
+        assert!(err.contains("lease_ttl"));
+    }
+}

@@ -1,0 +1,80 @@
+//! Every metric courier emits, named in one place.
+//!
+//! Names follow StatsD/Prometheus habits: `courier_` prefix, `_total` counters, `_seconds` timings. Labels
+//! stay low-cardinality: route, destination, outcome, reason, never offsets or message ids. Paired counters
+//! (leased / checkpointed / fenced / failed) rather than fast-moving gauges, so rates survive a lost packet.
+
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+
+pub const RANGES_LEASED: &str = "courier_ranges_leased_total";
+pub const RANGES_CHECKPOINTED: &str = "courier_ranges_checkpointed_total";
+pub const RANGES_FENCED: &str = "courier_ranges_fenced_total";
+pub const RANGES_RETRIED: &str = "courier_ranges_retried_total";
+pub const RANGES_FAILED: &str = "courier_ranges_failed_total";
+pub const RANGES_RELEASED: &str = "courier_ranges_released_total";
+pub const RANGES_REPLAYED: &str = "courier_ranges_replayed_total";
+pub const MESSAGES_DELIVERED: &str = "courier_messages_delivered_total";
+pub const DELIVERY_ATTEMPTS: &str = "courier_delivery_attempts_total";
+pub const BATCH_LATENCY: &str = "courier_batch_latency_seconds";
+pub const END_TO_END_LATENCY: &str = "courier_end_to_end_latency_seconds";
+pub const LAG_MESSAGES: &str = "courier_lag_messages";
+pub const STORE_ERRORS: &str = "courier_store_errors_total";
+pub const KAFKA_ERRORS: &str = "courier_kafka_errors_total";
+
+pub fn range_leased(route: &str, count: usize) {
+    counter!(RANGES_LEASED, "route" => route.to_owned()).increment(count as u64);
+}
+
+pub fn range_checkpointed(route: &str, messages: usize) {
+    counter!(RANGES_CHECKPOINTED, "route" => route.to_owned()).increment(1);
+    counter!(MESSAGES_DELIVERED, "route" => route.to_owned()).increment(messages as u64);
+}
+
+pub fn range_fenced(route: &str) {
+    counter!(RANGES_FENCED, "route" => route.to_owned()).increment(1);
+}
+
+pub fn range_retried(route: &str) {
+    counter!(RANGES_RETRIED, "route" => route.to_owned()).increment(1);
+}
+
+pub fn range_failed(route: &str, reason: &'static str) {
+    counter!(RANGES_FAILED, "route" => route.to_owned(), "reason" => reason).increment(1);
+}
+
+pub fn range_released(route: &str) {
+    counter!(RANGES_RELEASED, "route" => route.to_owned()).increment(1);
+}
+
+pub fn ranges_replayed(route: &str, count: usize) {
+    counter!(RANGES_REPLAYED, "route" => route.to_owned()).increment(count as u64);
+}
+
+/// `outcome`: `success`, `retry`, `permanent` or `refused` (not sent: circuit open or `Retry-After`).
+pub fn delivery_attempt(route: &str, destination: &str, outcome: &'static str, latency: Duration) {
+    counter!(DELIVERY_ATTEMPTS, "route" => route.to_owned(), "destination" => destination.to_owned(), "outcome" => outcome)
+        .increment(1);
+    if outcome != "refused" {
+        histogram!(BATCH_LATENCY, "route" => route.to_owned()).record(latency.as_secs_f64());
+    }
+}
+
+/// Kafka timestamp of the oldest message of a delivered batch to the destination's acknowledgement: the
+/// customer's view of delay (one sample per batch, the worst message of it).
+pub fn end_to_end_latency(route: &str, latency: Duration) {
+    histogram!(END_TO_END_LATENCY, "route" => route.to_owned()).record(latency.as_secs_f64());
+}
+
+pub fn lag(route: &str, messages: i64) {
+    gauge!(LAG_MESSAGES, "route" => route.to_owned()).set(messages as f64);
+}
+
+pub fn store_error(operation: &'static str) {
+    counter!(STORE_ERRORS, "operation" => operation).increment(1);
+}
+
+pub fn kafka_error(route: &str, reason: &'static str) {
+    counter!(KAFKA_ERRORS, "route" => route.to_owned(), "reason" => reason).increment(1);
+}

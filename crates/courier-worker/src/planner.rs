@@ -1,0 +1,131 @@
+//! The planner tick: Kafka's high watermarks in, ranges carved ahead of delivery, watermarks advanced.
+//!
+//! Every worker runs one. Planning is idempotent (planners serialise on the partition row and carve the
+//! same tiling), so several planners only cost a few extra short transactions.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use courier_store::PlanRequest;
+use tokio::sync::watch;
+
+use crate::config::StartFrom;
+use crate::{metrics, Context, Route, Throttle};
+
+/// Settled ranges are deleted this often (compaction is cheap but need not run every tick).
+const COMPACT_EVERY: Duration = Duration::from_secs(10);
+
+pub(crate) async fn run(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
+    let throttle = Throttle::new(Duration::from_secs(30));
+    let mut known: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
+    let mut behind_ticks: BTreeMap<(String, i32), u32> = BTreeMap::new();
+    let mut last_compaction = Instant::now();
+    let mut every = tokio::time::interval(ctx.config.plan_interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = crate::stopped(&mut stop) => return,
+        }
+        let compact = last_compaction.elapsed() >= COMPACT_EVERY;
+        if compact {
+            last_compaction = Instant::now();
+        }
+        for route in &ctx.routes {
+            let known = known.entry(route.config.name.clone()).or_default();
+            if let Err(error) = plan_route(&ctx, route, known, &mut behind_ticks, compact, &throttle).await {
+                if throttle.ready(&route.config.name) {
+                    tracing::warn!(route = %route.config.name, topic = %route.config.topic, %error, "Planner could not plan this route; retrying every tick.");
+                }
+            }
+        }
+        share_retry_after(&ctx).await;
+    }
+}
+
+async fn plan_route(
+    ctx: &Context,
+    route: &Route,
+    known: &mut BTreeSet<i32>,
+    behind_ticks: &mut BTreeMap<(String, i32), u32>,
+    compact: bool,
+    throttle: &Throttle,
+) -> Result<(), String> {
+    let name = &route.config.name;
+    let marks = ctx.reader.high_watermarks(&route.config.topic).await.map_err(|e| {
+        metrics::kafka_error(name, "high_watermarks");
+        e.to_string()
+    })?;
+    let new: Vec<(i32, i64)> = marks
+        .iter()
+        .filter(|m| !known.contains(&m.partition))
+        .map(|m| (m.partition, if route.config.start == StartFrom::Latest { m.high } else { m.low }))
+        .collect();
+    if !new.is_empty() {
+        ctx.store.ensure_partitions(name, &new).await.map_err(|e| e.to_string())?;
+        known.extend(new.iter().map(|(p, _)| *p));
+    }
+    let progress = ctx.store.partitions(name).await.map_err(|e| e.to_string())?;
+    let range_size = i64::from(route.config.range_size);
+    for partition in &progress {
+        let Some(mark) = marks.iter().find(|m| m.partition == partition.partition) else { continue };
+        let behind = behind_ticks.entry((name.clone(), partition.partition)).or_default();
+        if mark.high < partition.frontier {
+            *behind += 1;
+            if *behind >= 3 && throttle.ready(&format!("{name}/{}/behind", partition.partition)) {
+                tracing::error!(
+                    route = %name, partition = partition.partition, high_watermark = mark.high, frontier = partition.frontier,
+                    "Kafka's high watermark stays below courier's frontier: the topic was deleted and recreated, or this is another cluster. courier never moves progress backwards. Runbook: docs/runbooks/lag.md"
+                );
+            }
+            continue;
+        }
+        *behind = 0;
+        let backlog = usize::try_from((partition.frontier - partition.watermark) / range_size).unwrap_or(usize::MAX);
+        if mark.high == partition.frontier || backlog >= ctx.config.ranges_ahead {
+            continue;
+        }
+        ctx.store
+            .plan(&PlanRequest {
+                route: name.clone(),
+                partition: partition.partition,
+                high_watermark: mark.high,
+                range_size: route.config.range_size,
+                max_new_ranges: ctx.config.ranges_ahead - backlog,
+                max_tail_age: ctx.config.max_tail_age,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let advanced = ctx.store.advance_watermarks(name).await.map_err(|e| e.to_string())?;
+    let lag: i64 = progress
+        .iter()
+        .map(|p| {
+            let watermark = advanced.iter().find(|a| a.partition == p.partition).map_or(p.watermark, |a| a.watermark);
+            let high = marks.iter().find(|m| m.partition == p.partition).map_or(watermark, |m| m.high);
+            (high - watermark).max(0)
+        })
+        .sum();
+    metrics::lag(name, lag);
+    if compact {
+        ctx.store.compact(name, 10_000).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Reads each destination's shared `Retry-After` from the store into its deliverer, so a 429 seen by
+/// any worker holds off every worker.
+async fn share_retry_after(ctx: &Context) {
+    let mut seen = BTreeSet::new();
+    for route in &ctx.routes {
+        if !seen.insert(route.config.destination.as_str()) {
+            continue;
+        }
+        match ctx.store.destination_wait(&route.config.destination).await {
+            Ok(Some(wait)) => route.deliverer.block_until(Instant::now() + wait),
+            Ok(None) => {}
+            Err(_) => metrics::store_error("destination wait"),
+        }
+    }
+}
