@@ -70,7 +70,10 @@ impl Default for WorkerConfig {
 
 impl WorkerConfig {
     pub fn backoff(&self) -> Backoff {
-        Backoff { base: self.retry_base, cap: self.retry_cap }
+        Backoff {
+            base: self.retry_base,
+            cap: self.retry_cap,
+        }
     }
 
     /// Cross-field rules. `longest_destination_timeout` is the largest per-request timeout of any
@@ -105,7 +108,9 @@ impl WorkerConfig {
             ));
         }
         if self.ranges_ahead == 0 {
-            return Err("worker.ranges_ahead is 0: set at least 1 (the planner would never carve)".into());
+            return Err(
+                "worker.ranges_ahead is 0: set at least 1 (the planner would never carve)".into(),
+            );
         }
         Ok(())
     }
@@ -160,13 +165,20 @@ impl RouteConfig {
     pub fn validate(&self) -> Result<(), String> {
         let name = &self.name;
         if self.topic.trim().is_empty() {
-            return Err(format!("routes.{name}.topic is empty: name the Kafka topic to deliver"));
+            return Err(format!(
+                "routes.{name}.topic is empty: name the Kafka topic to deliver"
+            ));
         }
         if self.range_size == 0 {
-            return Err(format!("routes.{name}.range_size is 0: use at least 1 (100 to 1000 suits most routes)"));
+            return Err(format!(
+                "routes.{name}.range_size is 0: use at least 1 (100 to 1000 suits most routes)"
+            ));
         }
         if self.max_attempts < 1 {
-            return Err(format!("routes.{name}.max_attempts is {}: use at least 1", self.max_attempts));
+            return Err(format!(
+                "routes.{name}.max_attempts is {}: use at least 1",
+                self.max_attempts
+            ));
         }
         Ok(())
     }
@@ -178,21 +190,41 @@ mod tests {
 
     #[test]
     fn defaults_are_valid_with_the_default_destination_timeout() {
-        WorkerConfig::default().validate(Duration::from_secs(10)).expect("valid");
+        WorkerConfig::default()
+            .validate(Duration::from_secs(10))
+            .expect("valid");
     }
 
     #[test]
     fn a_lease_shorter_than_renewal_plus_a_request_is_refused() {
-        let config = WorkerConfig { lease_ttl: Duration::from_secs(15), ..WorkerConfig::default() };
-        let err = config.validate(Duration::from_secs(10)).expect_err("too short");
-        assert!(err.contains("worker.lease_ttl") && err.contains("renew_every"), "{err}");
+        let config = WorkerConfig {
+            lease_ttl: Duration::from_secs(15),
+            ..WorkerConfig::default()
+        };
+        let err = config
+            .validate(Duration::from_secs(10))
+            .expect_err("too short");
+        assert!(
+            err.contains("worker.lease_ttl") && err.contains("renew_every"),
+            "{err}"
+        );
     }
 
     #[test]
     fn zero_tasks_and_zero_ttl_are_refused() {
-        let err = WorkerConfig { delivery_tasks: 0, ..WorkerConfig::default() }.validate(Duration::ZERO).expect_err("0");
+        let err = WorkerConfig {
+            delivery_tasks: 0,
+            ..WorkerConfig::default()
+        }
+        .validate(Duration::ZERO)
+        .expect_err("0");
         assert!(err.contains("delivery_tasks"));
-        let err = WorkerConfig { lease_ttl: Duration::ZERO, ..WorkerConfig::default() }.validate(Duration::ZERO).expect_err("0");
+        let err = WorkerConfig {
+            lease_ttl: Duration::ZERO,
+            ..WorkerConfig::default()
+        }
+        .validate(Duration::ZERO)
+        .expect_err("0");
         assert!(err.contains("lease_ttl"));
     }
 }

@@ -17,7 +17,9 @@ use crate::{metrics, Context, Route, Throttle, WorkerStats};
 
 /// How a range ended for this task.
 enum Outcome {
-    Checkpointed { messages: usize },
+    Checkpointed {
+        messages: usize,
+    },
     /// The lease was lost (expired and taken, or replayed): someone else owns the range now.
     Fenced,
     Retrying,
@@ -101,7 +103,11 @@ pub(crate) async fn run(
 /// open: leasing would only burn the range's attempts.
 fn destination_is_holding_off(route: &Route) -> bool {
     let now = Instant::now();
-    if route.deliverer.blocked_until().is_some_and(|until| until > now) {
+    if route
+        .deliverer
+        .blocked_until()
+        .is_some_and(|until| until > now)
+    {
         return true;
     }
     matches!(route.deliverer.circuit_state(), CircuitState::Open { until, .. } if until > now)
@@ -166,21 +172,32 @@ async fn deliver(ctx: &Context, route: &Route, lease: &Lease) -> Outcome {
         // Everything was delivered by an earlier attempt that could not checkpoint.
         return checkpoint(ctx, lease, 0).await;
     };
-    let messages = match ctx.reader.read(&route.config.topic, lease.partition, to_read).await {
+    let messages = match ctx
+        .reader
+        .read(&route.config.topic, lease.partition, to_read)
+        .await
+    {
         Ok(messages) => messages,
         Err(error) => return read_failed(ctx, route, lease, &error).await,
     };
     let config = route.deliverer.config();
     let mut delivered_to = None;
     let mut batch_start = to_read.start();
-    let chunks: Vec<_> = batches(&messages, config.max_batch_messages, config.max_batch_bytes).collect();
+    let chunks: Vec<_> =
+        batches(&messages, config.max_batch_messages, config.max_batch_bytes).collect();
     let last = chunks.len().saturating_sub(1);
     for (i, chunk) in chunks.into_iter().enumerate() {
         let batch_end = match chunk.last() {
             Some(message) if i < last => message.offset + 1,
             _ => to_read.end(),
         };
-        let batch = Batch { route: name, partition: lease.partition, first_offset: batch_start, end_offset: batch_end, messages: chunk };
+        let batch = Batch {
+            route: name,
+            partition: lease.partition,
+            first_offset: batch_start,
+            end_offset: batch_end,
+            messages: chunk,
+        };
         let delivery = route.deliverer.deliver(&batch).await;
         match delivery.disposition {
             Disposition::Success => {
@@ -191,7 +208,10 @@ async fn deliver(ctx: &Context, route: &Route, lease: &Lease) -> Outcome {
                 delivered_to = Some(batch_end);
                 batch_start = batch_end;
             }
-            Disposition::Retry { reason, retry_after } => {
+            Disposition::Retry {
+                reason,
+                retry_after,
+            } => {
                 if !delivery.attempted && delivered_to.is_none() {
                     // Nothing was sent: the destination is paused or asked us to wait. Give the range
                     // back for that long without counting an attempt.
@@ -206,7 +226,11 @@ async fn deliver(ctx: &Context, route: &Route, lease: &Lease) -> Outcome {
                 metrics::delivery_attempt(name, destination, "retry", delivery.elapsed);
                 if let Some(wait) = retry_after {
                     // Every worker delivering to this destination holds off, not only this one.
-                    if let Err(error) = ctx.store.defer_destination(destination, wait, &reason).await {
+                    if let Err(error) = ctx
+                        .store
+                        .defer_destination(destination, wait, &reason)
+                        .await
+                    {
                         metrics::store_error("defer destination");
                         tracing::warn!(%destination, %error, "Could not share the destination's Retry-After with other workers.");
                     }
@@ -221,8 +245,19 @@ async fn deliver(ctx: &Context, route: &Route, lease: &Lease) -> Outcome {
             }
             Disposition::Permanent { reason } => {
                 metrics::delivery_attempt(name, destination, "permanent", delivery.elapsed);
-                let reason = format!("destination {destination:?} (route {name:?}) refused the batch: {reason}");
-                return fail(ctx, route, lease, reason, true, Duration::ZERO, delivered_to).await;
+                let reason = format!(
+                    "destination {destination:?} (route {name:?}) refused the batch: {reason}"
+                );
+                return fail(
+                    ctx,
+                    route,
+                    lease,
+                    reason,
+                    true,
+                    Duration::ZERO,
+                    delivered_to,
+                )
+                .await;
             }
         }
     }
@@ -233,7 +268,10 @@ async fn read_failed(ctx: &Context, route: &Route, lease: &Lease, error: &ReadEr
     metrics::kafka_error(&route.config.name, error.reason());
     let reason = format!("{}: {error}", error.reason());
     if error.is_retryable() {
-        let backoff = ctx.config.backoff().delay(u32::try_from(lease.attempts).unwrap_or(0), rand::random::<f64>());
+        let backoff = ctx.config.backoff().delay(
+            u32::try_from(lease.attempts).unwrap_or(0),
+            rand::random::<f64>(),
+        );
         fail(ctx, route, lease, reason, false, backoff, None).await
     } else {
         // Retention, or a topic or partition that is gone: no retry will bring the messages back.
@@ -251,14 +289,23 @@ async fn fail(
     backoff: Duration,
     delivered_to: Option<i64>,
 ) -> Outcome {
-    let failure = Failure { reason, permanent, backoff, max_attempts: route.config.max_attempts, delivered_to };
+    let failure = Failure {
+        reason,
+        permanent,
+        backoff,
+        max_attempts: route.config.max_attempts,
+        delivered_to,
+    };
     match with_retries(ctx, "fail", || ctx.store.fail(lease, &failure)).await {
         Some(FailOutcome::Retrying) => {
             tracing::debug!(%lease, reason = %failure.reason, ?backoff, "Range will be retried.");
             Outcome::Retrying
         }
         Some(FailOutcome::Failed) => {
-            metrics::range_failed(&route.config.name, if permanent { "permanent" } else { "attempts" });
+            metrics::range_failed(
+                &route.config.name,
+                if permanent { "permanent" } else { "attempts" },
+            );
             tracing::error!(
                 %lease,
                 reason = %failure.reason,
@@ -317,6 +364,10 @@ where
 }
 
 fn since_unix_millis(timestamp_ms: i64) -> Duration {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    now.saturating_sub(Duration::from_millis(u64::try_from(timestamp_ms).unwrap_or(0)))
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    now.saturating_sub(Duration::from_millis(
+        u64::try_from(timestamp_ms).unwrap_or(0),
+    ))
 }

@@ -106,11 +106,18 @@ impl Worker {
     ) -> Result<Self, WorkerError> {
         if routes.is_empty() {
             return Err(WorkerError::Config(
-                "no routes configured: add a [routes.NAME] section with topic and destination".into(),
+                "no routes configured: add a [routes.NAME] section with topic and destination"
+                    .into(),
             ));
         }
-        let longest_timeout = destinations.values().map(|d| d.timeout).max().unwrap_or_default();
-        config.validate(longest_timeout).map_err(WorkerError::Config)?;
+        let longest_timeout = destinations
+            .values()
+            .map(|d| d.timeout)
+            .max()
+            .unwrap_or_default();
+        config
+            .validate(longest_timeout)
+            .map_err(WorkerError::Config)?;
         let mut deliverers = BTreeMap::new();
         for (name, destination) in destinations {
             let deliverer = Deliverer::new(destination.clone())
@@ -136,11 +143,18 @@ impl Worker {
                     destination: route.destination.clone(),
                 })
                 .await?;
-            runtime_routes.push(Route { config: route, deliverer });
+            runtime_routes.push(Route {
+                config: route,
+                deliverer,
+            });
         }
         let reader = RangeReader::connect(kafka).await?;
         let host = gethostname::gethostname().to_string_lossy().into_owned();
-        let id = format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>());
+        let id = format!(
+            "{host}-{}-{:04x}",
+            std::process::id(),
+            rand::random::<u16>()
+        );
         Ok(Self {
             context: Arc::new(Context {
                 id,
@@ -166,10 +180,15 @@ impl Worker {
     /// Runs until `shutdown` turns true, then drains: no new leases; in-flight ranges get
     /// `drain_timeout` to finish, and whatever is still running after that is given back (released)
     /// so another worker takes it over at once instead of after the lease TTL.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<Arc<WorkerStats>, WorkerError> {
+    pub async fn run(
+        self,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<Arc<WorkerStats>, WorkerError> {
         let ctx = self.context;
         let host = gethostname::gethostname().to_string_lossy().into_owned();
-        ctx.store.heartbeat(&ctx.id, &host, std::process::id(), VERSION).await?;
+        ctx.store
+            .heartbeat(&ctx.id, &host, std::process::id(), VERSION)
+            .await?;
         tracing::info!(worker = %ctx.id, routes = ctx.routes.len(), tasks = ctx.config.delivery_tasks, "Worker started.");
 
         let (stop_leasing, leasing_stopped) = watch::channel(false);
@@ -210,7 +229,12 @@ impl Worker {
             let _ = hard_stop.send(true);
             // Releasing is one short store call per lease, bounded by the client deadline.
             let bound = ctx.store.timeouts().client_deadline * 2;
-            if tokio::time::timeout(bound, async { while deliveries.join_next().await.is_some() {} }).await.is_err() {
+            if tokio::time::timeout(bound, async {
+                while deliveries.join_next().await.is_some() {}
+            })
+            .await
+            .is_err()
+            {
                 deliveries.abort_all();
             }
         }
@@ -237,7 +261,11 @@ async fn heartbeat(ctx: Arc<Context>, host: String, mut stop: watch::Receiver<bo
             _ = every.tick() => {}
             _ = crate::stopped(&mut stop) => return,
         }
-        if let Err(error) = ctx.store.heartbeat(&ctx.id, &host, std::process::id(), VERSION).await {
+        if let Err(error) = ctx
+            .store
+            .heartbeat(&ctx.id, &host, std::process::id(), VERSION)
+            .await
+        {
             metrics::store_error("heartbeat");
             tracing::warn!(worker = %ctx.id, %error, "Heartbeat failed.");
         }
@@ -253,12 +281,18 @@ pub(crate) struct Throttle {
 
 impl Throttle {
     pub fn new(every: Duration) -> Self {
-        Self { every, last: std::sync::Mutex::default() }
+        Self {
+            every,
+            last: std::sync::Mutex::default(),
+        }
     }
 
     pub fn ready(&self, key: &str) -> bool {
         let now = std::time::Instant::now();
-        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match last.get(key) {
             Some(at) if now.duration_since(*at) < self.every => false,
             _ => {

@@ -34,7 +34,9 @@ pub(crate) async fn run(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
         }
         for route in &ctx.routes {
             let known = known.entry(route.config.name.clone()).or_default();
-            if let Err(error) = plan_route(&ctx, route, known, &mut behind_ticks, compact, &throttle).await {
+            if let Err(error) =
+                plan_route(&ctx, route, known, &mut behind_ticks, compact, &throttle).await
+            {
                 if throttle.ready(&route.config.name) {
                     tracing::warn!(route = %route.config.name, topic = %route.config.topic, %error, "Planner could not plan this route; retrying every tick.");
                 }
@@ -53,24 +55,48 @@ async fn plan_route(
     throttle: &Throttle,
 ) -> Result<(), String> {
     let name = &route.config.name;
-    let marks = ctx.reader.high_watermarks(&route.config.topic).await.map_err(|e| {
-        metrics::kafka_error(name, "high_watermarks");
-        e.to_string()
-    })?;
+    let marks = ctx
+        .reader
+        .high_watermarks(&route.config.topic)
+        .await
+        .map_err(|e| {
+            metrics::kafka_error(name, "high_watermarks");
+            e.to_string()
+        })?;
     let new: Vec<(i32, i64)> = marks
         .iter()
         .filter(|m| !known.contains(&m.partition))
-        .map(|m| (m.partition, if route.config.start == StartFrom::Latest { m.high } else { m.low }))
+        .map(|m| {
+            (
+                m.partition,
+                if route.config.start == StartFrom::Latest {
+                    m.high
+                } else {
+                    m.low
+                },
+            )
+        })
         .collect();
     if !new.is_empty() {
-        ctx.store.ensure_partitions(name, &new).await.map_err(|e| e.to_string())?;
+        ctx.store
+            .ensure_partitions(name, &new)
+            .await
+            .map_err(|e| e.to_string())?;
         known.extend(new.iter().map(|(p, _)| *p));
     }
-    let progress = ctx.store.partitions(name).await.map_err(|e| e.to_string())?;
+    let progress = ctx
+        .store
+        .partitions(name)
+        .await
+        .map_err(|e| e.to_string())?;
     let range_size = i64::from(route.config.range_size);
     for partition in &progress {
-        let Some(mark) = marks.iter().find(|m| m.partition == partition.partition) else { continue };
-        let behind = behind_ticks.entry((name.clone(), partition.partition)).or_default();
+        let Some(mark) = marks.iter().find(|m| m.partition == partition.partition) else {
+            continue;
+        };
+        let behind = behind_ticks
+            .entry((name.clone(), partition.partition))
+            .or_default();
         if mark.high < partition.frontier {
             *behind += 1;
             if *behind >= 3 && throttle.ready(&format!("{name}/{}/behind", partition.partition)) {
@@ -82,7 +108,8 @@ async fn plan_route(
             continue;
         }
         *behind = 0;
-        let backlog = usize::try_from((partition.frontier - partition.watermark) / range_size).unwrap_or(usize::MAX);
+        let backlog = usize::try_from((partition.frontier - partition.watermark) / range_size)
+            .unwrap_or(usize::MAX);
         if mark.high == partition.frontier || backlog >= ctx.config.ranges_ahead {
             continue;
         }
@@ -98,18 +125,31 @@ async fn plan_route(
             .await
             .map_err(|e| e.to_string())?;
     }
-    let advanced = ctx.store.advance_watermarks(name).await.map_err(|e| e.to_string())?;
+    let advanced = ctx
+        .store
+        .advance_watermarks(name)
+        .await
+        .map_err(|e| e.to_string())?;
     let lag: i64 = progress
         .iter()
         .map(|p| {
-            let watermark = advanced.iter().find(|a| a.partition == p.partition).map_or(p.watermark, |a| a.watermark);
-            let high = marks.iter().find(|m| m.partition == p.partition).map_or(watermark, |m| m.high);
+            let watermark = advanced
+                .iter()
+                .find(|a| a.partition == p.partition)
+                .map_or(p.watermark, |a| a.watermark);
+            let high = marks
+                .iter()
+                .find(|m| m.partition == p.partition)
+                .map_or(watermark, |m| m.high);
             (high - watermark).max(0)
         })
         .sum();
     metrics::lag(name, lag);
     if compact {
-        ctx.store.compact(name, 10_000).await.map_err(|e| e.to_string())?;
+        ctx.store
+            .compact(name, 10_000)
+            .await
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
 }

@@ -1,1 +1,86 @@
-fn main() {}
+//! `courier`: the command line. Parses flags, loads configuration, installs logging and metrics, and
+//! hands over to the library crates. `anyhow` lives only here.
+//!
+//! # Layout
+//! - [`config`]: `courier.toml`, layered with the environment, validated.
+//! - [`telemetry`]: tracing to stderr, metrics to StatsD.
+//! - `cmd_*`: one module per subcommand.
+
+mod cmd_demo;
+mod cmd_migrate;
+mod cmd_run;
+mod config;
+mod telemetry;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Deliver Kafka topics to HTTP destinations. Progress lives in PostgreSQL as leased offset ranges:
+/// never a lost message, duplicates only where a lease was interrupted, and no startup DDL outside
+/// `courier migrate`.
+#[derive(Debug, Parser)]
+#[command(name = "courier", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a worker: plan, lease, deliver and checkpoint ranges until SIGTERM / SIGINT, then drain.
+    Run {
+        /// The configuration file (see courier.example.toml).
+        #[arg(long, short, env = "COURIER_CONFIG", default_value = "courier.toml")]
+        config: PathBuf,
+        /// Apply pending migrations before starting (otherwise a schema that is behind refuses to start).
+        #[arg(long)]
+        migrate: bool,
+    },
+    /// Apply pending schema migrations, once, under an advisory lock. Safe while workers run.
+    Migrate {
+        /// Read store settings from this file; without it, DATABASE_URL (or the local development
+        /// cluster) with default timeouts.
+        #[arg(long, short, env = "COURIER_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration file and print what it would run, without connecting to anything.
+    CheckConfig {
+        #[arg(long, short, env = "COURIER_CONFIG", default_value = "courier.toml")]
+        config: PathBuf,
+    },
+    /// The demo: local services, a demo topic and destination, live progress, then a summary.
+    Demo(cmd_demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::install_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("courier: error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Command::Run { config, migrate } => cmd_run::run(&config, migrate).await,
+            Command::Migrate { config } => cmd_migrate::run(config.as_deref()).await,
+            Command::CheckConfig { config } => cmd_run::check_config(&config),
+            Command::Demo(args) => cmd_demo::run(args).await,
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line: what happened and, from the error itself, what to do.
+            eprintln!("courier: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! `courier migrate`: the only way courier's schema changes.
+
+use std::path::Path;
+
+use courier_store::{Migrator, StoreConfig};
+
+use crate::config::Config;
+
+/// The development cluster `make postgres` starts, used when neither a file nor DATABASE_URL says otherwise.
+pub const LOCAL_DATABASE_URL: &str = "postgres://courier:courier@127.0.0.1:54329/courier";
+
+pub async fn run(config: Option<&Path>) -> anyhow::Result<()> {
+    let store = match config {
+        Some(path) => Config::load(path)?.store,
+        None => StoreConfig::new(
+            std::env::var("DATABASE_URL").unwrap_or_else(|_| LOCAL_DATABASE_URL.to_owned()),
+        ),
+    };
+    let migrator = Migrator::embedded();
+    let report = migrator.run(&store).await?;
+    if report.already_current {
+        println!(
+            "Schema is current (version {}); nothing to do.",
+            migrator.expected_version()
+        );
+    } else if report.applied.is_empty() {
+        println!(
+            "Another process applied the migrations; schema is at version {}.",
+            migrator.expected_version()
+        );
+    } else {
+        println!(
+            "Applied migrations {:?}; schema is at version {}.",
+            report.applied,
+            migrator.expected_version()
+        );
+    }
+    Ok(())
+}
