@@ -40,6 +40,9 @@ pub struct WorkerConfig {
     /// How often the worker records its heartbeat (and version) in the store.
     #[serde(with = "humantime_serde")]
     pub heartbeat_every: Duration,
+    /// How often settled ranges below the watermark are deleted from the store.
+    #[serde(with = "humantime_serde")]
+    pub compact_every: Duration,
     /// First retry delay of a failed range (exponential with full jitter from here).
     #[serde(with = "humantime_serde")]
     pub retry_base: Duration,
@@ -62,6 +65,7 @@ impl Default for WorkerConfig {
             ranges_ahead: 32,
             drain_timeout: Duration::from_secs(15),
             heartbeat_every: Duration::from_secs(5),
+            compact_every: Duration::from_secs(10),
             retry_base: Duration::from_millis(500),
             retry_cap: Duration::from_secs(300),
         }

@@ -136,6 +136,15 @@ impl Worker {
                     deliverers.keys().cloned().collect::<Vec<_>>().join(", ")
                 ))
             })?;
+            runtime_routes.push(Route { config: route, deliverer });
+        }
+        let reader = RangeReader::connect(kafka).await?;
+        for route in &runtime_routes {
+            // A route to a topic that does not exist is a configuration error: say so now, not every tick.
+            reader.partition_count(&route.config.topic).await.map_err(|e| {
+                WorkerError::Config(format!("routes.{}: topic {:?}: {e}", route.config.name, route.config.topic))
+            })?;
+            let route = &route.config;
             store
                 .ensure_route(&RouteSpec {
                     name: route.name.clone(),
@@ -143,12 +152,7 @@ impl Worker {
                     destination: route.destination.clone(),
                 })
                 .await?;
-            runtime_routes.push(Route {
-                config: route,
-                deliverer,
-            });
         }
-        let reader = RangeReader::connect(kafka).await?;
         let host = gethostname::gethostname().to_string_lossy().into_owned();
         let id = format!(
             "{host}-{}-{:04x}",

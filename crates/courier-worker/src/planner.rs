@@ -13,9 +13,6 @@ use tokio::sync::watch;
 use crate::config::StartFrom;
 use crate::{metrics, Context, Route, Throttle};
 
-/// Settled ranges are deleted this often (compaction is cheap but need not run every tick).
-const COMPACT_EVERY: Duration = Duration::from_secs(10);
-
 pub(crate) async fn run(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
     let throttle = Throttle::new(Duration::from_secs(30));
     let mut known: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
@@ -28,7 +25,7 @@ pub(crate) async fn run(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
             _ = every.tick() => {}
             _ = crate::stopped(&mut stop) => return,
         }
-        let compact = last_compaction.elapsed() >= COMPACT_EVERY;
+        let compact = last_compaction.elapsed() >= ctx.config.compact_every;
         if compact {
             last_compaction = Instant::now();
         }

@@ -1,0 +1,274 @@
+//! End-to-end: real Kafka in, real HTTP destinations out, the real store in between.
+//!
+//! Every test creates its own topic and database and synchronises on what the destination received or
+//! what the store says, never on sleeps.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use courier_core::Ordering;
+use courier_http::DestinationConfig;
+use courier_kafka::{create_topic, KafkaConfig, Producer};
+use courier_sink::{Behaviour, Sink};
+use courier_store::Store;
+use courier_testkit::{kafka_brokers, unique_name, TestDb};
+use courier_worker::{RouteConfig, StartFrom, Worker, WorkerConfig, WorkerError, WorkerStats};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+const LONG: Duration = Duration::from_secs(240);
+
+struct Running {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<Arc<WorkerStats>, WorkerError>>,
+}
+
+impl Running {
+    async fn stop(self) -> Arc<WorkerStats> {
+        let _ = self.stop.send(true);
+        self.task.await.expect("worker task").expect("worker ran")
+    }
+}
+
+fn fast_worker() -> WorkerConfig {
+    WorkerConfig {
+        delivery_tasks: 4,
+        poll_interval: Duration::from_millis(20),
+        plan_interval: Duration::from_millis(50),
+        max_tail_age: Duration::from_millis(50),
+        retry_base: Duration::from_millis(50),
+        retry_cap: Duration::from_secs(2),
+        ..WorkerConfig::default()
+    }
+}
+
+fn route(name: &str, topic: &str, destination: &str, ordering: Ordering, range_size: u32) -> RouteConfig {
+    RouteConfig {
+        name: name.into(),
+        topic: topic.into(),
+        destination: destination.into(),
+        ordering,
+        range_size,
+        max_attempts: 50,
+        start: StartFrom::Earliest,
+    }
+}
+
+async fn start_worker(
+    store: &Store,
+    destinations: &BTreeMap<String, DestinationConfig>,
+    routes: Vec<RouteConfig>,
+    config: WorkerConfig,
+) -> Running {
+    let worker = Worker::new(store.clone(), KafkaConfig::new(kafka_brokers()), destinations, routes, config)
+        .await
+        .expect("worker starts");
+    let (stop, stopped) = watch::channel(false);
+    Running { stop, task: tokio::spawn(worker.run(stopped)) }
+}
+
+/// A topic of `partitions` partitions holding `per_partition` JSON messages each:
+/// `{"id": "<partition>-<seq>", "partition": p, "seq": n}`.
+async fn topic_with(partitions: i32, per_partition: usize) -> String {
+    let topic = unique_name("pipeline");
+    create_topic(&kafka_brokers(), &topic, partitions).await.expect("create topic");
+    let producer = Producer::connect(KafkaConfig::new(kafka_brokers())).await.expect("producer");
+    for partition in 0..partitions {
+        for chunk in (0..per_partition).collect::<Vec<_>>().chunks(5000) {
+            let records = chunk.iter().map(|seq| {
+                let body = json!({ "id": format!("{partition}-{seq}"), "partition": partition, "seq": seq });
+                (Some(partition), None, body.to_string().into_bytes())
+            });
+            producer.send_batch(&topic, records).await.expect("produce");
+        }
+    }
+    topic
+}
+
+async fn sink() -> Sink {
+    Sink::start(SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("sink")
+}
+
+fn id(element: &Value) -> Option<String> {
+    element.get("id").and_then(Value::as_str).map(str::to_owned)
+}
+
+/// Waits, woken by each delivery, until `expected` distinct ids have arrived at `sink`.
+async fn wait_for_all(sink: &Sink, expected: usize) -> HashMap<String, usize> {
+    let deadline = tokio::time::Instant::now() + LONG;
+    let mut target = expected as u64;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let stats = sink
+            .wait_until(|s| s.delivered_elements >= target, left)
+            .await
+            .unwrap_or_else(|e| panic!("only {} of {expected} elements arrived: {e:?}", sink.count_by(id).len()));
+        let counts = sink.count_by(id);
+        if counts.len() >= expected {
+            return counts;
+        }
+        target = stats.delivered_elements + 1;
+    }
+}
+
+/// Waits until every partition's watermark of `route` reaches its high watermark.
+async fn wait_for_watermarks(store: &Store, route: &str, high: i64) {
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let progress = store.partitions(route).await.expect("partitions");
+        if !progress.is_empty() && progress.iter().all(|p| p.watermark == high) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "watermarks of {route} stuck at {progress:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_messages_reach_three_destinations_and_a_slow_one_holds_back_no_other() {
+    const PARTITIONS: i32 = 8;
+    const PER_PARTITION: usize = 12_500;
+    let db = TestDb::migrated().await;
+    let store = db.store().await;
+    let topic = topic_with(PARTITIONS, PER_PARTITION).await;
+    let (healthy, slow, flaky) = (sink().await, sink().await, sink().await);
+    // The slow destination does not answer at all until the healthy route is done: if routes shared
+    // anything that makes one wait for another, the healthy route could not finish.
+    slow.set_behaviour(Behaviour::Hang);
+    flaky.set_behaviour(Behaviour::FailEvery { n: 2, status: 503 });
+    let destinations = BTreeMap::from([
+        ("healthy".to_owned(), DestinationConfig::new(healthy.url())),
+        ("slow".to_owned(), DestinationConfig { timeout: Duration::from_secs(2), ..DestinationConfig::new(slow.url()) }),
+        ("flaky".to_owned(), DestinationConfig::new(flaky.url())),
+    ]);
+    let routes = vec![
+        route("to-healthy", &topic, "healthy", Ordering::None, 1000),
+        route("to-slow", &topic, "slow", Ordering::None, 1000),
+        route("to-flaky", &topic, "flaky", Ordering::None, 1000),
+    ];
+    let config = WorkerConfig { delivery_tasks: 6, ..fast_worker() };
+    let worker = start_worker(&store, &destinations, routes, config).await;
+    let total = PARTITIONS as usize * PER_PARTITION;
+
+    let counts = wait_for_all(&healthy, total).await;
+    assert_eq!(counts.len(), total);
+    wait_for_watermarks(&store, "to-healthy", PER_PARTITION as i64).await;
+    assert_eq!(slow.stats().delivered_elements, 0, "the slow destination has not acknowledged anything yet");
+
+    slow.set_behaviour(Behaviour::Delay(Duration::from_millis(5)));
+    assert_eq!(wait_for_all(&slow, total).await.len(), total);
+    assert_eq!(wait_for_all(&flaky, total).await.len(), total);
+    assert!(flaky.stats().failed > 0, "the flaky destination did answer 503s");
+    for route in ["to-slow", "to-flaky"] {
+        wait_for_watermarks(&store, route, PER_PARTITION as i64).await;
+    }
+    let stats = worker.stop().await;
+    assert!(WorkerStats::get(&stats.ranges_retried) > 0, "503s were retried");
+    assert_eq!(WorkerStats::get(&stats.ranges_failed), 0, "nothing failed for good");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordering_partition_delivers_each_partition_in_offset_order_through_retries() {
+    let db = TestDb::migrated().await;
+    let store = db.store().await;
+    let topic = topic_with(3, 2000).await;
+    let destination = sink().await;
+    destination.set_behaviour(Behaviour::FailEvery { n: 3, status: 503 });
+    let destinations = BTreeMap::from([(
+        "d".to_owned(),
+        DestinationConfig { max_batch_messages: 150, ..DestinationConfig::new(destination.url()) },
+    )]);
+    let worker = start_worker(&store, &destinations, vec![route("ordered", &topic, "d", Ordering::Partition, 400)], fast_worker()).await;
+    wait_for_all(&destination, 6000).await;
+    worker.stop().await;
+
+    let mut next_start: HashMap<i32, i64> = HashMap::new();
+    for request in destination.received().into_iter().filter(|r| r.answer.is_success()) {
+        let partition = request.partition.expect("partition header");
+        let (start, end) = request.offset_bounds().expect("offsets header");
+        let expected = next_start.entry(partition).or_insert(0);
+        assert_eq!(start, *expected, "partition {partition}: batch [{start}, {end}) arrived out of order");
+        *expected = end;
+        let seqs: Vec<u64> = request.elements.iter().filter_map(|e| e.get("seq").and_then(Value::as_u64)).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "messages inside a batch out of order: {seqs:?}");
+    }
+    assert_eq!(next_start.values().copied().collect::<Vec<_>>(), vec![2000; 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_4xx_fails_its_range_with_the_response_and_the_partition_keeps_moving() {
+    let db = TestDb::migrated().await;
+    let store = db.store().await;
+    let topic = topic_with(1, 1000).await;
+    let destination = sink().await;
+    destination.set_behaviour(Behaviour::StatusWithBody(422, "unknown event schema v0".into()));
+    let destinations = BTreeMap::from([("d".to_owned(), DestinationConfig::new(destination.url()))]);
+    let config = WorkerConfig { delivery_tasks: 1, ..fast_worker() };
+    let worker = start_worker(&store, &destinations, vec![route("r", &topic, "d", Ordering::Partition, 100)], config).await;
+    destination.wait_until(|s| s.failed >= 1, LONG).await.expect("a refused batch");
+    destination.set_behaviour(Behaviour::Ok);
+    wait_for_watermarks(&store, "r", 1000).await;
+    worker.stop().await;
+
+    let client = db.raw_client().await;
+    let failed = client
+        .query("SELECT start_offset, end_offset, last_error FROM courier_ranges WHERE route = 'r' AND state = 'failed'", &[])
+        .await
+        .expect("failed ranges");
+    assert!(!failed.is_empty(), "the refused range is failed and listed");
+    let mut lost_to_failure = 0;
+    for row in &failed {
+        let error: String = row.get(2);
+        assert!(error.contains("422") && error.contains("unknown event schema v0"), "{error}");
+        lost_to_failure += row.get::<_, i64>(1) - row.get::<_, i64>(0);
+    }
+    let delivered = destination.count_by(id).len() as i64;
+    assert_eq!(delivered + lost_to_failure, 1000, "everything outside the failed ranges was delivered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_holds_off_every_worker_for_that_long() {
+    let db = TestDb::migrated().await;
+    let store = db.store().await;
+    let topic = topic_with(1, 600).await;
+    let destination = sink().await;
+    destination.set_behaviour(Behaviour::StatusWithRetryAfter(429, 2));
+    let destinations = BTreeMap::from([(
+        "d".to_owned(),
+        DestinationConfig { max_batch_messages: 100, ..DestinationConfig::new(destination.url()) },
+    )]);
+    // Two workers share the destination; ordering keeps one request in flight at a time.
+    let routes = vec![route("r", &topic, "d", Ordering::Partition, 100)];
+    let first = start_worker(&store, &destinations, routes.clone(), fast_worker()).await;
+    let second = start_worker(&store, &destinations, routes, fast_worker()).await;
+    destination.wait_until(|s| s.failed >= 1, LONG).await.expect("a 429");
+    destination.set_behaviour(Behaviour::Ok);
+    wait_for_all(&destination, 600).await;
+    first.stop().await;
+    second.stop().await;
+
+    let refused = destination.failed().first().expect("the 429").received_at;
+    let after: Vec<_> = destination.received().into_iter().filter(|r| r.received_at > refused).collect();
+    assert!(!after.is_empty(), "delivery resumed after the wait");
+    for request in &after {
+        let waited = request.received_at.duration_since(refused).unwrap_or_default();
+        assert!(waited >= Duration::from_secs(2), "a request came {waited:?} after the 429 with Retry-After: 2");
+    }
+}
+
+#[tokio::test]
+async fn a_route_to_a_missing_topic_is_refused_at_startup_naming_the_route() {
+    let db = TestDb::migrated().await;
+    let store = db.store().await;
+    let destinations = BTreeMap::from([("d".to_owned(), DestinationConfig::new("http://127.0.0.1:9/"))]);
+    let routes = vec![route("orders", &unique_name("no_such_topic"), "d", Ordering::None, 100)];
+    let error = Worker::new(store, KafkaConfig::new(kafka_brokers()), &destinations, routes, fast_worker())
+        .await
+        .err()
+        .expect("missing topic must be refused");
+    let message = error.to_string();
+    assert!(message.contains("routes.orders") && message.contains("does not exist"), "{message}");
+}
