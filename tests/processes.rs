@@ -1,0 +1,225 @@
+//! courier as its users run it: real processes of the `courier` binary, killed, misconfigured, demoed.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use courier_kafka::{create_topic, KafkaConfig, Producer};
+use courier_sink::{Behaviour, Sink};
+use courier_testkit::{kafka_brokers, unique_name, TestDb};
+use serde_json::{json, Value};
+
+const COURIER: &str = env!("CARGO_BIN_EXE_courier");
+
+/// A `courier` command with the test's services only: no DATABASE_URL or KAFKA_BROKERS leaking in.
+fn courier(args: &[&str]) -> Command {
+    let mut command = Command::new(COURIER);
+    command.args(args).env_remove("DATABASE_URL").env("KAFKA_BROKERS", kafka_brokers()).env("RUST_LOG", "warn,courier=info");
+    command
+}
+
+fn write_config(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique_name("courier-config"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+fn stderr_of(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_range_loses_nothing_and_duplicates_stay_inside_its_ranges() {
+    const PARTITIONS: i32 = 4;
+    const PER_PARTITION: usize = 1500;
+    let db = TestDb::migrated().await;
+    let topic = unique_name("kill");
+    create_topic(&kafka_brokers(), &topic, PARTITIONS).await.expect("topic");
+    let producer = Producer::connect(KafkaConfig::new(kafka_brokers())).await.expect("producer");
+    for partition in 0..PARTITIONS {
+        let records = (0..PER_PARTITION).map(|seq| (Some(partition), None, json!({ "id": format!("{partition}-{seq}") }).to_string().into_bytes()));
+        producer.send_batch(&topic, records).await.expect("produce");
+    }
+    let sink = Sink::start(SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("sink");
+    sink.set_behaviour(Behaviour::Delay(Duration::from_millis(60)));
+    let config = write_config(
+        "courier.toml",
+        &format!(
+            r#"
+            [store]
+            url = "{url}"
+            [kafka]
+            brokers = "{brokers}"
+            [worker]
+            delivery_tasks = 2
+            lease_ttl = "4s"
+            renew_every = "1s"
+            poll_interval = "20ms"
+            plan_interval = "50ms"
+            max_tail_age = "50ms"
+            compact_every = "1h"
+            [destinations.d]
+            url = "{sink}"
+            timeout = "2s"
+            max_batch_messages = 50
+            [routes.r]
+            topic = "{topic}"
+            destination = "d"
+            range_size = 200
+            "#,
+            url = db.url,
+            brokers = kafka_brokers(),
+            sink = sink.url(),
+        ),
+    );
+    let config = config.to_str().expect("utf-8 path");
+    let spawn = || courier(&["run", "--config", config]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn courier");
+    let mut victim = spawn();
+    let mut survivor = spawn();
+    let victim_owner = format!("%-{}-%", victim.id());
+
+    // Kill the victim while it holds a lease, after it has delivered something.
+    let client = db.raw_client().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let held: Vec<i64> = loop {
+        let rows = client
+            .query("SELECT id FROM courier_ranges WHERE state = 'leased' AND lease_owner LIKE $1", &[&victim_owner])
+            .await
+            .expect("leases");
+        if !rows.is_empty() && sink.stats().delivered > 0 {
+            victim.kill().expect("SIGKILL");
+            break rows.iter().map(|r| r.get(0)).collect();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the victim never held a lease");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let _ = victim.wait();
+
+    // The survivor delivers everything, the victim's ranges included (after their lease expires).
+    let total = PARTITIONS as usize * PER_PARTITION;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let _ = sink.wait_until(|s| s.delivered_elements as usize >= total, Duration::from_millis(500)).await;
+        if sink.count_by(|e: &Value| e.get("id").and_then(Value::as_str).map(str::to_owned)).len() == total {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not every message arrived after the kill");
+    }
+    let _ = survivor.kill();
+    let _ = survivor.wait();
+
+    // Duplicates fall only inside ranges whose lease was interrupted (leased again: epoch > 1).
+    let mut batches_by_id: HashMap<String, Vec<(i32, i64)>> = HashMap::new();
+    for request in sink.received() {
+        let partition = request.partition.expect("partition header");
+        let (start, _) = request.offset_bounds().expect("offsets header");
+        for element in &request.elements {
+            if let Some(id) = element.get("id").and_then(Value::as_str) {
+                batches_by_id.entry(id.to_owned()).or_default().push((partition, start));
+            }
+        }
+    }
+    let mut duplicates = 0;
+    for (id, deliveries) in batches_by_id.iter().filter(|(_, d)| d.len() > 1) {
+        duplicates += deliveries.len() - 1;
+        for (partition, offset) in deliveries {
+            let row = client
+                .query_one(
+                    "SELECT epoch FROM courier_ranges WHERE route = 'r' AND partition = $1 AND start_offset <= $2 AND end_offset > $2",
+                    &[partition, offset],
+                )
+                .await
+                .expect("range of a duplicate");
+            assert!(row.get::<_, i64>(0) > 1, "message {id} was delivered twice outside an interrupted range");
+        }
+    }
+    for id in &held {
+        let row = client.query_one("SELECT state, epoch FROM courier_ranges WHERE id = $1", &[id]).await.expect("held range");
+        assert_eq!(row.get::<_, String>(0), "done", "a range the victim held was not delivered by the survivor");
+        assert!(row.get::<_, i64>(1) > 1, "the victim's range was leased again");
+    }
+    eprintln!("killed worker held {} range(s); {duplicates} duplicate deliveries, all inside them", held.len());
+}
+
+#[tokio::test]
+async fn the_demo_delivers_every_event_and_says_so() {
+    let db = TestDb::create().await;
+    let output = courier(&["demo", "--events", "3000", "--partitions", "3", "--quiet"])
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .expect("run demo");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "demo failed: {stdout}\n{}", stderr_of(&output));
+    assert!(stdout.contains("delivered           3000 (0 lost)"), "{stdout}");
+    assert!(stdout.contains("end-to-end p99"), "{stdout}");
+}
+
+#[test]
+fn a_bad_configuration_ends_with_one_clear_line_and_a_failure_exit() {
+    let config = write_config(
+        "bad.toml",
+        r#"
+        [store]
+        url = "postgres://courier:courier@127.0.0.1:54329/courier"
+        [store.timeouts]
+        client_deadline = "2s"
+        statement_timeout = "3s"
+        [kafka]
+        brokers = "127.0.0.1:9092"
+        "#,
+    );
+    let output = courier(&["run", "--config", config.to_str().expect("path")]).output().expect("run");
+    assert!(!output.status.success());
+    let stderr = stderr_of(&output);
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("statement_timeout") && stderr.contains("client_deadline"), "{stderr}");
+
+    let config = write_config("typo.toml", "[store]\nurl = \"postgres://x@127.0.0.1/x\"\n[kafka]\nbrokers = \"x\"\n[worker]\nlease_tll = \"5s\"\n");
+    let output = courier(&["check-config", "--config", config.to_str().expect("path")]).output().expect("run");
+    assert!(!output.status.success());
+    assert!(stderr_of(&output).contains("lease_tll"), "{}", stderr_of(&output));
+}
+
+#[tokio::test]
+async fn an_unreachable_store_or_wrong_password_is_one_clear_line_naming_the_fix() {
+    let output = courier(&["migrate"]).env("DATABASE_URL", "postgres://courier:courier@127.0.0.1:1/courier").output().expect("run");
+    assert!(!output.status.success());
+    let stderr = stderr_of(&output);
+    assert!(stderr.contains("cannot reach the store") && stderr.contains("make postgres"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+
+    let db = TestDb::create().await;
+    let wrong = db.url.replacen("courier:courier@", "courier:wrong@", 1);
+    let output = courier(&["migrate"]).env("DATABASE_URL", &wrong).output().expect("run");
+    let stderr = stderr_of(&output);
+    assert!(!output.status.success() && stderr.contains("refused the login"), "{stderr}");
+}
+
+#[tokio::test]
+async fn run_refuses_a_database_without_the_schema_naming_courier_migrate() {
+    let db = TestDb::create().await;
+    let config = write_config(
+        "courier.toml",
+        &format!(
+            "[store]\nurl = \"{}\"\n[kafka]\nbrokers = \"{}\"\n[destinations.d]\nurl = \"http://127.0.0.1:9/\"\n[routes.r]\ntopic = \"t\"\ndestination = \"d\"\n",
+            db.url,
+            kafka_brokers()
+        ),
+    );
+    let output = courier(&["run", "--config", config.to_str().expect("path")]).output().expect("run");
+    assert!(!output.status.success());
+    let stderr = stderr_of(&output);
+    assert!(stderr.contains("courier migrate"), "{stderr}");
+    // Nothing was written: the database is still empty.
+    let client = db.raw_client().await;
+    let tables: i64 = client
+        .query_one("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(tables, 0);
+}
