@@ -45,7 +45,13 @@ fn fast_worker() -> WorkerConfig {
     }
 }
 
-fn route(name: &str, topic: &str, destination: &str, ordering: Ordering, range_size: u32) -> RouteConfig {
+fn route(
+    name: &str,
+    topic: &str,
+    destination: &str,
+    ordering: Ordering,
+    range_size: u32,
+) -> RouteConfig {
     RouteConfig {
         name: name.into(),
         topic: topic.into(),
@@ -63,19 +69,32 @@ async fn start_worker(
     routes: Vec<RouteConfig>,
     config: WorkerConfig,
 ) -> Running {
-    let worker = Worker::new(store.clone(), KafkaConfig::new(kafka_brokers()), destinations, routes, config)
-        .await
-        .expect("worker starts");
+    let worker = Worker::new(
+        store.clone(),
+        KafkaConfig::new(kafka_brokers()),
+        destinations,
+        routes,
+        config,
+    )
+    .await
+    .expect("worker starts");
     let (stop, stopped) = watch::channel(false);
-    Running { stop, task: tokio::spawn(worker.run(stopped)) }
+    Running {
+        stop,
+        task: tokio::spawn(worker.run(stopped)),
+    }
 }
 
 /// A topic of `partitions` partitions holding `per_partition` JSON messages each:
 /// `{"id": "<partition>-<seq>", "partition": p, "seq": n}`.
 async fn topic_with(partitions: i32, per_partition: usize) -> String {
     let topic = unique_name("pipeline");
-    create_topic(&kafka_brokers(), &topic, partitions).await.expect("create topic");
-    let producer = Producer::connect(KafkaConfig::new(kafka_brokers())).await.expect("producer");
+    create_topic(&kafka_brokers(), &topic, partitions)
+        .await
+        .expect("create topic");
+    let producer = Producer::connect(KafkaConfig::new(kafka_brokers()))
+        .await
+        .expect("producer");
     for partition in 0..partitions {
         for chunk in (0..per_partition).collect::<Vec<_>>().chunks(5000) {
             let records = chunk.iter().map(|seq| {
@@ -89,7 +108,9 @@ async fn topic_with(partitions: i32, per_partition: usize) -> String {
 }
 
 async fn sink() -> Sink {
-    Sink::start(SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("sink")
+    Sink::start(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("sink")
 }
 
 fn id(element: &Value) -> Option<String> {
@@ -105,7 +126,12 @@ async fn wait_for_all(sink: &Sink, expected: usize) -> HashMap<String, usize> {
         let stats = sink
             .wait_until(|s| s.delivered_elements >= target, left)
             .await
-            .unwrap_or_else(|e| panic!("only {} of {expected} elements arrived: {e:?}", sink.count_by(id).len()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "only {} of {expected} elements arrived: {e:?}",
+                    sink.count_by(id).len()
+                )
+            });
         let counts = sink.count_by(id);
         if counts.len() >= expected {
             return counts;
@@ -122,7 +148,10 @@ async fn wait_for_watermarks(store: &Store, route: &str, high: i64) {
         if !progress.is_empty() && progress.iter().all(|p| p.watermark == high) {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "watermarks of {route} stuck at {progress:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "watermarks of {route} stuck at {progress:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -141,7 +170,13 @@ async fn a_hundred_thousand_messages_reach_three_destinations_and_a_slow_one_hol
     flaky.set_behaviour(Behaviour::FailEvery { n: 2, status: 503 });
     let destinations = BTreeMap::from([
         ("healthy".to_owned(), DestinationConfig::new(healthy.url())),
-        ("slow".to_owned(), DestinationConfig { timeout: Duration::from_secs(2), ..DestinationConfig::new(slow.url()) }),
+        (
+            "slow".to_owned(),
+            DestinationConfig {
+                timeout: Duration::from_secs(2),
+                ..DestinationConfig::new(slow.url())
+            },
+        ),
         ("flaky".to_owned(), DestinationConfig::new(flaky.url())),
     ]);
     let routes = vec![
@@ -149,25 +184,42 @@ async fn a_hundred_thousand_messages_reach_three_destinations_and_a_slow_one_hol
         route("to-slow", &topic, "slow", Ordering::None, 1000),
         route("to-flaky", &topic, "flaky", Ordering::None, 1000),
     ];
-    let config = WorkerConfig { delivery_tasks: 6, ..fast_worker() };
+    let config = WorkerConfig {
+        delivery_tasks: 6,
+        ..fast_worker()
+    };
     let worker = start_worker(&store, &destinations, routes, config).await;
     let total = PARTITIONS as usize * PER_PARTITION;
 
     let counts = wait_for_all(&healthy, total).await;
     assert_eq!(counts.len(), total);
     wait_for_watermarks(&store, "to-healthy", PER_PARTITION as i64).await;
-    assert_eq!(slow.stats().delivered_elements, 0, "the slow destination has not acknowledged anything yet");
+    assert_eq!(
+        slow.stats().delivered_elements,
+        0,
+        "the slow destination has not acknowledged anything yet"
+    );
 
     slow.set_behaviour(Behaviour::Delay(Duration::from_millis(5)));
     assert_eq!(wait_for_all(&slow, total).await.len(), total);
     assert_eq!(wait_for_all(&flaky, total).await.len(), total);
-    assert!(flaky.stats().failed > 0, "the flaky destination did answer 503s");
+    assert!(
+        flaky.stats().failed > 0,
+        "the flaky destination did answer 503s"
+    );
     for route in ["to-slow", "to-flaky"] {
         wait_for_watermarks(&store, route, PER_PARTITION as i64).await;
     }
     let stats = worker.stop().await;
-    assert!(WorkerStats::get(&stats.ranges_retried) > 0, "503s were retried");
-    assert_eq!(WorkerStats::get(&stats.ranges_failed), 0, "nothing failed for good");
+    assert!(
+        WorkerStats::get(&stats.ranges_retried) > 0,
+        "503s were retried"
+    );
+    assert_eq!(
+        WorkerStats::get(&stats.ranges_failed),
+        0,
+        "nothing failed for good"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,23 +231,49 @@ async fn ordering_partition_delivers_each_partition_in_offset_order_through_retr
     destination.set_behaviour(Behaviour::FailEvery { n: 3, status: 503 });
     let destinations = BTreeMap::from([(
         "d".to_owned(),
-        DestinationConfig { max_batch_messages: 150, ..DestinationConfig::new(destination.url()) },
+        DestinationConfig {
+            max_batch_messages: 150,
+            ..DestinationConfig::new(destination.url())
+        },
     )]);
-    let worker = start_worker(&store, &destinations, vec![route("ordered", &topic, "d", Ordering::Partition, 400)], fast_worker()).await;
+    let worker = start_worker(
+        &store,
+        &destinations,
+        vec![route("ordered", &topic, "d", Ordering::Partition, 400)],
+        fast_worker(),
+    )
+    .await;
     wait_for_all(&destination, 6000).await;
     worker.stop().await;
 
     let mut next_start: HashMap<i32, i64> = HashMap::new();
-    for request in destination.received().into_iter().filter(|r| r.answer.is_success()) {
+    for request in destination
+        .received()
+        .into_iter()
+        .filter(|r| r.answer.is_success())
+    {
         let partition = request.partition.expect("partition header");
         let (start, end) = request.offset_bounds().expect("offsets header");
         let expected = next_start.entry(partition).or_insert(0);
-        assert_eq!(start, *expected, "partition {partition}: batch [{start}, {end}) arrived out of order");
+        assert_eq!(
+            start, *expected,
+            "partition {partition}: batch [{start}, {end}) arrived out of order"
+        );
         *expected = end;
-        let seqs: Vec<u64> = request.elements.iter().filter_map(|e| e.get("seq").and_then(Value::as_u64)).collect();
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "messages inside a batch out of order: {seqs:?}");
+        let seqs: Vec<u64> = request
+            .elements
+            .iter()
+            .filter_map(|e| e.get("seq").and_then(Value::as_u64))
+            .collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "messages inside a batch out of order: {seqs:?}"
+        );
     }
-    assert_eq!(next_start.values().copied().collect::<Vec<_>>(), vec![2000; 3]);
+    assert_eq!(
+        next_start.values().copied().collect::<Vec<_>>(),
+        vec![2000; 3]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,11 +282,27 @@ async fn a_permanent_4xx_fails_its_range_with_the_response_and_the_partition_kee
     let store = db.store().await;
     let topic = topic_with(1, 1000).await;
     let destination = sink().await;
-    destination.set_behaviour(Behaviour::StatusWithBody(422, "unknown event schema v0".into()));
-    let destinations = BTreeMap::from([("d".to_owned(), DestinationConfig::new(destination.url()))]);
-    let config = WorkerConfig { delivery_tasks: 1, ..fast_worker() };
-    let worker = start_worker(&store, &destinations, vec![route("r", &topic, "d", Ordering::Partition, 100)], config).await;
-    destination.wait_until(|s| s.failed >= 1, LONG).await.expect("a refused batch");
+    destination.set_behaviour(Behaviour::StatusWithBody(
+        422,
+        "unknown event schema v0".into(),
+    ));
+    let destinations =
+        BTreeMap::from([("d".to_owned(), DestinationConfig::new(destination.url()))]);
+    let config = WorkerConfig {
+        delivery_tasks: 1,
+        ..fast_worker()
+    };
+    let worker = start_worker(
+        &store,
+        &destinations,
+        vec![route("r", &topic, "d", Ordering::Partition, 100)],
+        config,
+    )
+    .await;
+    destination
+        .wait_until(|s| s.failed >= 1, LONG)
+        .await
+        .expect("a refused batch");
     destination.set_behaviour(Behaviour::Ok);
     wait_for_watermarks(&store, "r", 1000).await;
     worker.stop().await;
@@ -222,11 +316,18 @@ async fn a_permanent_4xx_fails_its_range_with_the_response_and_the_partition_kee
     let mut lost_to_failure = 0;
     for row in &failed {
         let error: String = row.get(2);
-        assert!(error.contains("422") && error.contains("unknown event schema v0"), "{error}");
+        assert!(
+            error.contains("422") && error.contains("unknown event schema v0"),
+            "{error}"
+        );
         lost_to_failure += row.get::<_, i64>(1) - row.get::<_, i64>(0);
     }
     let delivered = destination.count_by(id).len() as i64;
-    assert_eq!(delivered + lost_to_failure, 1000, "everything outside the failed ranges was delivered");
+    assert_eq!(
+        delivered + lost_to_failure,
+        1000,
+        "everything outside the failed ranges was delivered"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,24 +339,40 @@ async fn retry_after_holds_off_every_worker_for_that_long() {
     destination.set_behaviour(Behaviour::StatusWithRetryAfter(429, 2));
     let destinations = BTreeMap::from([(
         "d".to_owned(),
-        DestinationConfig { max_batch_messages: 100, ..DestinationConfig::new(destination.url()) },
+        DestinationConfig {
+            max_batch_messages: 100,
+            ..DestinationConfig::new(destination.url())
+        },
     )]);
     // Two workers share the destination; ordering keeps one request in flight at a time.
     let routes = vec![route("r", &topic, "d", Ordering::Partition, 100)];
     let first = start_worker(&store, &destinations, routes.clone(), fast_worker()).await;
     let second = start_worker(&store, &destinations, routes, fast_worker()).await;
-    destination.wait_until(|s| s.failed >= 1, LONG).await.expect("a 429");
+    destination
+        .wait_until(|s| s.failed >= 1, LONG)
+        .await
+        .expect("a 429");
     destination.set_behaviour(Behaviour::Ok);
     wait_for_all(&destination, 600).await;
     first.stop().await;
     second.stop().await;
 
     let refused = destination.failed().first().expect("the 429").received_at;
-    let after: Vec<_> = destination.received().into_iter().filter(|r| r.received_at > refused).collect();
+    let after: Vec<_> = destination
+        .received()
+        .into_iter()
+        .filter(|r| r.received_at > refused)
+        .collect();
     assert!(!after.is_empty(), "delivery resumed after the wait");
     for request in &after {
-        let waited = request.received_at.duration_since(refused).unwrap_or_default();
-        assert!(waited >= Duration::from_secs(2), "a request came {waited:?} after the 429 with Retry-After: 2");
+        let waited = request
+            .received_at
+            .duration_since(refused)
+            .unwrap_or_default();
+        assert!(
+            waited >= Duration::from_secs(2),
+            "a request came {waited:?} after the 429 with Retry-After: 2"
+        );
     }
 }
 
@@ -263,12 +380,30 @@ async fn retry_after_holds_off_every_worker_for_that_long() {
 async fn a_route_to_a_missing_topic_is_refused_at_startup_naming_the_route() {
     let db = TestDb::migrated().await;
     let store = db.store().await;
-    let destinations = BTreeMap::from([("d".to_owned(), DestinationConfig::new("http://127.0.0.1:9/"))]);
-    let routes = vec![route("orders", &unique_name("no_such_topic"), "d", Ordering::None, 100)];
-    let error = Worker::new(store, KafkaConfig::new(kafka_brokers()), &destinations, routes, fast_worker())
-        .await
-        .err()
-        .expect("missing topic must be refused");
+    let destinations = BTreeMap::from([(
+        "d".to_owned(),
+        DestinationConfig::new("http://127.0.0.1:9/"),
+    )]);
+    let routes = vec![route(
+        "orders",
+        &unique_name("no_such_topic"),
+        "d",
+        Ordering::None,
+        100,
+    )];
+    let error = Worker::new(
+        store,
+        KafkaConfig::new(kafka_brokers()),
+        &destinations,
+        routes,
+        fast_worker(),
+    )
+    .await
+    .err()
+    .expect("missing topic must be refused");
     let message = error.to_string();
-    assert!(message.contains("routes.orders") && message.contains("does not exist"), "{message}");
+    assert!(
+        message.contains("routes.orders") && message.contains("does not exist"),
+        "{message}"
+    );
 }

@@ -2,8 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use courier_kafka::{create_topic, KafkaConfig, Producer};
@@ -11,26 +10,9 @@ use courier_sink::{Behaviour, Sink};
 use courier_testkit::{kafka_brokers, unique_name, TestDb};
 use serde_json::{json, Value};
 
-const COURIER: &str = env!("CARGO_BIN_EXE_courier");
+mod common;
 
-/// A `courier` command with the test's services only: no DATABASE_URL or KAFKA_BROKERS leaking in.
-fn courier(args: &[&str]) -> Command {
-    let mut command = Command::new(COURIER);
-    command.args(args).env_remove("DATABASE_URL").env("KAFKA_BROKERS", kafka_brokers()).env("RUST_LOG", "warn,courier=info");
-    command
-}
-
-fn write_config(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(unique_name("courier-config"));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join(name);
-    std::fs::write(&path, text).expect("write config");
-    path
-}
-
-fn stderr_of(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
+use common::{courier, stderr_of, write_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_range_loses_nothing_and_duplicates_stay_inside_its_ranges() {
@@ -38,13 +20,27 @@ async fn a_worker_killed_mid_range_loses_nothing_and_duplicates_stay_inside_its_
     const PER_PARTITION: usize = 1500;
     let db = TestDb::migrated().await;
     let topic = unique_name("kill");
-    create_topic(&kafka_brokers(), &topic, PARTITIONS).await.expect("topic");
-    let producer = Producer::connect(KafkaConfig::new(kafka_brokers())).await.expect("producer");
+    create_topic(&kafka_brokers(), &topic, PARTITIONS)
+        .await
+        .expect("topic");
+    let producer = Producer::connect(KafkaConfig::new(kafka_brokers()))
+        .await
+        .expect("producer");
     for partition in 0..PARTITIONS {
-        let records = (0..PER_PARTITION).map(|seq| (Some(partition), None, json!({ "id": format!("{partition}-{seq}") }).to_string().into_bytes()));
+        let records = (0..PER_PARTITION).map(|seq| {
+            (
+                Some(partition),
+                None,
+                json!({ "id": format!("{partition}-{seq}") })
+                    .to_string()
+                    .into_bytes(),
+            )
+        });
         producer.send_batch(&topic, records).await.expect("produce");
     }
-    let sink = Sink::start(SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("sink");
+    let sink = Sink::start(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("sink");
     sink.set_behaviour(Behaviour::Delay(Duration::from_millis(60)));
     let config = write_config(
         "courier.toml",
@@ -77,7 +73,13 @@ async fn a_worker_killed_mid_range_loses_nothing_and_duplicates_stay_inside_its_
         ),
     );
     let config = config.to_str().expect("utf-8 path");
-    let spawn = || courier(&["run", "--config", config]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn courier");
+    let spawn = || {
+        courier(&["run", "--config", config])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn courier")
+    };
     let mut victim = spawn();
     let mut survivor = spawn();
     let victim_owner = format!("%-{}-%", victim.id());
@@ -87,14 +89,20 @@ async fn a_worker_killed_mid_range_loses_nothing_and_duplicates_stay_inside_its_
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let held: Vec<i64> = loop {
         let rows = client
-            .query("SELECT id FROM courier_ranges WHERE state = 'leased' AND lease_owner LIKE $1", &[&victim_owner])
+            .query(
+                "SELECT id FROM courier_ranges WHERE state = 'leased' AND lease_owner LIKE $1",
+                &[&victim_owner],
+            )
             .await
             .expect("leases");
         if !rows.is_empty() && sink.stats().delivered > 0 {
             victim.kill().expect("SIGKILL");
             break rows.iter().map(|r| r.get(0)).collect();
         }
-        assert!(tokio::time::Instant::now() < deadline, "the victim never held a lease");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the victim never held a lease"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let _ = victim.wait();
@@ -103,11 +111,23 @@ async fn a_worker_killed_mid_range_loses_nothing_and_duplicates_stay_inside_its_
     let total = PARTITIONS as usize * PER_PARTITION;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     loop {
-        let _ = sink.wait_until(|s| s.delivered_elements as usize >= total, Duration::from_millis(500)).await;
-        if sink.count_by(|e: &Value| e.get("id").and_then(Value::as_str).map(str::to_owned)).len() == total {
+        let _ = sink
+            .wait_until(
+                |s| s.delivered_elements as usize >= total,
+                Duration::from_millis(500),
+            )
+            .await;
+        if sink
+            .count_by(|e: &Value| e.get("id").and_then(Value::as_str).map(str::to_owned))
+            .len()
+            == total
+        {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "not every message arrived after the kill");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every message arrived after the kill"
+        );
     }
     let _ = survivor.kill();
     let _ = survivor.wait();
@@ -119,7 +139,10 @@ async fn a_worker_killed_mid_range_loses_nothing_and_duplicates_stay_inside_its_
         let (start, _) = request.offset_bounds().expect("offsets header");
         for element in &request.elements {
             if let Some(id) = element.get("id").and_then(Value::as_str) {
-                batches_by_id.entry(id.to_owned()).or_default().push((partition, start));
+                batches_by_id
+                    .entry(id.to_owned())
+                    .or_default()
+                    .push((partition, start));
             }
         }
     }
@@ -134,15 +157,34 @@ async fn a_worker_killed_mid_range_loses_nothing_and_duplicates_stay_inside_its_
                 )
                 .await
                 .expect("range of a duplicate");
-            assert!(row.get::<_, i64>(0) > 1, "message {id} was delivered twice outside an interrupted range");
+            assert!(
+                row.get::<_, i64>(0) > 1,
+                "message {id} was delivered twice outside an interrupted range"
+            );
         }
     }
     for id in &held {
-        let row = client.query_one("SELECT state, epoch FROM courier_ranges WHERE id = $1", &[id]).await.expect("held range");
-        assert_eq!(row.get::<_, String>(0), "done", "a range the victim held was not delivered by the survivor");
-        assert!(row.get::<_, i64>(1) > 1, "the victim's range was leased again");
+        let row = client
+            .query_one(
+                "SELECT state, epoch FROM courier_ranges WHERE id = $1",
+                &[id],
+            )
+            .await
+            .expect("held range");
+        assert_eq!(
+            row.get::<_, String>(0),
+            "done",
+            "a range the victim held was not delivered by the survivor"
+        );
+        assert!(
+            row.get::<_, i64>(1) > 1,
+            "the victim's range was leased again"
+        );
     }
-    eprintln!("killed worker held {} range(s); {duplicates} duplicate deliveries, all inside them", held.len());
+    eprintln!(
+        "killed worker held {} range(s); {duplicates} duplicate deliveries, all inside them",
+        held.len()
+    );
 }
 
 #[tokio::test]
@@ -153,8 +195,15 @@ async fn the_demo_delivers_every_event_and_says_so() {
         .output()
         .expect("run demo");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "demo failed: {stdout}\n{}", stderr_of(&output));
-    assert!(stdout.contains("delivered           3000 (0 lost)"), "{stdout}");
+    assert!(
+        output.status.success(),
+        "demo failed: {stdout}\n{}",
+        stderr_of(&output)
+    );
+    assert!(
+        stdout.contains("delivered           3000 (0 lost)"),
+        "{stdout}"
+    );
     assert!(stdout.contains("end-to-end p99"), "{stdout}");
 }
 
@@ -172,31 +221,57 @@ fn a_bad_configuration_ends_with_one_clear_line_and_a_failure_exit() {
         brokers = "127.0.0.1:9092"
         "#,
     );
-    let output = courier(&["run", "--config", config.to_str().expect("path")]).output().expect("run");
+    let output = courier(&["run", "--config", config.to_str().expect("path")])
+        .output()
+        .expect("run");
     assert!(!output.status.success());
     let stderr = stderr_of(&output);
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
-    assert!(stderr.contains("statement_timeout") && stderr.contains("client_deadline"), "{stderr}");
+    assert!(
+        stderr.contains("statement_timeout") && stderr.contains("client_deadline"),
+        "{stderr}"
+    );
 
     let config = write_config("typo.toml", "[store]\nurl = \"postgres://x@127.0.0.1/x\"\n[kafka]\nbrokers = \"x\"\n[worker]\nlease_tll = \"5s\"\n");
-    let output = courier(&["check-config", "--config", config.to_str().expect("path")]).output().expect("run");
+    let output = courier(&["check-config", "--config", config.to_str().expect("path")])
+        .output()
+        .expect("run");
     assert!(!output.status.success());
-    assert!(stderr_of(&output).contains("lease_tll"), "{}", stderr_of(&output));
+    assert!(
+        stderr_of(&output).contains("lease_tll"),
+        "{}",
+        stderr_of(&output)
+    );
 }
 
 #[tokio::test]
 async fn an_unreachable_store_or_wrong_password_is_one_clear_line_naming_the_fix() {
-    let output = courier(&["migrate"]).env("DATABASE_URL", "postgres://courier:courier@127.0.0.1:1/courier").output().expect("run");
+    let output = courier(&["migrate"])
+        .env(
+            "DATABASE_URL",
+            "postgres://courier:courier@127.0.0.1:1/courier",
+        )
+        .output()
+        .expect("run");
     assert!(!output.status.success());
     let stderr = stderr_of(&output);
-    assert!(stderr.contains("cannot reach the store") && stderr.contains("make postgres"), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach the store") && stderr.contains("make postgres"),
+        "{stderr}"
+    );
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 
     let db = TestDb::create().await;
     let wrong = db.url.replacen("courier:courier@", "courier:wrong@", 1);
-    let output = courier(&["migrate"]).env("DATABASE_URL", &wrong).output().expect("run");
+    let output = courier(&["migrate"])
+        .env("DATABASE_URL", &wrong)
+        .output()
+        .expect("run");
     let stderr = stderr_of(&output);
-    assert!(!output.status.success() && stderr.contains("refused the login"), "{stderr}");
+    assert!(
+        !output.status.success() && stderr.contains("refused the login"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -210,14 +285,19 @@ async fn run_refuses_a_database_without_the_schema_naming_courier_migrate() {
             kafka_brokers()
         ),
     );
-    let output = courier(&["run", "--config", config.to_str().expect("path")]).output().expect("run");
+    let output = courier(&["run", "--config", config.to_str().expect("path")])
+        .output()
+        .expect("run");
     assert!(!output.status.success());
     let stderr = stderr_of(&output);
     assert!(stderr.contains("courier migrate"), "{stderr}");
     // Nothing was written: the database is still empty.
     let client = db.raw_client().await;
     let tables: i64 = client
-        .query_one("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'", &[])
+        .query_one(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'",
+            &[],
+        )
         .await
         .expect("count")
         .get(0);

@@ -11,6 +11,7 @@
 //! - [`migrate`]: the embedded, forward-only, once-only migration runner. The only place with DDL.
 //! - [`protocol`]: the lease protocol: register, plan, lease, renew, checkpoint, fail, release, advance
 //!   watermarks, compact, replay, workers and shared `Retry-After`.
+//! - [`status`]: the read-only snapshot behind `courier status`.
 //! - [`error`]: [`StoreError`], whose variants decide what the caller does next and whose messages say
 //!   what to do at 2 a.m.
 //!
@@ -26,6 +27,7 @@ pub mod error;
 pub mod migrate;
 pub mod pool;
 pub mod protocol;
+pub mod status;
 
 pub use config::{StoreConfig, Timeouts};
 pub use error::{Result, StoreError};

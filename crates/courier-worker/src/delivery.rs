@@ -86,7 +86,7 @@ pub(crate) async fn run(
                         _ = crate::stopped(&mut hard_stop) => release(&ctx, &lease, Duration::ZERO).await,
                     }
                 };
-                tally(&ctx.stats, &route.config.name, &outcome);
+                tally(&ctx.stats, &route.config.name, kind, &outcome);
             }
             break;
         }
@@ -113,10 +113,13 @@ fn destination_is_holding_off(route: &Route) -> bool {
     matches!(route.deliverer.circuit_state(), CircuitState::Open { until, .. } if until > now)
 }
 
-fn tally(stats: &WorkerStats, route: &str, outcome: &Outcome) {
+fn tally(stats: &WorkerStats, route: &str, kind: RangeKind, outcome: &Outcome) {
     match outcome {
         Outcome::Checkpointed { messages } => {
             metrics::range_checkpointed(route, *messages);
+            if kind == RangeKind::Replay {
+                metrics::ranges_replayed(route, 1);
+            }
             WorkerStats::add(&stats.ranges_checkpointed, 1);
             WorkerStats::add(&stats.messages_delivered, *messages as u64);
         }

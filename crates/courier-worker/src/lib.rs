@@ -136,14 +136,23 @@ impl Worker {
                     deliverers.keys().cloned().collect::<Vec<_>>().join(", ")
                 ))
             })?;
-            runtime_routes.push(Route { config: route, deliverer });
+            runtime_routes.push(Route {
+                config: route,
+                deliverer,
+            });
         }
         let reader = RangeReader::connect(kafka).await?;
         for route in &runtime_routes {
             // A route to a topic that does not exist is a configuration error: say so now, not every tick.
-            reader.partition_count(&route.config.topic).await.map_err(|e| {
-                WorkerError::Config(format!("routes.{}: topic {:?}: {e}", route.config.name, route.config.topic))
-            })?;
+            reader
+                .partition_count(&route.config.topic)
+                .await
+                .map_err(|e| {
+                    WorkerError::Config(format!(
+                        "routes.{}: topic {:?}: {e}",
+                        route.config.name, route.config.topic
+                    ))
+                })?;
             let route = &route.config;
             store
                 .ensure_route(&RouteSpec {

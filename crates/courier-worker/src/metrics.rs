@@ -48,6 +48,7 @@ pub fn range_released(route: &str) {
     counter!(RANGES_RELEASED, "route" => route.to_owned()).increment(1);
 }
 
+/// A replay range delivered (replays are audited in `courier_replays`; this counts their delivery).
 pub fn ranges_replayed(route: &str, count: usize) {
     counter!(RANGES_REPLAYED, "route" => route.to_owned()).increment(count as u64);
 }
@@ -77,4 +78,25 @@ pub fn store_error(operation: &'static str) {
 
 pub fn kafka_error(route: &str, reason: &'static str) {
     counter!(KAFKA_ERRORS, "route" => route.to_owned(), "reason" => reason).increment(1);
+}
+
+pub const PROBE_ROUNDS: &str = "courier_probe_rounds_total";
+pub const PROBE_MISSING: &str = "courier_probe_missing_messages";
+pub const PROBE_DUPLICATES: &str = "courier_probe_duplicates";
+pub const PROBE_LATENCY: &str = "courier_probe_end_to_end_latency_seconds";
+
+/// One `courier probe` round: alert on `healthy = false` rounds, on missing messages, on latency.
+pub fn probe_round(
+    route: &str,
+    healthy: bool,
+    missing: usize,
+    duplicates: usize,
+    latencies_ms: &[u64],
+) {
+    counter!(PROBE_ROUNDS, "route" => route.to_owned(), "outcome" => if healthy { "healthy" } else { "unhealthy" }).increment(1);
+    gauge!(PROBE_MISSING, "route" => route.to_owned()).set(missing as f64);
+    gauge!(PROBE_DUPLICATES, "route" => route.to_owned()).set(duplicates as f64);
+    for latency in latencies_ms {
+        histogram!(PROBE_LATENCY, "route" => route.to_owned()).record(*latency as f64 / 1000.0);
+    }
 }

@@ -8,7 +8,10 @@
 
 mod cmd_demo;
 mod cmd_migrate;
+mod cmd_probe;
+mod cmd_replay;
 mod cmd_run;
+mod cmd_status;
 mod config;
 mod telemetry;
 
@@ -50,6 +53,12 @@ enum Command {
         #[arg(long, short, env = "COURIER_CONFIG", default_value = "courier.toml")]
         config: PathBuf,
     },
+    /// Where every route stands: progress, lag, leases, failures, workers. Exit 3 when something needs attention.
+    Status(cmd_status::StatusArgs),
+    /// Deliver again a route's failed ranges, or any window of offsets; audited; `--dry-run`, `--wait`.
+    Replay(cmd_replay::ReplayArgs),
+    /// The customer's view: produce probe messages, receive them, report 100% or not and latency.
+    Probe(cmd_probe::ProbeArgs),
     /// The demo: local services, a demo topic and destination, live progress, then a summary.
     Demo(cmd_demo::DemoArgs),
 }
@@ -68,15 +77,19 @@ fn main() -> ExitCode {
         }
     };
     let outcome = runtime.block_on(async {
+        let done = |result: anyhow::Result<()>| result.map(|()| ExitCode::SUCCESS);
         match cli.command {
-            Command::Run { config, migrate } => cmd_run::run(&config, migrate).await,
-            Command::Migrate { config } => cmd_migrate::run(config.as_deref()).await,
-            Command::CheckConfig { config } => cmd_run::check_config(&config),
-            Command::Demo(args) => cmd_demo::run(args).await,
+            Command::Run { config, migrate } => done(cmd_run::run(&config, migrate).await),
+            Command::Migrate { config } => done(cmd_migrate::run(config.as_deref()).await),
+            Command::CheckConfig { config } => done(cmd_run::check_config(&config)),
+            Command::Status(args) => cmd_status::run(args).await,
+            Command::Replay(args) => done(cmd_replay::run(args).await),
+            Command::Probe(args) => cmd_probe::run(args).await,
+            Command::Demo(args) => done(cmd_demo::run(args).await),
         }
     });
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             // One line: what happened and, from the error itself, what to do.
             eprintln!("courier: error: {error:#}");

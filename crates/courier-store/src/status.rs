@@ -1,0 +1,220 @@
+//! What `courier status` shows, read in one round of queries: progress, leases, failures, workers and
+//! destinations holding everyone off. Read-only; safe to run at any time.
+
+use courier_core::Partition;
+
+use crate::error::{Result, StoreError};
+use crate::pool::Store;
+
+/// Progress of one partition of one route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionRow {
+    pub route: String,
+    pub topic: String,
+    pub destination: String,
+    pub partition: Partition,
+    pub frontier: i64,
+    pub watermark: i64,
+    /// Ranges planned but not settled.
+    pub unsettled_ranges: i64,
+}
+
+/// A range leased right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRow {
+    pub route: String,
+    pub partition: Partition,
+    pub start_offset: i64,
+    pub end_offset: i64,
+    pub owner: String,
+    pub epoch: i64,
+    /// Negative once expired (the range is up for grabs).
+    pub expires_in_ms: i64,
+    pub replay: bool,
+}
+
+/// Failed ranges of one route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedRow {
+    pub route: String,
+    pub ranges: i64,
+    pub offsets: i64,
+    pub newest_error: String,
+}
+
+/// A worker process, as its heartbeats recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerRow {
+    pub id: String,
+    pub host: String,
+    pub pid: i32,
+    pub version: String,
+    pub started_secs_ago: i64,
+    pub heartbeat_secs_ago: i64,
+    pub stopped: bool,
+}
+
+/// A destination every worker is holding off (`Retry-After`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeferredRow {
+    pub destination: String,
+    pub wait_ms: i64,
+    pub reason: String,
+}
+
+/// Everything `courier status` reads from the store.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub partitions: Vec<PartitionRow>,
+    pub leases: Vec<LeaseRow>,
+    pub failed: Vec<FailedRow>,
+    pub workers: Vec<WorkerRow>,
+    pub deferred: Vec<DeferredRow>,
+    /// Replay ranges not yet settled, per route.
+    pub pending_replays: Vec<(String, i64)>,
+}
+
+fn db(operation: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
+    move |e| StoreError::from_db(operation, e)
+}
+
+impl Store {
+    /// Reads the whole status snapshot.
+    pub async fn snapshot(&self) -> Result<Snapshot> {
+        const OP: &str = "status";
+        self.run(OP, |c| {
+            Box::pin(async move {
+                let partitions = c
+                    .query(
+                        "SELECT p.route, r.topic, r.destination, p.partition, p.frontier, p.watermark,
+                                (SELECT count(*) FROM courier_ranges x WHERE x.route = p.route AND x.partition = p.partition
+                                   AND x.kind = 'live' AND x.state IN ('pending', 'leased'))
+                         FROM courier_partitions p JOIN courier_routes r ON r.name = p.route
+                         ORDER BY p.route, p.partition",
+                        &[],
+                    )
+                    .await
+                    .map_err(db(OP))?
+                    .iter()
+                    .map(|r| PartitionRow {
+                        route: r.get(0),
+                        topic: r.get(1),
+                        destination: r.get(2),
+                        partition: r.get(3),
+                        frontier: r.get(4),
+                        watermark: r.get(5),
+                        unsettled_ranges: r.get(6),
+                    })
+                    .collect();
+                let leases = c
+                    .query(
+                        "SELECT route, partition, start_offset, end_offset, lease_owner, epoch,
+                                (EXTRACT(EPOCH FROM (lease_expires_at - now())) * 1000)::bigint, kind = 'replay'
+                         FROM courier_ranges WHERE state = 'leased' ORDER BY route, partition, start_offset LIMIT 200",
+                        &[],
+                    )
+                    .await
+                    .map_err(db(OP))?
+                    .iter()
+                    .map(|r| LeaseRow {
+                        route: r.get(0),
+                        partition: r.get(1),
+                        start_offset: r.get(2),
+                        end_offset: r.get(3),
+                        owner: r.get(4),
+                        epoch: r.get(5),
+                        expires_in_ms: r.get(6),
+                        replay: r.get(7),
+                    })
+                    .collect();
+                let failed = c
+                    .query(
+                        "SELECT route, count(*), sum(end_offset - start_offset)::bigint,
+                                (array_agg(last_error ORDER BY updated_at DESC))[1]
+                         FROM courier_ranges WHERE state = 'failed' GROUP BY route ORDER BY route",
+                        &[],
+                    )
+                    .await
+                    .map_err(db(OP))?
+                    .iter()
+                    .map(|r| FailedRow {
+                        route: r.get(0),
+                        ranges: r.get(1),
+                        offsets: r.get(2),
+                        newest_error: r.get::<_, Option<String>>(3).unwrap_or_default(),
+                    })
+                    .collect();
+                let workers = c
+                    .query(
+                        "SELECT id, host, pid, version,
+                                EXTRACT(EPOCH FROM (now() - started_at))::bigint,
+                                EXTRACT(EPOCH FROM (now() - heartbeat_at))::bigint,
+                                stopped_at IS NOT NULL
+                         FROM courier_workers
+                         WHERE stopped_at IS NULL OR stopped_at > now() - interval '1 day'
+                         ORDER BY started_at DESC LIMIT 100",
+                        &[],
+                    )
+                    .await
+                    .map_err(db(OP))?
+                    .iter()
+                    .map(|r| WorkerRow {
+                        id: r.get(0),
+                        host: r.get(1),
+                        pid: r.get(2),
+                        version: r.get(3),
+                        started_secs_ago: r.get(4),
+                        heartbeat_secs_ago: r.get(5),
+                        stopped: r.get(6),
+                    })
+                    .collect();
+                let deferred = c
+                    .query(
+                        "SELECT name, (EXTRACT(EPOCH FROM (not_before - now())) * 1000)::bigint, COALESCE(reason, '')
+                         FROM courier_destinations WHERE not_before > now() ORDER BY name",
+                        &[],
+                    )
+                    .await
+                    .map_err(db(OP))?
+                    .iter()
+                    .map(|r| DeferredRow { destination: r.get(0), wait_ms: r.get(1), reason: r.get(2) })
+                    .collect();
+                let pending_replays = c
+                    .query(
+                        "SELECT route, count(*) FROM courier_ranges
+                         WHERE replay_id IS NOT NULL AND state IN ('pending', 'leased') GROUP BY route ORDER BY route",
+                        &[],
+                    )
+                    .await
+                    .map_err(db(OP))?
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1)))
+                    .collect();
+                Ok(Snapshot { partitions, leases, failed, workers, deferred, pending_replays })
+            })
+        })
+        .await
+    }
+
+    /// How many ranges of replay `replay_id` are settled, and how many there are in all (settled replay
+    /// ranges may have been compacted away: they count as settled).
+    pub async fn replay_progress(&self, replay_id: i64) -> Result<(i64, i64)> {
+        const OP: &str = "replay progress";
+        self.run(OP, move |c| {
+            Box::pin(async move {
+                let row = c
+                    .query_one(
+                        "SELECT r.ranges::bigint,
+                                (SELECT count(*) FROM courier_ranges x WHERE x.replay_id = r.id AND x.state IN ('pending', 'leased'))
+                         FROM courier_replays r WHERE r.id = $1",
+                        &[&replay_id],
+                    )
+                    .await
+                    .map_err(db(OP))?;
+                let (total, open): (i64, i64) = (row.get(0), row.get(1));
+                Ok((total - open, total))
+            })
+        })
+        .await
+    }
+}

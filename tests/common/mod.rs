@@ -1,0 +1,104 @@
+//! Helpers shared by the end-to-end tests: running the `courier` binary, writing its configuration,
+//! producing test messages, serving a destination.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use courier_kafka::{create_topic, KafkaConfig, Producer};
+use courier_sink::Sink;
+use courier_testkit::{kafka_brokers, unique_name};
+use serde_json::json;
+
+pub const COURIER: &str = env!("CARGO_BIN_EXE_courier");
+
+/// A `courier` command wired to the test's services only: no DATABASE_URL from the environment leaks in.
+pub fn courier(args: &[&str]) -> Command {
+    let mut command = Command::new(COURIER);
+    command
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env("KAFKA_BROKERS", kafka_brokers())
+        .env("RUST_LOG", "warn,courier=info");
+    command
+}
+
+pub fn write_config(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique_name("courier-config"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+pub fn stderr_of(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub fn stdout_of(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A new topic of `partitions` partitions with `per_partition` messages `{"id": "<p>-<seq>"}` each.
+pub async fn topic_with(prefix: &str, partitions: i32, per_partition: usize) -> String {
+    let topic = unique_name(prefix);
+    create_topic(&kafka_brokers(), &topic, partitions)
+        .await
+        .expect("create topic");
+    let producer = Producer::connect(KafkaConfig::new(kafka_brokers()))
+        .await
+        .expect("producer");
+    for partition in 0..partitions {
+        let records = (0..per_partition).map(|seq| {
+            let body =
+                json!({ "id": format!("{partition}-{seq}"), "partition": partition, "seq": seq });
+            (Some(partition), None, body.to_string().into_bytes())
+        });
+        producer.send_batch(&topic, records).await.expect("produce");
+    }
+    topic
+}
+
+pub async fn sink() -> Sink {
+    Sink::start(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("sink")
+}
+
+/// The minimal configuration of one route `r` from `topic` to `destination_url`, with fast timings.
+pub fn one_route_config(
+    database_url: &str,
+    topic: &str,
+    destination_url: &str,
+    extra: &str,
+) -> String {
+    format!(
+        r#"
+[store]
+url = "{database_url}"
+[kafka]
+brokers = "{brokers}"
+[worker]
+delivery_tasks = 2
+lease_ttl = "4s"
+renew_every = "1s"
+poll_interval = "20ms"
+plan_interval = "50ms"
+max_tail_age = "50ms"
+retry_base = "50ms"
+heartbeat_every = "1s"
+[destinations.d]
+url = "{destination_url}"
+timeout = "2s"
+max_batch_messages = 50
+[routes.r]
+topic = "{topic}"
+destination = "d"
+range_size = 200
+{extra}
+"#,
+        brokers = kafka_brokers()
+    )
+}

@@ -1,0 +1,443 @@
+//! The on-call tools against real services: `courier status`, `courier replay`, `courier probe`, and
+//! the StatsD metrics a worker sends.
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::{courier, one_route_config, sink, stderr_of, stdout_of, topic_with, write_config};
+use courier_sink::Behaviour;
+use courier_testkit::TestDb;
+use serde_json::Value;
+
+struct Worker(Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_worker(config: &str) -> Worker {
+    Worker(
+        courier(&["run", "--config", config])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn courier run"),
+    )
+}
+
+/// Polls the store until `sql` (returning one bigint) equals `expected`.
+async fn wait_for_count(db: &TestDb, sql: &str, expected: i64) {
+    let client = db.raw_client().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let value: i64 = client.query_one(sql, &[]).await.expect("query").get(0);
+        if value == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{sql} stayed at {value}, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn id(element: &Value) -> Option<String> {
+    element.get("id").and_then(Value::as_str).map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_failures_replay_redelivers_them_audited_and_status_clears() {
+    let db = TestDb::migrated().await;
+    let topic = topic_with("ops", 2, 400).await;
+    let destination = sink().await;
+    destination.set_behaviour(Behaviour::StatusWithBody(422, "schema v0 rejected".into()));
+    let config = write_config(
+        "courier.toml",
+        &one_route_config(&db.url, &topic, &destination.url(), ""),
+    );
+    let config = config.to_str().expect("path");
+    let worker = start_worker(config);
+
+    // A permanent refusal fails ranges; once the destination accepts again, the rest flows past them.
+    destination
+        .wait_until(|s| s.failed >= 1, Duration::from_secs(120))
+        .await
+        .expect("a refusal");
+    destination.set_behaviour(Behaviour::Ok);
+    wait_for_count(
+        &db,
+        "SELECT count(*) FROM courier_partitions WHERE watermark = 400",
+        2,
+    )
+    .await;
+
+    let output = courier(&["status", "--config", config, "--json"])
+        .output()
+        .expect("status");
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "failed ranges need attention: {}",
+        stderr_of(&output)
+    );
+    let status: Value = serde_json::from_str(&stdout_of(&output)).expect("status --json is JSON");
+    let partitions = status["partitions"].as_array().expect("partitions");
+    assert_eq!(partitions.len(), 2);
+    for partition in partitions {
+        assert_eq!(
+            (
+                partition["watermark"].as_i64(),
+                partition["kafka_high_watermark"].as_i64(),
+                partition["lag"].as_i64()
+            ),
+            (Some(400), Some(400), Some(0))
+        );
+    }
+    let attention = status["attention"].to_string();
+    assert!(
+        attention.contains("failed range") && attention.contains("docs/runbooks/failed-ranges.md"),
+        "{attention}"
+    );
+    assert!(
+        status["workers"][0]["version"].is_string(),
+        "workers and their versions are listed"
+    );
+    let failed_ranges = status["failed"][0]["ranges"]
+        .as_i64()
+        .expect("failed count");
+
+    // A dry run lists and changes nothing.
+    let output = courier(&[
+        "replay",
+        "--config",
+        config,
+        "--route",
+        "r",
+        "--failed",
+        "--reason",
+        "look",
+        "--dry-run",
+    ])
+    .output()
+    .expect("dry run");
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert!(
+        stdout_of(&output).contains(&format!("would replay {failed_ranges} range(s)")),
+        "{}",
+        stdout_of(&output)
+    );
+    wait_for_count(
+        &db,
+        "SELECT count(*) FROM courier_ranges WHERE state = 'failed'",
+        failed_ranges,
+    )
+    .await;
+
+    // The real replay, audited, waited on.
+    let output = courier(&[
+        "replay",
+        "--config",
+        config,
+        "--route",
+        "r",
+        "--failed",
+        "--reason",
+        "TICKET-42 schema fixed",
+        "--by",
+        "alice",
+        "--wait",
+        "--timeout",
+        "120s",
+    ])
+    .output()
+    .expect("replay");
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        stdout_of(&output),
+        stderr_of(&output)
+    );
+    assert!(
+        stdout_of(&output).contains("done"),
+        "{}",
+        stdout_of(&output)
+    );
+    assert_eq!(
+        destination.count_by(id).len(),
+        800,
+        "every message delivered after the replay"
+    );
+    let client = db.raw_client().await;
+    let audit = client
+        .query_one(
+            "SELECT requested_by, reason, ranges FROM courier_replays",
+            &[],
+        )
+        .await
+        .expect("audit row");
+    assert_eq!(
+        (audit.get::<_, String>(0), audit.get::<_, String>(1)),
+        ("alice".into(), "TICKET-42 schema fixed".into())
+    );
+    assert_eq!(i64::from(audit.get::<_, i32>(2)), failed_ranges);
+
+    let output = courier(&["status", "--config", config])
+        .output()
+        .expect("status");
+    assert!(
+        output.status.success(),
+        "nothing needs attention now: {}",
+        stdout_of(&output)
+    );
+    assert!(
+        stdout_of(&output).contains("OK: nothing needs attention"),
+        "{}",
+        stdout_of(&output)
+    );
+
+    // A window replay of delivered offsets: delivered again, watermark untouched.
+    let output = courier(&[
+        "replay",
+        "--config",
+        config,
+        "--route",
+        "r",
+        "--partition",
+        "0",
+        "--from",
+        "0",
+        "--to",
+        "100",
+        "--reason",
+        "customer lost data",
+        "--wait",
+        "--timeout",
+        "120s",
+    ])
+    .output()
+    .expect("window replay");
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let counts = destination.count_by(id);
+    assert!(
+        (0..100).all(|seq| counts.get(&format!("0-{seq}")).copied().unwrap_or(0) >= 2),
+        "window delivered again"
+    );
+    wait_for_count(
+        &db,
+        "SELECT count(*) FROM courier_partitions WHERE watermark = 400",
+        2,
+    )
+    .await;
+
+    // Refusals name the valid range or the known routes.
+    let output = courier(&[
+        "replay",
+        "--config",
+        config,
+        "--route",
+        "r",
+        "--partition",
+        "0",
+        "--from",
+        "0",
+        "--to",
+        "10000",
+        "--reason",
+        "x",
+    ])
+    .output()
+    .expect("outside");
+    assert!(
+        !output.status.success() && stderr_of(&output).contains("[0, 400)"),
+        "{}",
+        stderr_of(&output)
+    );
+    let output = courier(&[
+        "replay", "--config", config, "--route", "nope", "--failed", "--reason", "x",
+    ])
+    .output()
+    .expect("unknown route");
+    assert!(
+        !output.status.success() && stderr_of(&output).contains("known routes: r"),
+        "{}",
+        stderr_of(&output)
+    );
+    drop(worker);
+}
+
+#[tokio::test]
+async fn status_against_a_database_without_the_schema_is_a_clear_message() {
+    let db = TestDb::create().await;
+    let config = write_config(
+        "courier.toml",
+        &one_route_config(&db.url, "t", "http://127.0.0.1:9/", ""),
+    );
+    let output = courier(&["status", "--config", config.to_str().expect("path")])
+        .output()
+        .expect("status");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr_of(&output).contains("courier migrate"),
+        "{}",
+        stderr_of(&output)
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_reports_every_message_arrived_and_flags_missing_ones() {
+    let db = TestDb::migrated().await;
+    let topic = topic_with("probe", 2, 0).await;
+    let port = free_port();
+    let config = write_config(
+        "courier.toml",
+        &one_route_config(
+            &db.url,
+            &topic,
+            &format!("http://127.0.0.1:{port}/probe"),
+            "",
+        ),
+    );
+    let config = config.to_str().expect("path");
+
+    // No worker yet: nothing can arrive, and the probe says so.
+    let output = courier(&[
+        "probe",
+        "--config",
+        config,
+        "--route",
+        "r",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--messages",
+        "20",
+        "--timeout",
+        "2s",
+    ])
+    .output()
+    .expect("probe");
+    assert_eq!(output.status.code(), Some(3), "{}", stdout_of(&output));
+    assert!(
+        stdout_of(&output).contains("MISSING MESSAGES: 0/20 arrived"),
+        "{}",
+        stdout_of(&output)
+    );
+
+    let output = courier(&["migrate"])
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .expect("migrate");
+    assert!(output.status.success());
+    let worker = start_worker(config);
+    let output = courier(&[
+        "probe",
+        "--config",
+        config,
+        "--route",
+        "r",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--messages",
+        "50",
+        "--timeout",
+        "90s",
+    ])
+    .output()
+    .expect("probe");
+    let stdout = stdout_of(&output);
+    assert!(output.status.success(), "{stdout}\n{}", stderr_of(&output));
+    assert!(
+        stdout.contains("100% arrived: 50/50 arrived") && stdout.contains("p99"),
+        "{stdout}"
+    );
+    drop(worker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_sends_its_metrics_to_statsd_with_names_types_and_tags() {
+    let db = TestDb::migrated().await;
+    let topic = topic_with("metrics", 1, 300).await;
+    let destination = sink().await;
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("udp");
+    let port = udp.local_addr().expect("addr").port();
+    let extra = format!("[metrics]\nstatsd_host = \"127.0.0.1\"\nstatsd_port = {port}\nprefix = \"test\"\ntags = {{ env = \"ci\" }}\n");
+    let config = write_config(
+        "courier.toml",
+        &one_route_config(&db.url, &topic, &destination.url(), &extra),
+    );
+    let worker = start_worker(config.to_str().expect("path"));
+
+    let wanted = [
+        "test.courier_ranges_leased_total:",
+        "test.courier_ranges_checkpointed_total:",
+        "test.courier_messages_delivered_total:",
+        "test.courier_delivery_attempts_total:",
+        "test.courier_batch_latency_seconds:",
+        "test.courier_end_to_end_latency_seconds:",
+        "test.courier_lag_messages:",
+    ];
+    let mut seen: Vec<String> = Vec::new();
+    let mut buffer = vec![0u8; 65_536];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !wanted
+        .iter()
+        .all(|w| seen.iter().any(|line| line.starts_with(w)))
+    {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let received = tokio::time::timeout(left, udp.recv(&mut buffer)).await;
+        let Ok(Ok(n)) = received else {
+            panic!(
+                "metrics never all arrived; missing {:?}",
+                wanted
+                    .iter()
+                    .filter(|w| !seen.iter().any(|l| l.starts_with(*w)))
+                    .collect::<Vec<_>>()
+            );
+        };
+        seen.extend(
+            String::from_utf8_lossy(&buffer[..n])
+                .lines()
+                .map(str::to_owned),
+        );
+    }
+    drop(worker);
+    let line = |prefix: &str| {
+        seen.iter()
+            .find(|l| l.starts_with(prefix))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(
+        line("test.courier_ranges_checkpointed_total:").contains("|c|#"),
+        "counter: {}",
+        line("test.courier_ranges_checkpointed_total:")
+    );
+    assert!(
+        line("test.courier_batch_latency_seconds:").contains("|d|#"),
+        "distribution: {}",
+        line("test.courier_batch_latency_seconds:")
+    );
+    assert!(
+        line("test.courier_lag_messages:").contains("|g|#"),
+        "gauge: {}",
+        line("test.courier_lag_messages:")
+    );
+    let attempts = line("test.courier_delivery_attempts_total:");
+    for tag in ["env:ci", "route:r", "destination:d", "outcome:success"] {
+        assert!(attempts.contains(tag), "tag {tag} missing from {attempts}");
+    }
+}
