@@ -1,1 +1,29 @@
-//! The only crate that sees rdkafka: read exactly [start, end) of a partition, high watermarks, a producer.
+//! The only crate that sees rdkafka: read exactly `[start, end)` of a partition, the watermarks the
+//! planner carves ranges from, and a producer and topic admin for the demo, probes and tests.
+//!
+//! # Layout
+//! - [`config`]: [`KafkaConfig`], and the librdkafka properties tuned for range reading (each one
+//!   commented with why).
+//! - [`reader`]: [`RangeReader`], a pool of consumers that read exact ranges by assign + seek, never
+//!   committing (the store owns progress); [`PartitionWatermarks`] for the planner.
+//! - [`producer`]: [`Producer`], batches acknowledged by all in-sync replicas.
+//! - [`admin`]: [`create_topic`] (idempotent, waits for leaders) and [`delete_records_before`].
+//! - [`error`]: [`ReadError`] (its variant decides retry or fail) and [`Error`].
+//!
+//! Every librdkafka call that blocks runs on tokio's blocking pool and is bounded by
+//! [`KafkaConfig::read_timeout`]: a stuck broker yields a retryable error, never a hang.
+
+// librdkafka's FFI stays inside the rdkafka crate; nothing here needs `unsafe`.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod error;
+pub mod producer;
+pub mod reader;
+
+pub use admin::{create_topic, create_topic_with_config, delete_records_before};
+pub use config::KafkaConfig;
+pub use error::{Error, ReadError};
+pub use producer::{Delivered, Producer, Record};
+pub use reader::{PartitionWatermarks, RangeReader};

@@ -1,0 +1,133 @@
+//! Writing messages, for the demo, `courier probe` and tests. courier's delivery path never produces.
+//!
+//! Owns: [`Producer`], a librdkafka `FutureProducer` with acks from all in-sync replicas and idempotence on.
+
+use std::collections::VecDeque;
+
+use courier_core::{Offset, Partition};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+
+use crate::config::KafkaConfig;
+use crate::error::Error;
+use crate::reader::blocking;
+
+/// Where Kafka stored one produced message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub partition: Partition,
+    pub offset: Offset,
+}
+
+/// One message to produce: `(partition, key, payload)`. `None` as partition lets the partitioner pick
+/// (by key hash for keyed messages, at random for the others).
+pub type Record = (Option<Partition>, Option<Vec<u8>>, Vec<u8>);
+
+/// Produces batches and waits until every message is acknowledged.
+pub struct Producer {
+    inner: Option<FutureProducer>,
+    config: KafkaConfig,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("brokers", &self.config.brokers)
+            .finish()
+    }
+}
+
+impl Producer {
+    /// Creates the producer off the runtime (client creation does blocking I/O).
+    pub async fn connect(config: KafkaConfig) -> Result<Self, Error> {
+        let client_config = config.producer_client_config();
+        let inner = blocking(move || client_config.create::<FutureProducer>())
+            .await?
+            .map_err(Error::Config)?;
+        Ok(Self {
+            inner: Some(inner),
+            config,
+        })
+    }
+
+    /// Sends every message to `topic` and waits until all are acknowledged (or one fails, or
+    /// [`KafkaConfig::read_timeout`] passes for a message). Returns where each landed, in input order.
+    ///
+    /// Messages sent to the same partition keep their order (idempotent producer).
+    pub async fn send_batch<I>(&self, topic: &str, messages: I) -> Result<Vec<Delivered>, Error>
+    where
+        I: IntoIterator<Item = Record>,
+    {
+        let producer = self.producer()?;
+        let mut delivered = Vec::new();
+        let mut in_flight: VecDeque<DeliveryFuture> = VecDeque::new();
+        for (partition, key, payload) in messages {
+            loop {
+                let mut record = FutureRecord::<Vec<u8>, Vec<u8>>::to(topic).payload(&payload);
+                if let Some(partition) = partition {
+                    record = record.partition(partition);
+                }
+                if let Some(key) = &key {
+                    record = record.key(key);
+                }
+                match producer.send_result(record) {
+                    Ok(future) => {
+                        in_flight.push_back(future);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        // librdkafka's local queue is full: wait for the oldest message, then retry.
+                        match in_flight.pop_front() {
+                            Some(oldest) => delivered.push(self.settle(topic, oldest).await?),
+                            None => tokio::task::yield_now().await,
+                        }
+                    }
+                    Err((source, _)) => {
+                        return Err(Error::Delivery {
+                            topic: topic.to_owned(),
+                            source,
+                        })
+                    }
+                }
+            }
+        }
+        for future in in_flight {
+            delivered.push(self.settle(topic, future).await?);
+        }
+        Ok(delivered)
+    }
+
+    async fn settle(&self, topic: &str, future: DeliveryFuture) -> Result<Delivered, Error> {
+        match future.await {
+            Ok(Ok(delivery)) => Ok(Delivered {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
+            Ok(Err((source, _message))) => Err(Error::Delivery {
+                topic: topic.to_owned(),
+                source,
+            }),
+            Err(_canceled) => Err(Error::Delivery {
+                topic: topic.to_owned(),
+                source: KafkaError::Canceled,
+            }),
+        }
+    }
+
+    fn producer(&self) -> Result<&FutureProducer, Error> {
+        self.inner
+            .as_ref()
+            .ok_or_else(|| Error::Task("the producer was already closed".to_owned()))
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        // Closing flushes and joins librdkafka's threads: keep that off the async runtime.
+        if let Some(inner) = self.inner.take() {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn_blocking(move || drop(inner));
+            }
+        }
+    }
+}

@@ -1,0 +1,650 @@
+//! Integration tests against a real broker: `KAFKA_BROKERS` (default `127.0.0.1:9092`, started by
+//! `scripts/kafka.sh start`). Every test makes its own topics, named after the test plus a random suffix,
+//! and bounds every wait: nothing here sleeps to synchronise.
+
+use std::future::Future;
+use std::time::Duration;
+
+use courier_core::{Message, OffsetRange};
+use courier_kafka::{
+    create_topic, create_topic_with_config, delete_records_before, Delivered, Error, KafkaConfig,
+    PartitionWatermarks, Producer, RangeReader, ReadError,
+};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
+use rdkafka::ClientConfig;
+
+/// The upper bound on any one test.
+const TEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
+
+fn config() -> KafkaConfig {
+    KafkaConfig::new(brokers()).with_read_timeout(Duration::from_secs(20))
+}
+
+fn unique_topic(test: &str) -> String {
+    format!("courier-it-{test}-{:08x}", rand::random::<u32>())
+}
+
+fn range(start: i64, end: i64) -> OffsetRange {
+    OffsetRange::new(start, end).expect("a valid test range")
+}
+
+async fn bounded<T>(test: impl Future<Output = T>) -> T {
+    tokio::time::timeout(TEST_TIMEOUT, test)
+        .await
+        .expect("the test did not finish within its time bound")
+}
+
+/// Creates a topic and produces `count` messages `"{partition}-{i}"` to each listed partition.
+async fn topic_with_messages(test: &str, partitions: i32, fill: &[(i32, usize)]) -> String {
+    let topic = unique_topic(test);
+    create_topic(&brokers(), &topic, partitions)
+        .await
+        .expect("create the test topic");
+    let producer = Producer::connect(config()).await.expect("producer");
+    for &(partition, count) in fill {
+        let delivered = producer
+            .send_batch(
+                &topic,
+                (0..count).map(|i| {
+                    (
+                        Some(partition),
+                        Some(format!("k{i}").into_bytes()),
+                        format!("{partition}-{i}").into_bytes(),
+                    )
+                }),
+            )
+            .await
+            .expect("produce the test messages");
+        let offsets: Vec<i64> = delivered.iter().map(|d| d.offset).collect();
+        assert_eq!(offsets, (0..count as i64).collect::<Vec<_>>());
+    }
+    topic
+}
+
+fn offsets(messages: &[Message]) -> Vec<i64> {
+    messages.iter().map(|m| m.offset).collect()
+}
+
+fn assert_exact(messages: &[Message], partition: i32, start: i64, end: i64) {
+    assert_eq!(
+        offsets(messages),
+        (start..end).collect::<Vec<_>>(),
+        "offsets of {partition}:[{start}, {end})"
+    );
+    for m in messages {
+        assert_eq!(m.partition, partition);
+        assert_eq!(
+            m.payload.as_deref(),
+            Some(format!("{partition}-{}", m.offset).as_bytes())
+        );
+        assert_eq!(m.key.as_deref(), Some(format!("k{}", m.offset).as_bytes()));
+        assert!(m.timestamp_ms.is_some_and(|t| t > 0), "timestamp of {m:?}");
+    }
+}
+
+#[tokio::test]
+async fn reads_exact_ranges_including_one_in_the_middle() {
+    bounded(async {
+        let topic = topic_with_messages("exact", 2, &[(0, 100), (1, 30)]).await;
+        let reader = RangeReader::connect(config()).await.expect("reader");
+
+        let first = reader.read(&topic, 0, range(0, 10)).await.expect("[0, 10)");
+        assert_exact(&first, 0, 0, 10);
+        let middle = reader
+            .read(&topic, 0, range(37, 64))
+            .await
+            .expect("[37, 64)");
+        assert_exact(&middle, 0, 37, 64);
+        let one = reader
+            .read(&topic, 0, range(50, 51))
+            .await
+            .expect("[50, 51)");
+        assert_exact(&one, 0, 50, 51);
+        let other_partition = reader.read(&topic, 1, range(3, 9)).await.expect("1:[3, 9)");
+        assert_exact(&other_partition, 1, 3, 9);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn reads_a_range_ending_at_the_high_watermark() {
+    bounded(async {
+        let topic = topic_with_messages("at-hw", 1, &[(0, 50)]).await;
+        let reader = RangeReader::connect(config()).await.expect("reader");
+        let watermarks = reader.high_watermarks(&topic).await.expect("watermarks");
+        assert_eq!(
+            watermarks,
+            vec![PartitionWatermarks {
+                partition: 0,
+                low: 0,
+                high: 50
+            }]
+        );
+        let tail = reader
+            .read(&topic, 0, range(40, 50))
+            .await
+            .expect("[40, 50)");
+        assert_exact(&tail, 0, 40, 50);
+        let whole = reader.read(&topic, 0, range(0, 50)).await.expect("[0, 50)");
+        assert_exact(&whole, 0, 0, 50);
+    })
+    .await;
+}
+
+/// The last message of the log: nothing follows it, so the read must end on the message itself (and, per
+/// DESIGN.md, without waiting out fetch.wait.max.ms; only correctness is asserted here).
+#[tokio::test]
+async fn reads_the_tail_of_the_log_repeatedly() {
+    bounded(async {
+        let topic = topic_with_messages("tail", 1, &[(0, 20)]).await;
+        let reader = RangeReader::connect(config()).await.expect("reader");
+        for _ in 0..20 {
+            let last = reader
+                .read(&topic, 0, range(19, 20))
+                .await
+                .expect("[19, 20)");
+            assert_exact(&last, 0, 19, 20);
+        }
+    })
+    .await;
+}
+
+/// A worker keeping up with a live partition: each range is read as soon as it is written, and a range
+/// not yet written is an error that a later retry gets past.
+#[tokio::test]
+async fn follows_the_tail_range_by_range() {
+    bounded(async {
+        let topic = topic_with_messages("follow", 1, &[(0, 1)]).await;
+        let reader = RangeReader::connect(config()).await.expect("reader");
+        let producer = Producer::connect(config()).await.expect("producer");
+        assert_exact(&reader.read(&topic, 0, range(0, 1)).await.expect("[0, 1)"), 0, 0, 1);
+        for i in 1..30_i64 {
+            if i % 5 == 0 {
+                match reader.read(&topic, 0, range(i, i + 1)).await {
+                    Err(ReadError::NotYetWritten { readable_end, .. }) if readable_end == i => {}
+                    other => panic!("[{i}, {}): expected NotYetWritten, got {other:?}", i + 1),
+                }
+            }
+            producer
+                .send_batch(
+                    &topic,
+                    [(Some(0), Some(format!("k{i}").into_bytes()), format!("0-{i}").into_bytes())],
+                )
+                .await
+                .expect("produce one");
+            let messages = reader.read(&topic, 0, range(i, i + 1)).await.expect("the new message");
+            assert_exact(&messages, 0, i, i + 1);
+        }
+        // Sequential ranges over what is already there.
+        for start in (0..30).step_by(3) {
+            let messages = reader.read(&topic, 0, range(start, start + 3)).await.expect("read");
+            assert_exact(&messages, 0, start, start + 3);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn one_reader_reads_the_same_partition_again_and_again() {
+    bounded(async {
+        let topic = topic_with_messages("reuse", 2, &[(0, 60), (1, 60)]).await;
+        let reader = RangeReader::connect(config()).await.expect("reader");
+        // Forward, backward, overlapping, repeated, and across partitions, on one reader.
+        let plan = [
+            (0, 0, 10),
+            (0, 10, 20),
+            (0, 5, 15),
+            (0, 0, 10),
+            (1, 50, 60),
+            (0, 55, 60),
+            (0, 20, 60),
+            (1, 0, 1),
+            (0, 0, 60),
+        ];
+        for (partition, start, end) in plan {
+            let messages = reader
+                .read(&topic, partition, range(start, end))
+                .await
+                .expect("read");
+            assert_exact(&messages, partition, start, end);
+        }
+
+        // Clones share the pool; concurrent reads each get their own consumer.
+        let reads = (0..6).map(|i| {
+            let reader = reader.clone();
+            let topic = topic.clone();
+            tokio::spawn(async move {
+                let (partition, start) = (i % 2, i64::from(i) * 10);
+                let messages = reader
+                    .read(&topic, partition, range(start, start + 10))
+                    .await
+                    .expect("concurrent read");
+                assert_exact(&messages, partition, start, start + 10);
+            })
+        });
+        for read in reads.collect::<Vec<_>>() {
+            read.await.expect("the concurrent read task");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn offsets_deleted_by_retention_are_an_explicit_error() {
+    bounded(async {
+        let topic = topic_with_messages("retention", 1, &[(0, 20)]).await;
+        let low = delete_records_before(&config(), &topic, 0, 10)
+            .await
+            .expect("delete records below 10");
+        assert_eq!(low, 10);
+        let reader = RangeReader::connect(config()).await.expect("reader");
+
+        for (start, end) in [(5, 15), (0, 10), (9, 10)] {
+            match reader.read(&topic, 0, range(start, end)).await {
+                Err(ReadError::Retention {
+                    topic: t,
+                    partition: 0,
+                    requested_start,
+                    log_start: 10,
+                }) if t == topic && requested_start == start => {}
+                other => panic!("[{start}, {end}): expected a retention error, got {other:?}"),
+            }
+        }
+        let error = reader
+            .read(&topic, 0, range(0, 20))
+            .await
+            .expect_err("retention");
+        assert!(!error.is_retryable());
+        assert_eq!(error.reason(), "retention");
+
+        // What retention left is still readable, by the same reader.
+        let kept = reader
+            .read(&topic, 0, range(10, 20))
+            .await
+            .expect("[10, 20)");
+        assert_exact(&kept, 0, 10, 20);
+        assert_eq!(
+            reader.high_watermarks(&topic).await.expect("watermarks")[0],
+            PartitionWatermarks {
+                partition: 0,
+                low: 10,
+                high: 20
+            }
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_range_past_the_high_watermark_is_an_error_not_a_hang() {
+    bounded(async {
+        let topic = topic_with_messages("beyond-hw", 1, &[(0, 10)]).await;
+        let reader = RangeReader::connect(config()).await.expect("reader");
+        // Straddling the end, starting exactly at it, and starting past it.
+        for (start, end) in [(5, 20), (10, 20), (15, 20)] {
+            match reader.read(&topic, 0, range(start, end)).await {
+                Err(ReadError::NotYetWritten {
+                    readable_end: 10,
+                    range: r,
+                    ..
+                }) if r == range(start, end) => {}
+                other => panic!("[{start}, {end}): expected NotYetWritten, got {other:?}"),
+            }
+        }
+        let error = reader
+            .read(&topic, 0, range(10, 11))
+            .await
+            .expect_err("past the end");
+        assert!(error.is_retryable());
+
+        // Once written, the same range reads fine on the same reader.
+        let producer = Producer::connect(config()).await.expect("producer");
+        producer
+            .send_batch(
+                &topic,
+                (10..20).map(|i| {
+                    (
+                        Some(0),
+                        Some(format!("k{i}").into_bytes()),
+                        format!("0-{i}").into_bytes(),
+                    )
+                }),
+            )
+            .await
+            .expect("produce 10 more");
+        let messages = reader.read(&topic, 0, range(5, 20)).await.expect("[5, 20)");
+        assert_exact(&messages, 0, 5, 20);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unknown_topics_and_partitions_are_clear_errors() {
+    bounded(async {
+        let reader = RangeReader::connect(config()).await.expect("reader");
+        let missing = unique_topic("missing");
+        match reader.read(&missing, 0, range(0, 10)).await {
+            Err(ReadError::UnknownTopic { topic }) if topic == missing => {}
+            other => panic!("expected UnknownTopic, got {other:?}"),
+        }
+        match reader.high_watermarks(&missing).await {
+            Err(Error::UnknownTopic { topic }) if topic == missing => {}
+            other => panic!("expected UnknownTopic, got {other:?}"),
+        }
+        match reader.partition_count(&missing).await {
+            Err(Error::UnknownTopic { .. }) => {}
+            other => panic!("expected UnknownTopic, got {other:?}"),
+        }
+
+        let topic = topic_with_messages("few-partitions", 2, &[(0, 3)]).await;
+        match reader.read(&topic, 2, range(0, 10)).await {
+            Err(ReadError::UnknownPartition {
+                partition: 2,
+                partition_count: 2,
+                ..
+            }) => {}
+            other => panic!("expected UnknownPartition, got {other:?}"),
+        }
+        // The reader still works after those errors.
+        let messages = reader.read(&topic, 0, range(0, 3)).await.expect("[0, 3)");
+        assert_exact(&messages, 0, 0, 3);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn watermarks_and_partition_counts_for_the_planner() {
+    bounded(async {
+        let topic = topic_with_messages("watermarks", 3, &[(0, 5), (2, 2)]).await;
+        let reader = RangeReader::connect(config()).await.expect("reader");
+        assert_eq!(reader.partition_count(&topic).await.expect("count"), 3);
+        let watermarks = reader.high_watermarks(&topic).await.expect("watermarks");
+        let summary: Vec<_> = watermarks
+            .iter()
+            .map(|w| (w.partition, w.low, w.high))
+            .collect();
+        assert_eq!(summary, vec![(0, 0, 5), (1, 0, 0), (2, 0, 2)]);
+        // Creating it again is fine and changes nothing.
+        create_topic(&brokers(), &topic, 3)
+            .await
+            .expect("idempotent create");
+        assert_eq!(reader.partition_count(&topic).await.expect("count"), 3);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_producer_reports_where_each_message_landed() {
+    bounded(async {
+        let topic = unique_topic("producer");
+        create_topic_with_config(&config(), &topic, 2, &[("retention.ms", "3600000")])
+            .await
+            .expect("create");
+        let producer = Producer::connect(config()).await.expect("producer");
+        let delivered = producer
+            .send_batch(
+                &topic,
+                [
+                    (Some(1), None, b"a".to_vec()),
+                    (Some(0), Some(b"key".to_vec()), b"b".to_vec()),
+                    (Some(1), None, b"c".to_vec()),
+                ],
+            )
+            .await
+            .expect("send");
+        assert_eq!(
+            delivered,
+            vec![
+                Delivered {
+                    partition: 1,
+                    offset: 0
+                },
+                Delivered {
+                    partition: 0,
+                    offset: 0
+                },
+                Delivered {
+                    partition: 1,
+                    offset: 1
+                },
+            ]
+        );
+        let reader = RangeReader::connect(config()).await.expect("reader");
+        let messages = reader.read(&topic, 1, range(0, 2)).await.expect("read");
+        let payloads: Vec<_> = messages.iter().map(|m| m.payload.clone()).collect();
+        assert_eq!(payloads, vec![Some(b"a".to_vec()), Some(b"c".to_vec())]);
+        assert_eq!(messages[0].key, None);
+
+        // A batch larger than librdkafka's local queue still completes (QueueFull is waited out).
+        let big = Producer::connect(config().with_extra("queue.buffering.max.messages", "100"))
+            .await
+            .expect("small-queue producer");
+        let delivered = big
+            .send_batch(
+                &topic,
+                (0..1_000).map(|i| (Some(0), None, format!("{i}").into_bytes())),
+            )
+            .await
+            .expect("send 1000");
+        assert_eq!(delivered.len(), 1_000);
+        assert_eq!(delivered.last().map(|d| d.offset), Some(1_000));
+    })
+    .await;
+}
+
+/// One transactional step, run on the blocking pool (librdkafka's transaction calls block).
+enum Txn {
+    Commit(Vec<&'static str>),
+    Abort(Vec<&'static str>),
+    /// Sends and flushes, but leaves the transaction open.
+    Open(Vec<&'static str>),
+    CommitOpen,
+}
+
+fn transactional_producer(id: &str) -> ThreadedProducer<DefaultProducerContext> {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("transactional.id", id)
+        .set("transaction.timeout.ms", "60000")
+        .create()
+        .expect("transactional producer");
+    producer
+        .init_transactions(Duration::from_secs(30))
+        .expect("init transactions");
+    producer
+}
+
+async fn run_txn(
+    producer: &std::sync::Arc<ThreadedProducer<DefaultProducerContext>>,
+    topic: &str,
+    step: Txn,
+) {
+    let producer = std::sync::Arc::clone(producer);
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let timeout = Duration::from_secs(30);
+        let send = |payloads: &[&str]| {
+            producer.begin_transaction().expect("begin");
+            for payload in payloads {
+                producer
+                    .send(
+                        BaseRecord::<(), str>::to(&topic)
+                            .partition(0)
+                            .payload(payload),
+                    )
+                    .map_err(|(e, _)| e)
+                    .expect("send in transaction");
+            }
+            producer.flush(timeout).expect("flush");
+        };
+        match step {
+            Txn::Commit(payloads) => {
+                send(&payloads);
+                producer.commit_transaction(timeout).expect("commit");
+            }
+            Txn::Abort(payloads) => {
+                send(&payloads);
+                producer.abort_transaction(timeout).expect("abort");
+            }
+            Txn::Open(payloads) => send(&payloads),
+            Txn::CommitOpen => producer.commit_transaction(timeout).expect("commit"),
+        }
+    })
+    .await
+    .expect("transaction task");
+}
+
+fn payloads(messages: &[Message]) -> Vec<(i64, String)> {
+    messages
+        .iter()
+        .map(|m| {
+            (
+                m.offset,
+                String::from_utf8_lossy(m.payload.as_deref().unwrap_or_default()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Transactions leave a control record after each commit or abort, and read_committed hides aborted
+/// records: both are offset gaps. Layout: a(0) b(1) C(2) | x(3) y(4) A(5) | c(6) C(7); C/A = markers.
+#[tokio::test]
+async fn transaction_markers_and_aborted_records_leave_gaps_that_end_the_read() {
+    bounded(async {
+        let topic = unique_topic("txn");
+        create_topic(&brokers(), &topic, 1).await.expect("create");
+        let id = format!("{topic}-producer");
+        let producer = std::sync::Arc::new(
+            tokio::task::spawn_blocking(move || transactional_producer(&id))
+                .await
+                .expect("producer task"),
+        );
+        run_txn(&producer, &topic, Txn::Commit(vec!["a", "b"])).await;
+        run_txn(&producer, &topic, Txn::Abort(vec!["x", "y"])).await;
+        run_txn(&producer, &topic, Txn::Commit(vec!["c"])).await;
+
+        let reader = RangeReader::connect(config()).await.expect("reader");
+        assert_eq!(reader.high_watermarks(&topic).await.expect("wm")[0].high, 8);
+
+        // Range after range, as a worker keeping up with the partition reads it: each read continues
+        // where the previous one stopped (on a message, past a gap, on a marker at the tail).
+        let walk: [(i64, i64, Vec<(i64, &str)>); 5] = [
+            (0, 2, vec![(0, "a"), (1, "b")]),
+            (2, 4, vec![]),
+            (4, 7, vec![(6, "c")]),
+            (7, 8, vec![]),
+            (8, 9, vec![]),
+        ];
+        for (start, end, expected) in walk {
+            let result = reader.read(&topic, 0, range(start, end)).await;
+            if end > 8 {
+                match result {
+                    Err(ReadError::NotYetWritten { readable_end: 8, .. }) => continue,
+                    other => panic!("[{start}, {end}): expected NotYetWritten, got {other:?}"),
+                }
+            }
+            let messages = result.expect("read");
+            let expected: Vec<(i64, String)> =
+                expected.into_iter().map(|(o, p)| (o, p.to_owned())).collect();
+            assert_eq!(payloads(&messages), expected, "walk [{start}, {end})");
+        }
+
+        let cases: [(i64, i64, Vec<(i64, &str)>); 7] = [
+            (0, 8, vec![(0, "a"), (1, "b"), (6, "c")]),
+            // Only a commit marker and aborted records: ended by the message at 6.
+            (2, 6, vec![]),
+            (3, 5, vec![]),
+            // Ends on a marker at the tail of the log: ended by the end of the partition.
+            (6, 8, vec![(6, "c")]),
+            (7, 8, vec![]),
+            (5, 7, vec![(6, "c")]),
+            (1, 3, vec![(1, "b")]),
+        ];
+        for (start, end, expected) in cases {
+            let messages = reader
+                .read(&topic, 0, range(start, end))
+                .await
+                .expect("read");
+            let expected: Vec<(i64, String)> = expected
+                .into_iter()
+                .map(|(o, p)| (o, p.to_owned()))
+                .collect();
+            assert_eq!(payloads(&messages), expected, "[{start}, {end})");
+        }
+
+        // An open transaction: its records are past the last stable offset, so a range over them is
+        // not readable yet (and the planner's watermark stops before them).
+        run_txn(&producer, &topic, Txn::Open(vec!["d", "e"])).await;
+        assert_eq!(reader.high_watermarks(&topic).await.expect("wm")[0].high, 8);
+        match reader.read(&topic, 0, range(8, 10)).await {
+            Err(ReadError::NotYetWritten {
+                readable_end: 8, ..
+            }) => {}
+            other => panic!("expected NotYetWritten behind the open transaction, got {other:?}"),
+        }
+        run_txn(&producer, &topic, Txn::CommitOpen).await;
+        let messages = reader
+            .read(&topic, 0, range(8, 11))
+            .await
+            .expect("after commit");
+        assert_eq!(
+            payloads(&messages),
+            vec![(8, "d".to_owned()), (9, "e".to_owned())]
+        );
+        tokio::task::spawn_blocking(move || drop(producer))
+            .await
+            .expect("close the producer");
+    })
+    .await;
+}
+
+/// A "broker" that accepts connections and never answers: every call must end with a retryable timeout.
+#[tokio::test]
+async fn a_broker_that_never_answers_gives_a_retryable_timeout() {
+    bounded(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let accept = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let config =
+            KafkaConfig::new(address.to_string()).with_read_timeout(Duration::from_secs(2));
+        let reader = RangeReader::connect(config).await.expect("reader");
+        let error = reader
+            .read("anything", 0, range(0, 10))
+            .await
+            .expect_err("no broker");
+        assert!(error.is_retryable(), "{error}");
+        assert!(matches!(error, ReadError::Timeout { .. }), "{error:?}");
+        let error = reader
+            .high_watermarks("anything")
+            .await
+            .expect_err("no broker");
+        assert!(error.is_retryable(), "{error}");
+        accept.abort();
+    })
+    .await;
+}
+
+#[test]
+fn errors_read_well() {
+    let error = ReadError::Retention {
+        topic: "orders".into(),
+        partition: 3,
+        requested_start: 100,
+        log_start: 250,
+    };
+    let text = error.to_string();
+    assert!(text.contains("orders/3"), "{text}");
+    assert!(text.contains("100..250"), "{text}");
+    assert!(text.contains("retention"), "{text}");
+}
