@@ -12,8 +12,8 @@ CARGO ?= cargo
 ##@ Start here
 
 .PHONY: demo
-demo: services ## Run the pipeline end to end on local services: demo topic, demo destination, live progress
-	$(CARGO) run --quiet -p courier -- demo
+demo: ## Run the pipeline end to end: local services (stopped again after), a demo topic and destination, live progress
+	scripts/demo.sh
 
 .PHONY: test
 test: services ## Run the whole test suite against real PostgreSQL, Kafka and HTTP (~15 min cold on 2 cores)
@@ -27,8 +27,8 @@ chaos: services ## Full chaos gameday: incident 8 naive vs courier, and the othe
 	$(CARGO) run --release -p courier -- gameday --all --full
 
 .PHONY: bench
-bench: services ## Benchmarks against the raw pipe and a naive forwarder, as ratios measured in one run
-	$(CARGO) bench --workspace
+bench: services ## Benchmarks against the raw pipe, a naive forwarder and pgbench, as ratios measured in one run
+	$(CARGO) run --release -p courier-bench -- --out target/bench/report.md
 
 ##@ Services
 

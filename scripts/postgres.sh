@@ -6,6 +6,7 @@
 #                               database; prints the DATABASE_URL on stdout
 #   scripts/postgres.sh stop    stop that cluster
 #   scripts/postgres.sh url     print the DATABASE_URL
+#   scripts/postgres.sh status  exit 0 when the server answers (DATABASE_URL) or the cluster is online
 #   scripts/postgres.sh clean-test-databases   drop databases left by earlier test runs
 #
 # With DATABASE_URL set, nothing is installed or started: the script only checks the server answers.
@@ -117,6 +118,10 @@ case "${1:-start}" in
     start) start ;;
     stop) stop ;;
     url) echo "${DATABASE_URL:-$URL}" ;;
+    status)
+        if [ -n "${DATABASE_URL:-}" ]; then psql "$DATABASE_URL" -X -qtAc 'SELECT 1' >/dev/null 2>&1; exit; fi
+        command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | awk -v c="$CLUSTER" '$2 == c {print $4}' | grep -qx online
+        ;;
     clean-test-databases) clean_test_databases ;;
-    *) die "usage: $0 start|stop|url|clean-test-databases" ;;
+    *) die "usage: $0 start|stop|status|url|clean-test-databases" ;;
 esac

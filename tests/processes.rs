@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use courier_kafka::{create_topic, KafkaConfig, Producer};
@@ -302,4 +302,80 @@ async fn run_refuses_a_database_without_the_schema_naming_courier_migrate() {
         .expect("count")
         .get(0);
     assert_eq!(tables, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_ranges_and_leaves_no_lease_behind() {
+    let db = TestDb::migrated().await;
+    let topic = common::topic_with("drain", 2, 2000).await;
+    let sink = common::sink().await;
+    // Slow enough that ranges are in flight when the signal comes, fast enough to drain in time.
+    sink.set_behaviour(Behaviour::Delay(Duration::from_millis(30)));
+    let config = write_config(
+        "courier.toml",
+        &common::one_route_config(&db.url, &topic, &sink.url(), ""),
+    );
+    let worker = courier(&["run", "--config", config.to_str().expect("path")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let owner = format!("%-{}-%", worker.id());
+    let client = db.raw_client().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let leased: i64 = client
+            .query_one("SELECT count(*) FROM courier_ranges WHERE state = 'leased' AND lease_owner LIKE $1", &[&owner])
+            .await
+            .expect("count")
+            .get(0);
+        if leased > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker never leased a range"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || worker.wait_with_output())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(
+        exit.status.success(),
+        "a drained worker exits 0: {}",
+        String::from_utf8_lossy(&exit.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&exit.stderr);
+    assert!(
+        stderr.contains("Draining") && stderr.contains("Worker stopped"),
+        "{stderr}"
+    );
+    let left: i64 = client
+        .query_one(
+            "SELECT count(*) FROM courier_ranges WHERE state = 'leased' AND lease_owner LIKE $1",
+            &[&owner],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(
+        left, 0,
+        "every in-flight range was finished or released, none left to expire"
+    );
+    let stopped: bool = client
+        .query_one(
+            "SELECT stopped_at IS NOT NULL FROM courier_workers WHERE id LIKE $1",
+            &[&owner],
+        )
+        .await
+        .expect("worker row")
+        .get(0);
+    assert!(stopped, "the worker recorded its stop");
 }

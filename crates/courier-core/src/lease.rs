@@ -36,17 +36,6 @@ pub struct Lease {
     pub resume_from: Offset,
 }
 
-impl Lease {
-    /// The key a destination can use to drop a repeated batch: stable across retries and workers.
-    /// `batch_start` is the first offset of the batch inside the range (a range may need several batches).
-    pub fn idempotency_key(&self, batch_start: i64, batch_end: i64) -> String {
-        format!(
-            "{}/{}/{}-{}",
-            self.route, self.partition, batch_start, batch_end
-        )
-    }
-}
-
 impl fmt::Display for Lease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -22,7 +22,7 @@ pub struct Batch<'a> {
 
 impl Batch<'_> {
     /// `route/partition/start-end`: stable across retries, workers and replays, so a destination can
-    /// drop a batch it has already applied. Same format as `courier_core::Lease::idempotency_key`.
+    /// drop a batch it has already applied. The one place the key is built.
     pub fn idempotency_key(&self) -> String {
         format!("{}/{}/{}", self.route, self.partition, self.offsets())
     }
@@ -82,29 +82,6 @@ mod tests {
             key: None,
             payload: Some(vec![b'x'; len]),
         }
-    }
-
-    #[test]
-    fn idempotency_key_matches_the_lease_format() {
-        let lease = courier_core::Lease {
-            id: 1,
-            route: "orders-to-crm".into(),
-            partition: 3,
-            range: courier_core::OffsetRange::new(100, 200).expect("valid range"),
-            epoch: courier_core::Epoch(1),
-            attempts: 1,
-            kind: courier_core::RangeKind::Live,
-        };
-        let batch = Batch {
-            route: "orders-to-crm",
-            partition: 3,
-            first_offset: 100,
-            end_offset: 150,
-            messages: &[],
-        };
-        assert_eq!(batch.idempotency_key(), lease.idempotency_key(100, 150));
-        assert_eq!(batch.idempotency_key(), "orders-to-crm/3/100-150");
-        assert_eq!(batch.offsets(), "100-150");
     }
 
     #[test]
