@@ -3,19 +3,20 @@
 //! Every test creates its own topic and database and synchronises on what the destination received or
 //! what the store says, never on sleeps.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use courier_core::Ordering;
 use courier_http::DestinationConfig;
-use courier_kafka::{create_topic, KafkaConfig, Producer};
+use courier_kafka::KafkaConfig;
 use courier_sink::{Behaviour, Sink};
 use courier_store::Store;
 use courier_testkit::{kafka_brokers, unique_name, TestDb};
 use courier_worker::{RouteConfig, StartFrom, Worker, WorkerConfig, WorkerError, WorkerStats};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -85,34 +86,6 @@ async fn start_worker(
     }
 }
 
-/// A topic of `partitions` partitions holding `per_partition` JSON messages each:
-/// `{"id": "<partition>-<seq>", "partition": p, "seq": n}`.
-async fn topic_with(partitions: i32, per_partition: usize) -> String {
-    let topic = unique_name("pipeline");
-    create_topic(&kafka_brokers(), &topic, partitions)
-        .await
-        .expect("create topic");
-    let producer = Producer::connect(KafkaConfig::new(kafka_brokers()))
-        .await
-        .expect("producer");
-    for partition in 0..partitions {
-        for chunk in (0..per_partition).collect::<Vec<_>>().chunks(5000) {
-            let records = chunk.iter().map(|seq| {
-                let body = json!({ "id": format!("{partition}-{seq}"), "partition": partition, "seq": seq });
-                (Some(partition), None, body.to_string().into_bytes())
-            });
-            producer.send_batch(&topic, records).await.expect("produce");
-        }
-    }
-    topic
-}
-
-async fn sink() -> Sink {
-    Sink::start(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .expect("sink")
-}
-
 fn id(element: &Value) -> Option<String> {
     element.get("id").and_then(Value::as_str).map(str::to_owned)
 }
@@ -162,8 +135,12 @@ async fn a_hundred_thousand_messages_reach_three_destinations_and_a_slow_one_hol
     const PER_PARTITION: usize = 12_500;
     let db = TestDb::migrated().await;
     let store = db.store().await;
-    let topic = topic_with(PARTITIONS, PER_PARTITION).await;
-    let (healthy, slow, flaky) = (sink().await, sink().await, sink().await);
+    let topic = common::topic_with("pipeline", PARTITIONS, PER_PARTITION).await;
+    let (healthy, slow, flaky) = (
+        common::sink().await,
+        common::sink().await,
+        common::sink().await,
+    );
     // The slow destination does not answer at all until the healthy route is done: if routes shared
     // anything that makes one wait for another, the healthy route could not finish.
     slow.set_behaviour(Behaviour::Hang);
@@ -226,8 +203,8 @@ async fn a_hundred_thousand_messages_reach_three_destinations_and_a_slow_one_hol
 async fn ordering_partition_delivers_each_partition_in_offset_order_through_retries() {
     let db = TestDb::migrated().await;
     let store = db.store().await;
-    let topic = topic_with(3, 2000).await;
-    let destination = sink().await;
+    let topic = common::topic_with("pipeline", 3, 2000).await;
+    let destination = common::sink().await;
     destination.set_behaviour(Behaviour::FailEvery { n: 3, status: 503 });
     let destinations = BTreeMap::from([(
         "d".to_owned(),
@@ -280,8 +257,8 @@ async fn ordering_partition_delivers_each_partition_in_offset_order_through_retr
 async fn a_permanent_4xx_fails_its_range_with_the_response_and_the_partition_keeps_moving() {
     let db = TestDb::migrated().await;
     let store = db.store().await;
-    let topic = topic_with(1, 1000).await;
-    let destination = sink().await;
+    let topic = common::topic_with("pipeline", 1, 1000).await;
+    let destination = common::sink().await;
     destination.set_behaviour(Behaviour::StatusWithBody(
         422,
         "unknown event schema v0".into(),
@@ -334,8 +311,8 @@ async fn a_permanent_4xx_fails_its_range_with_the_response_and_the_partition_kee
 async fn retry_after_holds_off_every_worker_for_that_long() {
     let db = TestDb::migrated().await;
     let store = db.store().await;
-    let topic = topic_with(1, 600).await;
-    let destination = sink().await;
+    let topic = common::topic_with("pipeline", 1, 600).await;
+    let destination = common::sink().await;
     destination.set_behaviour(Behaviour::StatusWithRetryAfter(429, 2));
     let destinations = BTreeMap::from([(
         "d".to_owned(),

@@ -1,14 +1,12 @@
 //! courier as its users run it: real processes of the `courier` binary, killed, misconfigured, demoed.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use courier_kafka::{create_topic, KafkaConfig, Producer};
-use courier_sink::{Behaviour, Sink};
-use courier_testkit::{kafka_brokers, unique_name, TestDb};
-use serde_json::{json, Value};
+use courier_sink::Behaviour;
+use courier_testkit::{kafka_brokers, TestDb};
+use serde_json::Value;
 
 mod common;
 
@@ -19,58 +17,12 @@ async fn a_worker_killed_mid_range_loses_nothing_and_duplicates_stay_inside_its_
     const PARTITIONS: i32 = 4;
     const PER_PARTITION: usize = 1500;
     let db = TestDb::migrated().await;
-    let topic = unique_name("kill");
-    create_topic(&kafka_brokers(), &topic, PARTITIONS)
-        .await
-        .expect("topic");
-    let producer = Producer::connect(KafkaConfig::new(kafka_brokers()))
-        .await
-        .expect("producer");
-    for partition in 0..PARTITIONS {
-        let records = (0..PER_PARTITION).map(|seq| {
-            (
-                Some(partition),
-                None,
-                json!({ "id": format!("{partition}-{seq}") })
-                    .to_string()
-                    .into_bytes(),
-            )
-        });
-        producer.send_batch(&topic, records).await.expect("produce");
-    }
-    let sink = Sink::start(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .expect("sink");
+    let topic = common::topic_with("kill", PARTITIONS, PER_PARTITION).await;
+    let sink = common::sink().await;
     sink.set_behaviour(Behaviour::Delay(Duration::from_millis(60)));
     let config = write_config(
         "courier.toml",
-        &format!(
-            r#"
-            [store]
-            url = "{url}"
-            [kafka]
-            brokers = "{brokers}"
-            [worker]
-            delivery_tasks = 2
-            lease_ttl = "4s"
-            renew_every = "1s"
-            poll_interval = "20ms"
-            plan_interval = "50ms"
-            max_tail_age = "50ms"
-            compact_every = "1h"
-            [destinations.d]
-            url = "{sink}"
-            timeout = "2s"
-            max_batch_messages = 50
-            [routes.r]
-            topic = "{topic}"
-            destination = "d"
-            range_size = 200
-            "#,
-            url = db.url,
-            brokers = kafka_brokers(),
-            sink = sink.url(),
-        ),
+        &common::one_route_config(&db.url, &topic, &sink.url(), ""),
     );
     let config = config.to_str().expect("utf-8 path");
     let spawn = || {

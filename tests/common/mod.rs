@@ -67,7 +67,8 @@ pub async fn sink() -> Sink {
         .expect("sink")
 }
 
-/// The minimal configuration of one route `r` from `topic` to `destination_url`, with fast timings.
+/// The configuration of one route `r` from `topic` to `destination_url`, with fast timings and no
+/// compaction (tests read range epochs after the fact).
 pub fn one_route_config(
     database_url: &str,
     topic: &str,
@@ -89,6 +90,7 @@ plan_interval = "50ms"
 max_tail_age = "50ms"
 retry_base = "50ms"
 heartbeat_every = "1s"
+compact_every = "1h"
 [destinations.d]
 url = "{destination_url}"
 timeout = "2s"

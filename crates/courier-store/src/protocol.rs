@@ -218,15 +218,7 @@ impl Store {
                     )
                     .await
                     .map_err(db("read partitions"))?;
-                Ok(rows
-                    .iter()
-                    .map(|r| PartitionProgress {
-                        partition: r.get(0),
-                        initial_offset: r.get(1),
-                        frontier: r.get(2),
-                        watermark: r.get(3),
-                    })
-                    .collect())
+                Ok(rows.iter().map(progress_from_row).collect())
             })
         })
         .await
@@ -518,15 +510,7 @@ impl Store {
                     )
                     .await
                     .map_err(db(OP))?;
-                Ok(rows
-                    .iter()
-                    .map(|r| PartitionProgress {
-                        partition: r.get(0),
-                        initial_offset: r.get(1),
-                        frontier: r.get(2),
-                        watermark: r.get(3),
-                    })
-                    .collect())
+                Ok(rows.iter().map(progress_from_row).collect())
             })
         })
         .await
@@ -789,6 +773,16 @@ async fn insert_audit(
         .await
         .map_err(db("record replay"))?;
     Ok(row.get(0))
+}
+
+/// A `(partition, initial_offset, frontier, watermark)` row.
+fn progress_from_row(row: &Row) -> PartitionProgress {
+    PartitionProgress {
+        partition: row.get(0),
+        initial_offset: row.get(1),
+        frontier: row.get(2),
+        watermark: row.get(3),
+    }
 }
 
 fn lease_from_row(route: &str, row: &Row) -> Result<Lease> {
