@@ -59,9 +59,15 @@ CREATE TABLE courier_ranges (
 CREATE UNIQUE INDEX courier_ranges_live_start ON courier_ranges (route, partition, start_offset)
     WHERE kind = 'live';
 
--- What a worker looks for: small, because settled ranges leave it.
-CREATE INDEX courier_ranges_workable ON courier_ranges (route, partition, start_offset)
+-- What a worker looks for, oldest first (`lease` walks it in id order and stops after k eligible rows):
+-- small, because settled ranges leave it.
+CREATE INDEX courier_ranges_workable ON courier_ranges (route, kind, id)
     WHERE state IN ('pending', 'leased');
+
+-- The lowest unsettled live range of each partition: the head an ordered route leases next, and where
+-- the watermark stops.
+CREATE INDEX courier_ranges_heads ON courier_ranges (route, partition, start_offset)
+    WHERE state IN ('pending', 'leased') AND kind = 'live';
 
 -- What an operator looks for.
 CREATE INDEX courier_ranges_failed ON courier_ranges (route, partition, start_offset)

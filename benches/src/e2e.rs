@@ -243,9 +243,16 @@ impl CourierRun {
 
     /// Committed plus rolled-back transactions of this run's database so far.
     pub async fn transactions(&self) -> anyhow::Result<i64> {
-        let database = self.database.clone();
-        Ok(self
-            .store
+        transactions(&self.store, &self.database).await
+    }
+}
+
+/// Committed plus rolled-back transactions of `database` so far (PostgreSQL publishes them at most
+/// once a second).
+pub async fn transactions(store: &Store, database: &str) -> anyhow::Result<i64> {
+    let database = database.to_owned();
+    {
+        Ok(store
             .run("bench: transactions", move |c| {
                 Box::pin(async move {
                     let row = c

@@ -121,11 +121,13 @@ async fn main() -> anyhow::Result<()> {
             let before = run.transactions().await?;
             e2e::wait_for(&sink.counters, total, Duration::from_secs(900)).await?;
             let used = cpu.since();
+            let (store, database) = (run.store.clone(), run.database.clone());
+            run.stop().await?;
+            // Counted after the worker stopped, so idle polling after the last message is not billed;
             // PostgreSQL publishes transaction counts at most once a second.
             tokio::time::sleep(Duration::from_millis(1200)).await;
-            let transactions = run.transactions().await? - before;
-            let database = run.database.clone();
-            run.stop().await?;
+            let transactions = e2e::transactions(&store, &database).await? - before;
+            drop(store);
             drop_database(&server, &database).await;
             let bytes = sink
                 .counters

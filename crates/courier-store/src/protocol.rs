@@ -484,15 +484,16 @@ impl Store {
         .await
     }
 
-    /// Moves each partition's watermark over its contiguous prefix of settled live ranges. Never
-    /// backwards: a replayed range below the watermark does not pull it back.
+    /// Moves each partition's watermark over its contiguous prefix of settled live ranges, and returns
+    /// every partition of the route as it stands afterwards (one statement: the planner's whole read).
+    /// Never backwards: a replayed range below the watermark does not pull it back.
     pub async fn advance_watermarks(&self, route: &str) -> Result<Vec<PartitionProgress>> {
         const OP: &str = "advance watermarks";
         let route = route.to_owned();
         self.run(OP, move |c| {
             Box::pin(async move {
-                let rows = c
-                    .query(
+                let statement = c
+                    .prepare_cached(
                         "WITH next AS (
                              SELECT p.route, p.partition,
                                     COALESCE((SELECT min(r.start_offset) FROM courier_ranges r
@@ -500,16 +501,22 @@ impl Store {
                                                 AND r.kind = 'live' AND r.state IN ('pending', 'leased')
                                                 AND r.start_offset >= p.watermark),
                                              p.frontier) AS watermark
-                             FROM courier_partitions p WHERE p.route = $1)
-                         UPDATE courier_partitions p SET watermark = next.watermark, updated_at = now()
-                         FROM next
-                         WHERE p.route = next.route AND p.partition = next.partition
-                           AND next.watermark > p.watermark
-                         RETURNING p.partition, p.initial_offset, p.frontier, p.watermark",
-                        &[&route],
+                             FROM courier_partitions p WHERE p.route = $1),
+                         advanced AS (
+                             UPDATE courier_partitions p SET watermark = next.watermark, updated_at = now()
+                             FROM next
+                             WHERE p.route = next.route AND p.partition = next.partition
+                               AND next.watermark > p.watermark
+                             RETURNING p.partition, p.initial_offset, p.frontier, p.watermark)
+                         SELECT partition, initial_offset, frontier, watermark FROM advanced
+                         UNION ALL
+                         SELECT partition, initial_offset, frontier, watermark FROM courier_partitions
+                         WHERE route = $1 AND partition NOT IN (SELECT partition FROM advanced)
+                         ORDER BY partition",
                     )
                     .await
                     .map_err(db(OP))?;
+                let rows = c.query(&statement, &[&route]).await.map_err(db(OP))?;
                 Ok(rows.iter().map(progress_from_row).collect())
             })
         })

@@ -23,9 +23,14 @@ pub struct WorkerConfig {
     /// `lease_ttl`.
     #[serde(with = "humantime_serde")]
     pub renew_every: Duration,
-    /// How long an idle delivery task waits before asking for work again.
+    /// How long an idle delivery task first waits before asking for work again. While it keeps finding
+    /// none, the wait doubles up to `max_idle_poll`, so idle workers cost the store little; ranges carved
+    /// by this worker's own planner wake it at once.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// Longest wait of an idle delivery task between two lease attempts.
+    #[serde(with = "humantime_serde")]
+    pub max_idle_poll: Duration,
     /// How often the planner reads Kafka's high watermarks and carves new ranges.
     #[serde(with = "humantime_serde")]
     pub plan_interval: Duration,
@@ -60,6 +65,7 @@ impl Default for WorkerConfig {
             lease_ttl: Duration::from_secs(30),
             renew_every: Duration::from_secs(10),
             poll_interval: Duration::from_millis(100),
+            max_idle_poll: Duration::from_secs(1),
             plan_interval: Duration::from_millis(250),
             max_tail_age: Duration::from_millis(200),
             ranges_ahead: 32,

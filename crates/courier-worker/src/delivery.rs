@@ -41,6 +41,7 @@ pub(crate) async fn run(
     let routes = ctx.routes.len();
     // Tasks start on different routes so one busy route does not get every task first.
     let mut next = index % routes;
+    let mut idle_wait = ctx.config.poll_interval;
     loop {
         if *stop_leasing.borrow() {
             return;
@@ -90,11 +91,15 @@ pub(crate) async fn run(
             }
             break;
         }
-        if !found {
+        if found {
+            idle_wait = ctx.config.poll_interval;
+        } else {
             tokio::select! {
-                _ = tokio::time::sleep(ctx.config.poll_interval) => {}
+                _ = tokio::time::sleep(idle_wait) => {}
+                _ = ctx.work_available.notified() => {}
                 _ = crate::stopped(&mut stop_leasing) => return,
             }
+            idle_wait = (idle_wait * 2).min(ctx.config.max_idle_poll.max(ctx.config.poll_interval));
         }
     }
 }

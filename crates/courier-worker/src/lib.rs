@@ -88,6 +88,8 @@ pub(crate) struct Context {
     pub routes: Vec<Route>,
     pub config: WorkerConfig,
     pub stats: Arc<WorkerStats>,
+    /// The planner carved new ranges: idle delivery tasks stop waiting.
+    pub work_available: tokio::sync::Notify,
 }
 
 /// A configured worker, ready to [`run`](Worker::run).
@@ -176,6 +178,7 @@ impl Worker {
                 routes: runtime_routes,
                 config,
                 stats: Arc::default(),
+                work_available: tokio::sync::Notify::new(),
             }),
         })
     }

@@ -18,6 +18,7 @@ pub(crate) async fn run(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
     let mut known: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
     let mut behind_ticks: BTreeMap<(String, i32), u32> = BTreeMap::new();
     let mut last_compaction = Instant::now();
+    let mut last_retry_after_read: Option<Instant> = None;
     let mut every = tokio::time::interval(ctx.config.plan_interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -39,7 +40,11 @@ pub(crate) async fn run(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
                 }
             }
         }
-        share_retry_after(&ctx).await;
+        // A second is fine granularity for a Retry-After and keeps idle workers cheap for the store.
+        if last_retry_after_read.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            last_retry_after_read = Some(Instant::now());
+            share_retry_after(&ctx).await;
+        }
     }
 }
 
@@ -81,9 +86,10 @@ async fn plan_route(
             .map_err(|e| e.to_string())?;
         known.extend(new.iter().map(|(p, _)| *p));
     }
+    // One statement: advance the watermarks and read where every partition stands.
     let progress = ctx
         .store
-        .partitions(name)
+        .advance_watermarks(name)
         .await
         .map_err(|e| e.to_string())?;
     let range_size = i64::from(route.config.range_size);
@@ -110,7 +116,8 @@ async fn plan_route(
         if mark.high == partition.frontier || backlog >= ctx.config.ranges_ahead {
             continue;
         }
-        ctx.store
+        let planned = ctx
+            .store
             .plan(&PlanRequest {
                 route: name.clone(),
                 partition: partition.partition,
@@ -121,24 +128,18 @@ async fn plan_route(
             })
             .await
             .map_err(|e| e.to_string())?;
+        if planned.carved > 0 {
+            ctx.work_available.notify_waiters();
+        }
     }
-    let advanced = ctx
-        .store
-        .advance_watermarks(name)
-        .await
-        .map_err(|e| e.to_string())?;
     let lag: i64 = progress
         .iter()
         .map(|p| {
-            let watermark = advanced
-                .iter()
-                .find(|a| a.partition == p.partition)
-                .map_or(p.watermark, |a| a.watermark);
             let high = marks
                 .iter()
                 .find(|m| m.partition == p.partition)
-                .map_or(watermark, |m| m.high);
-            (high - watermark).max(0)
+                .map_or(p.watermark, |m| m.high);
+            (high - p.watermark).max(0)
         })
         .sum();
     metrics::lag(name, lag);
