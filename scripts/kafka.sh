@@ -11,7 +11,9 @@
 #
 # Everything lives under target/kafka/ (override with COURIER_KAFKA_DIR): libs/ (jars, from
 # scripts/kafka/pom.xml), data/ (the log dir), server.properties, kafka.pid, kafka.log.
-# The broker listens on 127.0.0.1:9092 (clients) and 127.0.0.1:9093 (controller) only.
+# The broker listens on 127.0.0.1:9092 (clients) and 127.0.0.1:9093 (controller) only; a second checkout
+# can run its own with COURIER_KAFKA_DIR, COURIER_KAFKA_PORT and COURIER_KAFKA_CONTROLLER_PORT (clients
+# then need KAFKA_BROKERS=127.0.0.1:<port>).
 #
 # Needs: bash, java 17+, mvn (first start, or after the pom changes), coreutils, od, flock.
 # JVM start-up costs seconds on 2 cores, so readiness is checked in bash (a raw Kafka ApiVersions and
@@ -31,8 +33,8 @@ PIDFILE="$KDIR/kafka.pid"
 LOG="$KDIR/kafka.log"
 LOCK="$KDIR/kafka.lock"
 HOST=127.0.0.1
-PORT=9092
-CONTROLLER_PORT=9093
+PORT=${COURIER_KAFKA_PORT:-9092}
+CONTROLLER_PORT=${COURIER_KAFKA_CONTROLLER_PORT:-9093}
 START_DEADLINE_S=${KAFKA_START_TIMEOUT_S:-90}
 STOP_DEADLINE_S=${KAFKA_STOP_TIMEOUT_S:-30}
 
@@ -76,7 +78,9 @@ answers_metadata() {
     local out
     out=$(kafka_request "$1" "$2" \
         "\x00\x00\x00\x17\x00\x03\x00\x04${CORRELATION}${CLIENT_ID}\xff\xff\xff\xff\x00" 16) || return 1
-    [[ ${out:8:8} == 636f7572 ]] && ((16#${out:24:8} >= 1 && 16#${out:24:8} < 1000))
+    [[ ${#out} -ge 32 && ${out:8:8} == 636f7572 ]] || return 1
+    local brokers=$((16#${out:24:8}))
+    ((brokers >= 1 && brokers < 1000))
 }
 
 answers() { answers_api_versions "$1" "$2" && answers_metadata "$1" "$2"; }
@@ -127,8 +131,12 @@ resolve_jars() {
     command -v mvn >/dev/null || die "mvn not found: install Maven (Debian: apt-get install maven) to fetch the Kafka jars"
     say "resolving Kafka jars with Maven into $LIBS (first start, or scripts/kafka/pom.xml changed)"
     rm -rf "$LIBS" "$STAMP"
-    mvn -q -B -Dstyle.color=never -f "$POM" dependency:copy-dependencies -DoutputDirectory="$LIBS" >&2 ||
+    mkdir -p "$KDIR"
+    if ! mvn -q -B -Dstyle.color=never -f "$POM" dependency:copy-dependencies -DoutputDirectory="$LIBS" \
+        >"$KDIR/mvn.log" 2>&1; then
+        cat "$KDIR/mvn.log" >&2
         die "Maven could not resolve the Kafka jars (see above); is Maven Central reachable?"
+    fi
     echo "$want" >"$STAMP"
 }
 

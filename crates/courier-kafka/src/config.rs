@@ -160,4 +160,26 @@ mod tests {
         assert_eq!(client.get("enable.auto.commit"), Some("false"));
         assert_eq!(client.get("isolation.level"), Some("read_committed"));
     }
+
+    #[test]
+    fn deserializes_with_defaults_and_rejects_unknown_fields() {
+        let config: KafkaConfig = toml::from_str(
+            r#"
+            brokers = "k1:9092,k2:9092"
+            read_timeout = "5s"
+            [extra]
+            "socket.keepalive.enable" = "true"
+            "#,
+        )
+        .expect("valid [kafka] section");
+        assert_eq!(config.client_id, "courier");
+        assert_eq!(config.read_timeout, Duration::from_secs(5));
+        assert_eq!(
+            config.reader_client_config().get("socket.keepalive.enable"),
+            Some("true")
+        );
+        let minimal: KafkaConfig = toml::from_str(r#"brokers = "k:9092""#).expect("minimal");
+        assert_eq!(minimal, KafkaConfig::new("k:9092"));
+        assert!(toml::from_str::<KafkaConfig>("brokers = \"k:9092\"\nbroker = \"typo\"").is_err());
+    }
 }

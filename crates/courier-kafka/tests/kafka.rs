@@ -161,7 +161,12 @@ async fn follows_the_tail_range_by_range() {
         let topic = topic_with_messages("follow", 1, &[(0, 1)]).await;
         let reader = RangeReader::connect(config()).await.expect("reader");
         let producer = Producer::connect(config()).await.expect("producer");
-        assert_exact(&reader.read(&topic, 0, range(0, 1)).await.expect("[0, 1)"), 0, 0, 1);
+        assert_exact(
+            &reader.read(&topic, 0, range(0, 1)).await.expect("[0, 1)"),
+            0,
+            0,
+            1,
+        );
         for i in 1..30_i64 {
             if i % 5 == 0 {
                 match reader.read(&topic, 0, range(i, i + 1)).await {
@@ -172,16 +177,26 @@ async fn follows_the_tail_range_by_range() {
             producer
                 .send_batch(
                     &topic,
-                    [(Some(0), Some(format!("k{i}").into_bytes()), format!("0-{i}").into_bytes())],
+                    [(
+                        Some(0),
+                        Some(format!("k{i}").into_bytes()),
+                        format!("0-{i}").into_bytes(),
+                    )],
                 )
                 .await
                 .expect("produce one");
-            let messages = reader.read(&topic, 0, range(i, i + 1)).await.expect("the new message");
+            let messages = reader
+                .read(&topic, 0, range(i, i + 1))
+                .await
+                .expect("the new message");
             assert_exact(&messages, 0, i, i + 1);
         }
         // Sequential ranges over what is already there.
         for start in (0..30).step_by(3) {
-            let messages = reader.read(&topic, 0, range(start, start + 3)).await.expect("read");
+            let messages = reader
+                .read(&topic, 0, range(start, start + 3))
+                .await
+                .expect("read");
             assert_exact(&messages, 0, start, start + 3);
         }
     })
@@ -498,6 +513,9 @@ async fn run_txn(
     .expect("transaction task");
 }
 
+/// `(start, end, expected (offset, payload) pairs)`.
+type Case = (i64, i64, Vec<(i64, &'static str)>);
+
 fn payloads(messages: &[Message]) -> Vec<(i64, String)> {
     messages
         .iter()
@@ -532,7 +550,7 @@ async fn transaction_markers_and_aborted_records_leave_gaps_that_end_the_read() 
 
         // Range after range, as a worker keeping up with the partition reads it: each read continues
         // where the previous one stopped (on a message, past a gap, on a marker at the tail).
-        let walk: [(i64, i64, Vec<(i64, &str)>); 5] = [
+        let walk: [Case; 5] = [
             (0, 2, vec![(0, "a"), (1, "b")]),
             (2, 4, vec![]),
             (4, 7, vec![(6, "c")]),
@@ -543,17 +561,21 @@ async fn transaction_markers_and_aborted_records_leave_gaps_that_end_the_read() 
             let result = reader.read(&topic, 0, range(start, end)).await;
             if end > 8 {
                 match result {
-                    Err(ReadError::NotYetWritten { readable_end: 8, .. }) => continue,
+                    Err(ReadError::NotYetWritten {
+                        readable_end: 8, ..
+                    }) => continue,
                     other => panic!("[{start}, {end}): expected NotYetWritten, got {other:?}"),
                 }
             }
             let messages = result.expect("read");
-            let expected: Vec<(i64, String)> =
-                expected.into_iter().map(|(o, p)| (o, p.to_owned())).collect();
+            let expected: Vec<(i64, String)> = expected
+                .into_iter()
+                .map(|(o, p)| (o, p.to_owned()))
+                .collect();
             assert_eq!(payloads(&messages), expected, "walk [{start}, {end})");
         }
 
-        let cases: [(i64, i64, Vec<(i64, &str)>); 7] = [
+        let cases: [Case; 7] = [
             (0, 8, vec![(0, "a"), (1, "b"), (6, "c")]),
             // Only a commit marker and aborted records: ended by the message at 6.
             (2, 6, vec![]),
