@@ -312,65 +312,80 @@ impl Store {
     pub async fn lease(&self, request: &LeaseRequest) -> Result<Vec<Lease>> {
         const OP: &str = "lease";
         let request = request.clone();
-        let ordered = request.ordering == Ordering::Partition && request.kind == RangeKind::Live;
-        // The eligibility test appears twice in the ordered form: once to find the partition heads, once
-        // after locking, where PostgreSQL re-checks it against the row's latest version.
-        let eligible = "((r.state = 'pending' AND r.not_before <= now())
-                          OR (r.state = 'leased' AND r.lease_expires_at <= now()))";
-        let candidates = if ordered {
-            format!(
-                "SELECT r.id FROM courier_ranges r
-                 WHERE r.id IN (
-                     SELECT head.id FROM courier_partitions p
-                     CROSS JOIN LATERAL (
-                         SELECT h.id FROM courier_ranges h
-                         WHERE h.route = p.route AND h.partition = p.partition AND h.kind = 'live'
-                           AND h.state IN ('pending', 'leased')
-                         ORDER BY h.start_offset LIMIT 1
-                     ) head
-                     WHERE p.route = $1)
-                   AND {eligible}
-                 ORDER BY r.id LIMIT $2
-                 FOR UPDATE OF r SKIP LOCKED"
-            )
-        } else {
-            format!(
-                "SELECT r.id FROM courier_ranges r
-                 WHERE r.route = $1 AND r.kind = $5 AND r.state IN ('pending', 'leased') AND {eligible}
-                 ORDER BY r.id LIMIT $2
-                 FOR UPDATE SKIP LOCKED"
-            )
-        };
         let sql = format!(
-            "WITH picked AS ({candidates})
-             UPDATE courier_ranges r
-             SET state = 'leased', epoch = r.epoch + 1, lease_owner = $3,
-                 lease_expires_at = now() + $4::bigint * interval '1 millisecond',
-                 attempts = r.attempts + 1, updated_at = now()
-             FROM picked WHERE r.id = picked.id
-             RETURNING r.id, r.partition, r.start_offset, r.end_offset, r.epoch, r.attempts, r.kind,
-                       COALESCE(r.resume_offset, r.start_offset)"
+            "WITH {} UPDATE {LEASE_UPDATE}",
+            lease_candidates(&request, "")
         );
-        let limit = i64::try_from(request.max_ranges).unwrap_or(i64::MAX);
         self.run(OP, move |c| {
             Box::pin(async move {
                 let statement = c.prepare_cached(&sql).await.map_err(db(OP))?;
-                let kind = request.kind.as_str();
-                let ttl = millis(request.ttl);
-                let rows = if ordered {
-                    c.query(&statement, &[&request.route, &limit, &request.owner, &ttl])
-                        .await
-                } else {
-                    c.query(
+                let (limit, ttl, kind) = lease_params(&request);
+                let rows = c
+                    .query(
                         &statement,
                         &[&request.route, &limit, &request.owner, &ttl, &kind],
                     )
                     .await
-                }
-                .map_err(db(OP))?;
+                    .map_err(db(OP))?;
                 rows.iter()
-                    .map(|row| lease_from_row(&request.route, row))
+                    .map(|row| lease_from_row(&request.route, row, 0))
                     .collect()
+            })
+        })
+        .await
+    }
+
+    /// Checkpoints `done` and leases the next ranges of `next` in one statement: a busy delivery task
+    /// pays one store transaction per range instead of two. Same fencing as [`Store::checkpoint`], same
+    /// choice of ranges as [`Store::lease`] (with an ordered route, the next range of the partition just
+    /// checkpointed is not visible to the same statement and comes with the next call).
+    pub async fn checkpoint_and_lease(
+        &self,
+        done: &Lease,
+        next: &LeaseRequest,
+    ) -> Result<(CheckpointOutcome, Vec<Lease>)> {
+        const OP: &str = "checkpoint and lease";
+        let request = next.clone();
+        let (id, epoch) = (done.id, done.epoch.0);
+        let sql = format!(
+            "WITH done AS (
+                 UPDATE courier_ranges SET state = 'done', lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+                 WHERE id = $6 AND epoch = $7 AND state = 'leased'
+                 RETURNING id),
+             {},
+             leased AS (UPDATE {LEASE_UPDATE})
+             SELECT (SELECT count(*) FROM done), leased.*
+             FROM (SELECT 1) AS one LEFT JOIN leased ON true",
+            // One statement must not modify a row twice: the range being checkpointed is never picked,
+            // even when its own lease has just expired.
+            lease_candidates(&request, "AND r.id <> $6")
+        );
+        self.run(OP, move |c| {
+            Box::pin(async move {
+                let statement = c.prepare_cached(&sql).await.map_err(db(OP))?;
+                let (limit, ttl, kind) = lease_params(&request);
+                let rows = c
+                    .query(
+                        &statement,
+                        &[
+                            &request.route,
+                            &limit,
+                            &request.owner,
+                            &ttl,
+                            &kind,
+                            &id,
+                            &epoch,
+                        ],
+                    )
+                    .await
+                    .map_err(db(OP))?;
+                let checkpointed = rows.first().is_some_and(|row| row.get::<_, i64>(0) == 1);
+                let leases = rows
+                    .iter()
+                    .filter(|row| row.get::<_, Option<i64>>(1).is_some())
+                    .map(|row| lease_from_row(&request.route, row, 1))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((epoch_outcome(u64::from(checkpointed)), leases))
             })
         })
         .await
@@ -783,6 +798,59 @@ async fn insert_audit(
 }
 
 /// A `(partition, initial_offset, frontier, watermark)` row.
+/// The `picked AS (...)` part of a lease statement: the ranges a worker may claim, locked, skipping rows
+/// another worker is claiming right now. Parameters: $1 route, $2 limit, $5 kind.
+///
+/// The eligibility test appears twice in the ordered form: once to find the partition heads, once after
+/// locking, where PostgreSQL re-checks it against the row's latest version.
+fn lease_candidates(request: &LeaseRequest, also: &str) -> String {
+    let eligible = "((r.state = 'pending' AND r.not_before <= now())
+                      OR (r.state = 'leased' AND r.lease_expires_at <= now()))";
+    if request.ordering == Ordering::Partition && request.kind == RangeKind::Live {
+        format!(
+            "picked AS (
+                 SELECT r.id FROM courier_ranges r
+                 WHERE r.id IN (
+                     SELECT head.id FROM courier_partitions p
+                     CROSS JOIN LATERAL (
+                         SELECT h.id FROM courier_ranges h
+                         WHERE h.route = p.route AND h.partition = p.partition AND h.kind = 'live'
+                           AND h.state IN ('pending', 'leased')
+                         ORDER BY h.start_offset LIMIT 1
+                     ) head
+                     WHERE p.route = $1)
+                   AND r.kind = $5 AND {eligible} {also}
+                 ORDER BY r.id LIMIT $2
+                 FOR UPDATE OF r SKIP LOCKED)"
+        )
+    } else {
+        format!(
+            "picked AS (
+                 SELECT r.id FROM courier_ranges r
+                 WHERE r.route = $1 AND r.kind = $5 AND r.state IN ('pending', 'leased') AND {eligible} {also}
+                 ORDER BY r.id LIMIT $2
+                 FOR UPDATE SKIP LOCKED)"
+        )
+    }
+}
+
+/// Claims the picked ranges: epoch + 1, owner $3, expiry in $4 milliseconds.
+const LEASE_UPDATE: &str = "courier_ranges r
+     SET state = 'leased', epoch = r.epoch + 1, lease_owner = $3,
+         lease_expires_at = now() + $4::bigint * interval '1 millisecond',
+         attempts = r.attempts + 1, updated_at = now()
+     FROM picked WHERE r.id = picked.id
+     RETURNING r.id, r.partition, r.start_offset, r.end_offset, r.epoch, r.attempts, r.kind,
+               COALESCE(r.resume_offset, r.start_offset)";
+
+fn lease_params(request: &LeaseRequest) -> (i64, i64, &'static str) {
+    (
+        i64::try_from(request.max_ranges).unwrap_or(i64::MAX),
+        millis(request.ttl),
+        request.kind.as_str(),
+    )
+}
+
 fn progress_from_row(row: &Row) -> PartitionProgress {
     PartitionProgress {
         partition: row.get(0),
@@ -792,18 +860,19 @@ fn progress_from_row(row: &Row) -> PartitionProgress {
     }
 }
 
-fn lease_from_row(route: &str, row: &Row) -> Result<Lease> {
-    let range =
-        OffsetRange::new(row.get(2), row.get(3)).map_err(|e| invalid("lease", e.to_string()))?;
-    let kind: String = row.get(6);
+/// A lease from the columns of [`LEASE_UPDATE`]'s `RETURNING`, starting at column `first`.
+fn lease_from_row(route: &str, row: &Row, first: usize) -> Result<Lease> {
+    let range = OffsetRange::new(row.get(first + 2), row.get(first + 3))
+        .map_err(|e| invalid("lease", e.to_string()))?;
+    let kind: String = row.get(first + 6);
     Ok(Lease {
-        id: row.get(0),
+        id: row.get(first),
         route: route.to_owned(),
-        partition: row.get(1),
+        partition: row.get(first + 1),
         range,
-        epoch: Epoch(row.get(4)),
-        attempts: row.get(5),
+        epoch: Epoch(row.get(first + 4)),
+        attempts: row.get(first + 5),
         kind: kind.parse().map_err(|e: String| invalid("lease", e))?,
-        resume_from: row.get(7),
+        resume_from: row.get(first + 7),
     })
 }

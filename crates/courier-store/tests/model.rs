@@ -1,7 +1,7 @@
 //! Model-based property test of the lease protocol against a real PostgreSQL.
 //!
-//! Random interleavings of produce / plan / lease / renew / checkpoint / fail / expire / release /
-//! replay / advance / compact by several workers run against the store and, side by side, against an
+//! Random interleavings of produce / plan / lease / renew / checkpoint / checkpoint-and-lease / fail /
+//! expire / release / replay / advance / compact by several workers run against the store and, side by side, against an
 //! in-memory oracle. After every step the store must agree with the oracle, and every invariant of
 //! DESIGN.md must hold:
 //! 1. no loss: live ranges (plus compacted ones) tile `[initial, frontier)` with no gap or overlap, and
@@ -46,6 +46,11 @@ enum Op {
         worker: usize,
         slot: usize,
     },
+    CheckpointAndLease {
+        worker: usize,
+        slot: usize,
+        max: usize,
+    },
     Checkpoint {
         worker: usize,
         slot: usize,
@@ -77,7 +82,8 @@ fn op() -> impl Strategy<Value = Op> {
         3 => partition.prop_map(|partition| Op::Plan { partition }),
         4 => (worker.clone(), 1usize..4).prop_map(|(worker, max)| Op::Lease { worker, max }),
         1 => (worker.clone(), slot.clone()).prop_map(|(worker, slot)| Op::Renew { worker, slot }),
-        4 => (worker.clone(), slot.clone()).prop_map(|(worker, slot)| Op::Checkpoint { worker, slot }),
+        3 => (worker.clone(), slot.clone()).prop_map(|(worker, slot)| Op::Checkpoint { worker, slot }),
+        3 => (worker.clone(), slot.clone(), 1usize..3).prop_map(|(worker, slot, max)| Op::CheckpointAndLease { worker, slot, max }),
         2 => (worker.clone(), slot.clone(), any::<bool>()).prop_map(|(worker, slot, permanent)| Op::Fail { worker, slot, permanent }),
         2 => (worker.clone(), slot.clone()).prop_map(|(worker, slot)| Op::Expire { worker, slot }),
         1 => (worker, slot).prop_map(|(worker, slot)| Op::Release { worker, slot }),
@@ -347,6 +353,42 @@ async fn check_invariants(
     Ok(())
 }
 
+/// Checks leases a call returned against what the model says was leasable, then records them.
+fn absorb_leases(
+    model: &mut Model,
+    worker: usize,
+    max: usize,
+    leasable: &BTreeSet<(i32, i64)>,
+    leases: Vec<Lease>,
+) -> Result<(), TestCaseError> {
+    prop_assert_eq!(leases.len(), leasable.len().min(max), "lease count");
+    let mut partitions_seen = BTreeSet::new();
+    for lease in leases {
+        prop_assert!(
+            leasable.contains(&(lease.partition, lease.range.start())),
+            "leased an ineligible range {}",
+            lease
+        );
+        if model.ordering == Ordering::Partition {
+            prop_assert!(
+                partitions_seen.insert(lease.partition),
+                "two ranges of one partition in flight"
+            );
+        }
+        let range = model.range(&lease);
+        prop_assert_eq!(lease.epoch.0, range.epoch + 1, "epoch must grow by one");
+        if range.state == RangeState::Leased {
+            range.interrupted = true; // its previous holder may still deliver it
+        }
+        range.state = RangeState::Leased;
+        range.epoch += 1;
+        range.attempts += 1;
+        range.expired = false;
+        model.held[worker].push(lease);
+    }
+    Ok(())
+}
+
 async fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCaseError> {
     match *op {
         Op::Produce { partition, count } => {
@@ -397,30 +439,30 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCase
                 .lease(&lease_request(model, worker, max))
                 .await
                 .expect("lease");
-            prop_assert_eq!(leases.len(), leasable.len().min(max), "lease count");
-            let mut partitions_seen = BTreeSet::new();
-            for lease in leases {
-                prop_assert!(
-                    leasable.contains(&(lease.partition, lease.range.start())),
-                    "leased an ineligible range {}",
-                    lease
-                );
-                if model.ordering == Ordering::Partition {
-                    prop_assert!(
-                        partitions_seen.insert(lease.partition),
-                        "two ranges of one partition in flight"
-                    );
+            absorb_leases(model, worker, max, &leasable, leases)?;
+        }
+        Op::CheckpointAndLease { worker, slot, max } => {
+            if let Some(lease) = model.take_slot(worker, slot) {
+                model.range(&lease).deliveries += 1;
+                let expected = if model.is_current(&lease) {
+                    CheckpointOutcome::Applied
+                } else {
+                    CheckpointOutcome::Fenced
+                };
+                // The lease half sees the state before the checkpoint, minus the range checkpointed.
+                let mut leasable = model.leasable();
+                leasable.remove(&(lease.partition, lease.range.start()));
+                let (outcome, leases) = store
+                    .checkpoint_and_lease(&lease, &lease_request(model, worker, max))
+                    .await
+                    .expect("checkpoint and lease");
+                prop_assert_eq!(outcome, expected, "checkpoint of {}", lease);
+                if outcome == CheckpointOutcome::Applied {
+                    let range = model.range(&lease);
+                    range.state = RangeState::Done;
+                    range.expired = false;
                 }
-                let range = model.range(&lease);
-                prop_assert_eq!(lease.epoch.0, range.epoch + 1, "epoch must grow by one");
-                if range.state == RangeState::Leased {
-                    range.interrupted = true; // its previous holder may still deliver it
-                }
-                range.state = RangeState::Leased;
-                range.epoch += 1;
-                range.attempts += 1;
-                range.expired = false;
-                model.held[worker].push(lease);
+                absorb_leases(model, worker, max, &leasable, leases)?;
             }
         }
         Op::Renew { worker, slot } => {

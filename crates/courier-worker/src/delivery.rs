@@ -17,6 +17,10 @@ use crate::{metrics, Context, Route, Throttle, WorkerStats};
 
 /// How a range ended for this task.
 enum Outcome {
+    /// Every batch was acknowledged; the range still has to be checkpointed.
+    Delivered {
+        messages: usize,
+    },
     Checkpointed {
         messages: usize,
     },
@@ -76,7 +80,8 @@ pub(crate) async fn run(
             found = true;
             next = (next + step + 1) % routes;
             metrics::range_leased(&route.config.name, leases.len());
-            for lease in leases {
+            let mut queue: std::collections::VecDeque<Lease> = leases.into();
+            while let Some(lease) = queue.pop_front() {
                 let outcome = if *stop_leasing.borrow() {
                     // Leased together with ranges already delivered, but draining: give it back now.
                     release(&ctx, &lease, Duration::ZERO).await
@@ -86,6 +91,24 @@ pub(crate) async fn run(
                         outcome = process(&ctx, route, &lease) => outcome,
                         _ = crate::stopped(&mut hard_stop) => release(&ctx, &lease, Duration::ZERO).await,
                     }
+                };
+                let outcome = match outcome {
+                    // The last range in hand: checkpoint it and lease the next ones in one transaction.
+                    Outcome::Delivered { messages }
+                        if queue.is_empty()
+                            && !*stop_leasing.borrow()
+                            && !destination_is_holding_off(route) =>
+                    {
+                        let (outcome, next) =
+                            checkpoint_and_lease(&ctx, &lease, messages, &request).await;
+                        if !next.is_empty() {
+                            metrics::range_leased(&route.config.name, next.len());
+                        }
+                        queue.extend(next);
+                        outcome
+                    }
+                    Outcome::Delivered { messages } => checkpoint(&ctx, &lease, messages).await,
+                    other => other,
                 };
                 tally(&ctx.stats, &route.config.name, kind, &outcome);
             }
@@ -141,7 +164,7 @@ fn tally(stats: &WorkerStats, route: &str, kind: RangeKind, outcome: &Outcome) {
             metrics::range_released(route);
             WorkerStats::add(&stats.ranges_released, 1);
         }
-        Outcome::Abandoned => {}
+        Outcome::Abandoned | Outcome::Delivered { .. } => {}
     }
 }
 
@@ -178,7 +201,7 @@ async fn deliver(ctx: &Context, route: &Route, lease: &Lease) -> Outcome {
     let destination = &route.config.destination;
     let Ok(to_read) = OffsetRange::new(lease.resume_from, lease.range.end()) else {
         // Everything was delivered by an earlier attempt that could not checkpoint.
-        return checkpoint(ctx, lease, 0).await;
+        return Outcome::Delivered { messages: 0 };
     };
     let messages = match ctx
         .reader
@@ -269,7 +292,9 @@ async fn deliver(ctx: &Context, route: &Route, lease: &Lease) -> Outcome {
             }
         }
     }
-    checkpoint(ctx, lease, messages.len()).await
+    Outcome::Delivered {
+        messages: messages.len(),
+    }
 }
 
 async fn read_failed(ctx: &Context, route: &Route, lease: &Lease, error: &ReadError) -> Outcome {
@@ -334,6 +359,26 @@ async fn checkpoint(ctx: &Context, lease: &Lease, messages: usize) -> Outcome {
             Outcome::Fenced
         }
         None => Outcome::Abandoned,
+    }
+}
+
+async fn checkpoint_and_lease(
+    ctx: &Context,
+    lease: &Lease,
+    messages: usize,
+    next: &LeaseRequest,
+) -> (Outcome, Vec<Lease>) {
+    match with_retries(ctx, "checkpoint", || {
+        ctx.store.checkpoint_and_lease(lease, next)
+    })
+    .await
+    {
+        Some((CheckpointOutcome::Applied, leases)) => (Outcome::Checkpointed { messages }, leases),
+        Some((CheckpointOutcome::Fenced, leases)) => {
+            tracing::info!(%lease, "Checkpoint fenced: the lease was lost before the range was settled; another worker delivers it.");
+            (Outcome::Fenced, leases)
+        }
+        None => (Outcome::Abandoned, Vec::new()),
     }
 }
 
