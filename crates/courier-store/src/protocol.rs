@@ -98,6 +98,9 @@ pub struct PartitionProgress {
     pub frontier: Offset,
     /// Every live range below it is settled.
     pub watermark: Offset,
+    /// Leases of this partition that expired and are up for grabs (a worker died or stalled): idle
+    /// delivery tasks are woken for them instead of finding them on their next poll.
+    pub expired_leases: i64,
 }
 
 /// Which failed ranges to replay.
@@ -212,8 +215,8 @@ impl Store {
             Box::pin(async move {
                 let rows = c
                     .query(
-                        "SELECT partition, initial_offset, frontier, watermark FROM courier_partitions
-                         WHERE route = $1 ORDER BY partition",
+                        "SELECT p.partition, p.initial_offset, p.frontier, p.watermark, (SELECT count(*) FROM courier_ranges x WHERE x.route = p.route AND x.partition = p.partition AND x.kind = 'live' AND x.state = 'leased' AND x.lease_expires_at <= now())
+                         FROM courier_partitions p WHERE p.route = $1 ORDER BY p.partition",
                         &[&route],
                     )
                     .await
@@ -522,12 +525,14 @@ impl Store {
                              FROM next
                              WHERE p.route = next.route AND p.partition = next.partition
                                AND next.watermark > p.watermark
-                             RETURNING p.partition, p.initial_offset, p.frontier, p.watermark)
-                         SELECT partition, initial_offset, frontier, watermark FROM advanced
-                         UNION ALL
-                         SELECT partition, initial_offset, frontier, watermark FROM courier_partitions
-                         WHERE route = $1 AND partition NOT IN (SELECT partition FROM advanced)
-                         ORDER BY partition",
+                             RETURNING p.route, p.partition, p.initial_offset, p.frontier, p.watermark),
+                         progress AS (
+                             SELECT route, partition, initial_offset, frontier, watermark FROM advanced
+                             UNION ALL
+                             SELECT route, partition, initial_offset, frontier, watermark FROM courier_partitions
+                             WHERE route = $1 AND partition NOT IN (SELECT partition FROM advanced))
+                         SELECT g.partition, g.initial_offset, g.frontier, g.watermark, (SELECT count(*) FROM courier_ranges x WHERE x.route = g.route AND x.partition = g.partition AND x.kind = 'live' AND x.state = 'leased' AND x.lease_expires_at <= now())
+                         FROM progress g ORDER BY g.partition",
                     )
                     .await
                     .map_err(db(OP))?;
@@ -797,7 +802,7 @@ async fn insert_audit(
     Ok(row.get(0))
 }
 
-/// A `(partition, initial_offset, frontier, watermark)` row.
+/// A `(partition, initial_offset, frontier, watermark, expired_leases)` row.
 /// The `picked AS (...)` part of a lease statement: the ranges a worker may claim, locked, skipping rows
 /// another worker is claiming right now. Parameters: $1 route, $2 limit, $5 kind.
 ///
@@ -857,6 +862,7 @@ fn progress_from_row(row: &Row) -> PartitionProgress {
         initial_offset: row.get(1),
         frontier: row.get(2),
         watermark: row.get(3),
+        expired_leases: row.get(4),
     }
 }
 

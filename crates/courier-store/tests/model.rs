@@ -319,6 +319,17 @@ async fn check_invariants(
         prop_assert_eq!(next, stored.frontier, "ranges must tile up to the frontier");
         prop_assert_eq!(stored.frontier, part.frontier);
         prop_assert_eq!(stored.watermark, part.watermark);
+        let expired = part
+            .ranges
+            .values()
+            .filter(|r| r.state == RangeState::Leased && r.expired)
+            .count();
+        prop_assert_eq!(
+            stored.expired_leases,
+            expired as i64,
+            "expired leases of partition {}",
+            p
+        );
         // 4. Monotonic.
         prop_assert!(
             stored.frontier >= last_marks[p].0 && stored.watermark >= last_marks[p].1,

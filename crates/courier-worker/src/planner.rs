@@ -92,6 +92,10 @@ async fn plan_route(
         .advance_watermarks(name)
         .await
         .map_err(|e| e.to_string())?;
+    if progress.iter().any(|p| p.expired_leases > 0) {
+        // A worker died or stalled: its ranges are up for grabs now, not at the next idle poll.
+        ctx.work_available.notify_waiters();
+    }
     let range_size = i64::from(route.config.range_size);
     for partition in &progress {
         let Some(mark) = marks.iter().find(|m| m.partition == partition.partition) else {
