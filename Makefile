@@ -16,14 +16,14 @@ demo: ## Run the pipeline end to end: local services (stopped again after), a de
 	scripts/demo.sh
 
 .PHONY: test
-test: services ## Run the whole test suite against real PostgreSQL, Kafka and HTTP (~15 min cold on 2 cores)
+test: services ## Run the whole test suite against real PostgreSQL, Kafka and HTTP (~10 min from a cold build on 2 cores)
 	scripts/postgres.sh clean-test-databases
 	$(CARGO) test --workspace --no-fail-fast
 
 ##@ Longer runs
 
 .PHONY: chaos
-chaos: services ## Full chaos gameday: incident 8 naive vs courier, and the other faults of that day
+chaos: services ## Full chaos gameday (~7 min): incident 8 naive vs courier, and the other faults of that day
 	$(CARGO) run --release -p courier -- gameday --all --full
 
 .PHONY: bench

@@ -41,9 +41,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use courier_core::{Message, Offset, OffsetRange, Partition};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer as RdBaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
+use rdkafka::ClientContext;
 use rdkafka::{Offset as RdOffset, TopicPartitionList};
 use tracing::{debug, warn};
 
@@ -60,6 +61,29 @@ pub const PARK_AFTER: Duration = Duration::from_secs(3);
 
 /// How often the background task looks for consumers to park.
 const PARK_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// A range reader's consumer.
+type BaseConsumer = RdBaseConsumer<ReaderContext>;
+
+/// Routes librdkafka's global errors to tracing. rdkafka's default context logs every one at ERROR,
+/// including `PartitionEOF`, which here only means "this read reached the end of the partition": at
+/// 2 a.m. an ERROR line must mean something is wrong.
+struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            KafkaError::PartitionEOF(_) => {
+                tracing::trace!(%error, "Reached the end of a partition.")
+            }
+            _ => {
+                tracing::warn!(%error, reason, "librdkafka reported an error; reads retry, and a range that cannot be read fails with its reason.")
+            }
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
 
 /// The low and high watermarks of one partition.
 ///
@@ -328,7 +352,7 @@ impl Inner {
     fn create_consumer(&self) -> Result<BaseConsumer, Error> {
         self.config
             .reader_client_config()
-            .create::<BaseConsumer>()
+            .create_with_context::<_, BaseConsumer>(ReaderContext)
             .map_err(Error::Config)
     }
 

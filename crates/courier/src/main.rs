@@ -7,6 +7,7 @@
 //! - `cmd_*`: one module per subcommand.
 
 mod cmd_demo;
+mod cmd_gameday;
 mod cmd_migrate;
 mod cmd_probe;
 mod cmd_replay;
@@ -61,6 +62,8 @@ enum Command {
     Probe(cmd_probe::ProbeArgs),
     /// The demo: local services, a demo topic and destination, live progress, then a summary.
     Demo(cmd_demo::DemoArgs),
+    /// Chaos gameday: incident 8 naive vs courier and the other faults of that day, every message counted.
+    Gameday(cmd_gameday::GamedayArgs),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
             Command::Replay(args) => done(cmd_replay::run(args).await),
             Command::Probe(args) => cmd_probe::run(args).await,
             Command::Demo(args) => done(cmd_demo::run(args).await),
+            Command::Gameday(args) => cmd_gameday::run(args).await,
         }
     });
     match outcome {

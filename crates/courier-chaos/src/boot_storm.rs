@@ -1,0 +1,171 @@
+//! Fifty workers booting at once against a fresh database (incident 8's "suddenly very high amounts").
+//!
+//! Every worker boots the way `courier run --migrate` does: the migration runner, then the store, then
+//! the worker. In-process in the tests; real `courier run --migrate` processes in `courier gameday`.
+//! Checks: no boot fails, the migrations are applied exactly once in all (the others wait on the
+//! advisory lock or find the schema current; none touches a table lock), then every message is
+//! delivered with nothing lost.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use courier_store::{Migrator, StoreError};
+use courier_worker::WorkerConfig;
+use tokio::sync::Barrier;
+
+use crate::pipeline::{fast_worker_config, Pipeline, PipelineSpec};
+use crate::report::ScenarioReport;
+use crate::workers::{Launcher, WorkerHandle};
+use crate::{ChaosError, Options};
+
+/// Workers booting at once.
+pub const WORKERS: usize = 50;
+
+pub async fn run(options: &Options) -> Result<ScenarioReport, ChaosError> {
+    let started = Instant::now();
+    let mut report = ScenarioReport::new("boot-storm", None, options.length);
+    // Fifty workers on two cores: each polls and plans less often than a lone chaos worker would.
+    let spec = PipelineSpec {
+        partitions: 4,
+        migrate: false,
+        pool_size: 2,
+        worker: WorkerConfig {
+            delivery_tasks: 1,
+            poll_interval: Duration::from_millis(250),
+            plan_interval: Duration::from_secs(1),
+            heartbeat_every: Duration::from_secs(5),
+            ..fast_worker_config()
+        },
+        ..PipelineSpec::fast("bootstorm")
+    };
+    let mut p = Pipeline::start(&options.services, spec, options.launcher.clone()).await?;
+    let mut workers = Vec::new();
+    let outcome = drive(options, &mut p, &mut workers, &mut report).await;
+    let finished = p.finish(workers).await;
+    outcome?;
+    finished?;
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+async fn drive(
+    options: &Options,
+    p: &mut Pipeline,
+    workers: &mut Vec<WorkerHandle>,
+    report: &mut ScenarioReport,
+) -> Result<(), ChaosError> {
+    p.produce(options.length.pick(2000, 10_000)).await?;
+    let mut spec = p.worker_spec(&p.good_url());
+    spec.migrate = true;
+
+    let booting = Instant::now();
+    let barrier = Arc::new(Barrier::new(WORKERS));
+    let mut boots = tokio::task::JoinSet::new();
+    for _ in 0..WORKERS {
+        let (barrier, spec, launcher) = (Arc::clone(&barrier), spec.clone(), p.launcher.clone());
+        boots.spawn(async move {
+            barrier.wait().await;
+            WorkerHandle::start(&launcher, &spec).await
+        });
+    }
+    let (mut failures, mut applied, mut retries, mut current) = (Vec::new(), Vec::new(), 0, 0);
+    while let Some(joined) = boots.join_next().await {
+        match joined {
+            Ok(Ok(started)) => {
+                if let Some(migration) = started.migration {
+                    applied.extend(migration.applied);
+                    retries += migration.ddl_retries;
+                    current += usize::from(migration.already_current);
+                }
+                workers.push(started.handle);
+            }
+            Ok(Err(error)) => failures.push(error.to_string()),
+            Err(join) => failures.push(format!("boot task failed: {join}")),
+        }
+    }
+    let booted_in = booting.elapsed();
+
+    let bound = options
+        .length
+        .pick(Duration::from_secs(120), Duration::from_secs(300));
+    let complete = p.wait_all_delivered(bound).await;
+    // A process that died at boot (or later) shows up here.
+    for worker in workers.iter_mut() {
+        if let Some(how) = worker.exited() {
+            failures.push(how);
+        }
+    }
+    if let Launcher::Process { .. } = p.launcher {
+        // Each process logs the migrations it applied.
+        for worker in workers.iter() {
+            if let Some(log) = worker.log() {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let text = crate::workers::strip_ansi(&text);
+                for line in text.lines().filter(|l| l.contains("Applied migration")) {
+                    if let Some(version) = line
+                        .split("version=")
+                        .nth(1)
+                        .and_then(|rest| rest.split_whitespace().next())
+                        .and_then(|v| v.parse::<i64>().ok())
+                    {
+                        applied.push(version);
+                    }
+                }
+            }
+        }
+    }
+    let store = p.harness().await?;
+    let rows: i64 = store
+        .run("chaos: migrations", |c| {
+            Box::pin(async move {
+                let row = c
+                    .query_one("SELECT count(*) FROM courier_migrations", &[])
+                    .await
+                    .map_err(|e| StoreError::from_db("chaos: migrations", e))?;
+                Ok(row.get(0))
+            })
+        })
+        .await
+        .map_err(|e| ChaosError::Setup(format!("reading courier_migrations: {e}")))?;
+    let expected_version = Migrator::embedded().expected_version();
+    let expected: Vec<i64> = (1..=expected_version).collect();
+    applied.sort_unstable();
+    let judgement = p.judge(None).await?;
+
+    report.note(format!(
+        "{WORKERS} workers ({}) booted in {:.1} s; migrations applied {:?} in all{}",
+        match p.launcher {
+            Launcher::InProcess => "in-process",
+            Launcher::Process { .. } => "`courier run --migrate` processes",
+        },
+        booted_in.as_secs_f64(),
+        applied,
+        match p.launcher {
+            Launcher::InProcess => format!(", {current} runner(s) found the schema current without a lock, ddl_retries {retries}"),
+            Launcher::Process { .. } => String::new(),
+        }
+    ));
+    for failure in failures.iter().take(5) {
+        report.evidence.push(failure.clone());
+    }
+    report.check(
+        "no boot failed",
+        failures.is_empty(),
+        format!("{} of {WORKERS} failed", failures.len()),
+    );
+    report.check(
+        "exactly one apply",
+        applied == expected && rows == expected_version,
+        format!("versions applied across workers {applied:?}, expected {expected:?}; courier_migrations has {rows} row(s)"),
+    );
+    report.check(
+        "every message delivered",
+        complete,
+        format!(
+            "{} of {} within {bound:?}",
+            judgement.delivered, judgement.messages_in
+        ),
+    );
+    report.judgement = Some(judgement);
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! The destination's DNS fails for a while (incident 8's first domino), then the fix is deployed.
+//!
+//! A worker delivers a steady trickle; a bad deploy replaces it with one whose destination is
+//! `http://courier-chaos.invalid:PORT/` (the deliverer answers `.invalid` names "no such name" locally,
+//! RFC 6761: nothing leaves the machine). After the outage window the fix is deployed: that worker is
+//! stopped and one with the right URL started. Checks: nothing reached the destination during the
+//! outage, the ranges recorded the DNS failure, nothing was lost, and how long recovery took.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use courier_store::StoreError;
+
+use crate::judge::FaultWindow;
+use crate::pipeline::{Pipeline, PipelineSpec};
+use crate::report::ScenarioReport;
+use crate::workers::WorkerHandle;
+use crate::{ChaosError, Options};
+
+const RATE: usize = 100;
+
+pub async fn run(options: &Options) -> Result<ScenarioReport, ChaosError> {
+    let started = Instant::now();
+    let mut report = ScenarioReport::new("dns-outage", None, options.length);
+    let outage = options
+        .length
+        .pick(Duration::from_secs(5), Duration::from_secs(60));
+    let mut p = Pipeline::start(
+        &options.services,
+        PipelineSpec::fast("dns"),
+        options.launcher.clone(),
+    )
+    .await?;
+    p.start_trickle(RATE, RATE * (outage.as_secs() as usize + 300));
+    let mut workers = vec![p.start_worker(&p.good_url()).await?];
+    let outcome = drive(options, &mut p, &mut workers, &mut report, outage).await;
+    let finished = p.finish(workers).await;
+    outcome?;
+    finished?;
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+async fn drive(
+    options: &Options,
+    p: &mut Pipeline,
+    workers: &mut Vec<WorkerHandle>,
+    report: &mut ScenarioReport,
+    outage: Duration,
+) -> Result<(), ChaosError> {
+    let bound = options
+        .length
+        .pick(Duration::from_secs(60), Duration::from_secs(240));
+    p.wait_delivered_elements(
+        RATE as u64,
+        bound,
+        "warm-up: the worker delivers before the fault",
+    )
+    .await?;
+
+    // The bad deploy: the destination's name no longer resolves.
+    let bad_url = format!("http://courier-chaos.invalid:{}/", p.sink.addr().port());
+    let fault_started = SystemTime::now();
+    redeploy(p, workers, &bad_url, report).await?;
+    let requests_before = p.sink.stats().requests;
+    // Holding the outage open (not synchronisation).
+    tokio::time::sleep(outage).await;
+    let requests_during = p.sink.stats().requests - requests_before;
+
+    // The fix is deployed (recovery is measured from the start of the deploy: it includes the rollout).
+    let fault_ended = SystemTime::now();
+    redeploy(p, workers, &p.good_url(), report).await?;
+    p.wait_progress(1, bound, "first delivery after the fix")
+        .await?;
+    p.stop_trickle().await?;
+    let complete = p.wait_all_delivered(bound).await;
+
+    let store = p.harness().await?;
+    let dns_failures: i64 = store
+        .run("chaos: dns failures", |c| {
+            Box::pin(async move {
+                let row = c
+                    .query_one(
+                        "SELECT count(*) FROM courier_ranges WHERE last_error ILIKE '%courier-chaos.invalid%'",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| StoreError::from_db("chaos: dns failures", e))?;
+                Ok(row.get(0))
+            })
+        })
+        .await
+        .map_err(|e| ChaosError::Setup(format!("reading last_error: {e}")))?;
+    let judgement = p
+        .judge(Some(FaultWindow {
+            started: fault_started,
+            ended: fault_ended,
+        }))
+        .await?;
+    report.note(format!(
+        "outage {:.0} s: {requests_during} request(s) reached the destination; {dns_failures} range(s) recorded the DNS failure in last_error",
+        outage.as_secs_f64()
+    ));
+    report.check(
+        "the outage was real",
+        requests_during == 0 && dns_failures > 0,
+        format!("{requests_during} requests during the outage, {dns_failures} ranges failed on the name"),
+    );
+    report.check(
+        "every message delivered",
+        complete,
+        format!(
+            "{} of {} within {bound:?} of the fix",
+            judgement.delivered, judgement.messages_in
+        ),
+    );
+    report.judgement = Some(judgement);
+    Ok(())
+}
+
+/// Stops the running worker (SIGTERM: drain and release) and starts one delivering to `url`.
+async fn redeploy(
+    p: &Pipeline,
+    workers: &mut Vec<WorkerHandle>,
+    url: &str,
+    report: &mut ScenarioReport,
+) -> Result<(), ChaosError> {
+    for mut old in workers.drain(..) {
+        if let Err(how) = old.stop(Duration::from_secs(10)).await {
+            report.note(format!("stopping the old worker: {how}"));
+        }
+    }
+    workers.push(p.start_worker(url).await?);
+    Ok(())
+}

@@ -1,0 +1,631 @@
+//! Incident 8, failure 3: orphan amplification.
+//!
+//! While a lock blocks `courier_ranges` (the harness holds `LOCK TABLE ... ACCESS EXCLUSIVE` for a
+//! window), clients with short deadlines repeatedly try a lease-like claim, give up, close their socket
+//! and retry on a new connection; one attempt in three is cancelled sooner still (a caller shutting
+//! down). Each claim also records itself in a side table, `chaos_claims`, in the same statement, so a
+//! claim committed by a backend nobody waits for any more is visible afterwards.
+//!
+//! Naive: server defaults. A backend queued on a lock does not notice its client left: orphans pile up
+//! (counted every 100 ms in `pg_stat_activity`), and when the lock is freed they commit claims no client
+//! ever received. Courier: sessions with the limits courier derives from a 500 ms deadline
+//! (`lock_timeout` 300 ms, so the server answers first) and `client_connection_check_interval`
+//! 250 ms (so a backend whose client was cancelled is ended within it). Either way a courier worker then
+//! delivers the backlog: a late claim only delays its range (its lease expires), its epoch is stale once
+//! the worker re-leases it (its checkpoint is fenced), and the judge counts 0 lost.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use courier_core::{CheckpointOutcome, Epoch, Lease, OffsetRange, RangeKind};
+use courier_store::{DedicatedConnection, PlanRequest, RouteSpec, Store, StoreConfig, Timeouts};
+use tokio::sync::watch;
+use tokio_postgres::types::{ToSql, Type};
+
+use crate::env::{db_error, RawSession, HARNESS_APP};
+use crate::judge::FaultWindow;
+use crate::pipeline::{poll, Pipeline, PipelineSpec, DESTINATION, ROUTE};
+use crate::report::{Incident8Figures, Mode, ScenarioReport};
+use crate::{ChaosError, Options};
+
+/// `application_name` of the claiming clients.
+const CLIENT_APP: &str = "courier-chaos-client";
+/// Concurrent clients.
+const CLIENTS: usize = 4;
+/// A client's deadline for one claim.
+const DEADLINE: Duration = Duration::from_millis(500);
+/// The deadline of every third attempt: the caller was cancelled (shutdown, a parent's timeout).
+const CANCELLED: Duration = Duration::from_millis(150);
+/// Naive orphans stop being added past this many, to keep the shared server below `max_connections`.
+const ORPHAN_CAP: usize = 150;
+
+/// A lease-like claim of one pending range, recorded in `chaos_claims` by the same statement.
+const CLAIM_SQL: &str = "WITH picked AS (
+        SELECT id FROM courier_ranges WHERE route = $2 AND state = 'pending'
+        ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED),
+    claimed AS (
+        UPDATE courier_ranges r SET state = 'leased', epoch = r.epoch + 1, lease_owner = $1,
+            lease_expires_at = now() + interval '2 seconds', attempts = r.attempts + 1, updated_at = now()
+        FROM picked WHERE r.id = picked.id
+        RETURNING r.id, r.epoch)
+    INSERT INTO chaos_claims (owner, range_id, epoch) SELECT $1, id, epoch FROM claimed
+    RETURNING range_id, epoch";
+
+/// The limits courier derives from a 500 ms client deadline.
+pub fn client_timeouts() -> Timeouts {
+    Timeouts {
+        client_deadline: DEADLINE,
+        statement_timeout: Duration::from_millis(450),
+        lock_timeout: Duration::from_millis(300),
+        ddl_lock_timeout: Duration::from_millis(300),
+        idle_in_transaction_session_timeout: Duration::from_secs(3),
+        client_connection_check_interval: Duration::from_millis(250),
+        pool_wait: Duration::from_millis(400),
+        ..Timeouts::default()
+    }
+}
+
+pub async fn run(options: &Options) -> Result<Vec<ScenarioReport>, ChaosError> {
+    let naive = one(options, Mode::Naive).await?;
+    let courier = one(options, Mode::Courier).await?;
+    Ok(vec![naive, courier])
+}
+
+fn sql_error(what: &str) -> impl Fn(tokio_postgres::Error) -> ChaosError + '_ {
+    move |e| ChaosError::Setup(format!("{what}: {}", db_error(&e)))
+}
+
+/// What the clients did.
+#[derive(Default)]
+struct Clients {
+    /// `(owner, backend pid, when the client gave up)` of every abandoned attempt.
+    abandoned: Mutex<Vec<(String, i32, Instant)>>,
+    attempts: AtomicUsize,
+    server_gave_up: AtomicUsize,
+    received: AtomicUsize,
+    other_errors: Mutex<Vec<String>>,
+    /// Set by the sampler when naive orphans reach [`ORPHAN_CAP`].
+    capped: AtomicBool,
+}
+
+impl Clients {
+    fn abandoned(&self) -> Vec<(String, i32, Instant)> {
+        self.abandoned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+enum Conn {
+    Raw(RawSession),
+    Courier(DedicatedConnection),
+}
+
+impl Conn {
+    fn client(&self) -> &tokio_postgres::Client {
+        match self {
+            Self::Raw(session) => session,
+            Self::Courier(connection) => connection,
+        }
+    }
+}
+
+async fn one(options: &Options, mode: Mode) -> Result<ScenarioReport, ChaosError> {
+    let started = Instant::now();
+    let mut report = ScenarioReport::new("orphans", Some(mode), options.length);
+    let spec = PipelineSpec {
+        range_size: 10,
+        ..PipelineSpec::fast(&format!("orphans_{}", mode.as_str()))
+    };
+    let mut p = Pipeline::start(&options.services, spec, options.launcher.clone()).await?;
+    let mut workers = Vec::new();
+    let outcome = drive(options, mode, &mut p, &mut workers, &mut report).await;
+    let finished = p.finish(workers).await;
+    outcome?;
+    finished?;
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+async fn drive(
+    options: &Options,
+    mode: Mode,
+    p: &mut Pipeline,
+    workers: &mut Vec<crate::workers::WorkerHandle>,
+    report: &mut ScenarioReport,
+) -> Result<(), ChaosError> {
+    let window = options
+        .length
+        .pick(Duration::from_secs(6), Duration::from_secs(20));
+    let backlog = options.length.pick(2000, 4000);
+
+    // A backlog carved into ranges, nothing leased yet.
+    p.produce(backlog).await?;
+    let harness = p.harness().await?;
+    plan_everything(p, &harness).await?;
+    let monitor = p.db.raw(HARNESS_APP).await?;
+    monitor
+        .batch_execute(
+            "CREATE TABLE chaos_claims (owner text NOT NULL, range_id bigint NOT NULL, epoch bigint NOT NULL,
+                                        claimed_at timestamptz NOT NULL DEFAULT clock_timestamp())",
+        )
+        .await
+        .map_err(sql_error("creating chaos_claims"))?;
+
+    // The lock.
+    let blocker = p.db.raw("chaos-blocker").await?;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE courier_ranges IN ACCESS EXCLUSIVE MODE")
+        .await
+        .map_err(sql_error("blocker takes the table lock"))?;
+    let fault_started = SystemTime::now();
+    let window_start = Instant::now();
+
+    // The clients.
+    let client_store = match mode {
+        Mode::Naive => None,
+        Mode::Courier => Some(
+            Store::connect(&StoreConfig {
+                application_name: CLIENT_APP.to_owned(),
+                pool_size: 1,
+                ..p.db.store_config(client_timeouts())
+            })
+            .await
+            .map_err(|e| ChaosError::Setup(format!("client store: {e}")))?,
+        ),
+    };
+    let clients = Arc::new(Clients::default());
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    for k in 0..CLIENTS {
+        tasks.spawn(client_loop(
+            k,
+            p.db.url.clone(),
+            client_store.clone(),
+            Arc::clone(&clients),
+            stopped.clone(),
+        ));
+    }
+
+    // The sampler: orphans (backends waiting on the lock whose client already gave up), every 100 ms.
+    let mut orphan_max = 0;
+    let mut series: Vec<(Duration, usize)> = Vec::new();
+    let mut gone_at: HashMap<i32, Instant> = HashMap::new();
+    while window_start.elapsed() < window {
+        let orphans = sample(&monitor, &clients, &mut gone_at).await?;
+        orphan_max = orphan_max.max(orphans);
+        series.push((window_start.elapsed(), orphans));
+        if mode == Mode::Naive && orphans >= ORPHAN_CAP {
+            clients.capped.store(true, AtomicOrdering::Relaxed);
+        }
+        // Pacing the sampler (not synchronisation).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(true);
+    let bound = DEADLINE + Duration::from_secs(5);
+    let joined =
+        tokio::time::timeout(bound, async { while tasks.join_next().await.is_some() {} }).await;
+    if joined.is_err() {
+        tasks.abort_all();
+    }
+    // Its pooled connection carries the clients' application_name too.
+    drop(client_store);
+    // Before the lock goes: wait (bounded) until no abandoned backend is still queued. Courier's end
+    // within client_connection_check_interval; naive ones never do, and the wait just ends.
+    let settle = poll(Duration::from_secs(2), || async {
+        let orphans = sample(&monitor, &clients, &mut HashMap::new()).await.ok()?;
+        (orphans == 0).then_some(())
+    })
+    .await;
+    let orphans_at_release = sample(&monitor, &clients, &mut gone_at).await?;
+    orphan_max = orphan_max.max(orphans_at_release);
+    let _ = settle;
+
+    let connections = monitor
+        .query_one(
+            "SELECT current_setting('max_connections')::int, (SELECT count(*) FROM pg_stat_activity)::int",
+            &[],
+        )
+        .await
+        .map(|row| (row.get::<_, i32>(0), row.get::<_, i32>(1)));
+
+    // The lock goes; naive orphans now run their claims.
+    blocker
+        .batch_execute("ROLLBACK")
+        .await
+        .map_err(sql_error("blocker releases the lock"))?;
+    drop(blocker);
+    let fault_ended = SystemTime::now();
+    let drained = poll(Duration::from_secs(20), || async {
+        let left: i64 = monitor
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1",
+                &[&CLIENT_APP],
+            )
+            .await
+            .ok()?
+            .get(0);
+        (left == 0).then_some(())
+    })
+    .await;
+    if drained.is_none() {
+        let left: Vec<String> = crate::incident8::activity(&monitor)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| a.application == CLIENT_APP)
+            .take(5)
+            .map(|a| {
+                format!(
+                    "pid {} {} {}/{} `{}`",
+                    a.pid, a.state, a.wait_event_type, a.wait_event, a.query
+                )
+            })
+            .collect();
+        return Err(ChaosError::Stuck(format!(
+            "client backends were still alive 20 s after the lock was freed: {}",
+            left.join("; ")
+        )));
+    }
+
+    // Late claims: committed by a backend whose client had given up.
+    let abandoned = clients.abandoned();
+    let owners: HashSet<&str> = abandoned
+        .iter()
+        .map(|(owner, _, _)| owner.as_str())
+        .collect();
+    let claims: Vec<(String, i64, i64)> = monitor
+        .query(
+            "SELECT owner, range_id, epoch FROM chaos_claims ORDER BY claimed_at",
+            &[],
+        )
+        .await
+        .map_err(sql_error("reading chaos_claims"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let late: Vec<&(String, i64, i64)> = claims
+        .iter()
+        .filter(|(owner, _, _)| owners.contains(owner.as_str()))
+        .collect();
+
+    // A courier worker delivers the backlog.
+    workers.push(p.start_worker(&p.good_url()).await?);
+    let bound = options
+        .length
+        .pick(Duration::from_secs(60), Duration::from_secs(180));
+    let complete = p.wait_all_delivered(bound).await;
+
+    // Fencing: every late claim's epoch is stale now; its checkpoint changes nothing.
+    let mut fenced = 0;
+    for (_, range_id, epoch) in &late {
+        let row = monitor
+            .query_one("SELECT partition, start_offset, end_offset, epoch FROM courier_ranges WHERE id = $1", &[range_id])
+            .await
+            .map_err(sql_error("reading a late-claimed range"))?;
+        let (partition, start, end, now_epoch): (i32, i64, i64, i64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        let Ok(range) = OffsetRange::new(start, end) else {
+            continue;
+        };
+        let stale = Lease {
+            id: *range_id,
+            route: ROUTE.to_owned(),
+            partition,
+            range,
+            epoch: Epoch(*epoch),
+            attempts: 1,
+            kind: RangeKind::Live,
+            resume_from: start,
+        };
+        let outcome = harness
+            .checkpoint(&stale)
+            .await
+            .map_err(|e| ChaosError::Setup(format!("stale checkpoint of range {range_id}: {e}")))?;
+        if now_epoch > *epoch && outcome == CheckpointOutcome::Fenced {
+            fenced += 1;
+        }
+    }
+
+    let judgement = p
+        .judge(Some(FaultWindow {
+            started: fault_started,
+            ended: fault_ended,
+        }))
+        .await?;
+
+    // The report.
+    let attempts = clients.attempts.load(AtomicOrdering::Relaxed);
+    let server_gave_up = clients.server_gave_up.load(AtomicOrdering::Relaxed);
+    let lifetimes: Vec<Duration> = abandoned
+        .iter()
+        .filter_map(|(_, pid, at)| {
+            gone_at
+                .get(pid)
+                .map(|gone| gone.saturating_duration_since(*at))
+        })
+        .collect();
+    let longest_orphan = lifetimes.iter().max().copied().unwrap_or_default();
+    let survived = abandoned.len() - lifetimes.len();
+    report.note(format!(
+        "{CLIENTS} clients, {attempts} claim attempts in {:.0} s: {} abandoned by their client ({} ms deadline, every third {} ms), {server_gave_up} answered by the server first (lock_timeout), {} received",
+        window.as_secs_f64(),
+        abandoned.len(),
+        DEADLINE.as_millis(),
+        CANCELLED.as_millis(),
+        clients.received.load(AtomicOrdering::Relaxed),
+    ));
+    report.note(format!(
+        "orphan backends queued on the lock: {} (sampled every 100 ms; max {orphan_max}, {orphans_at_release} still queued when the lock was freed)",
+        growth(&series)
+    ));
+    if mode == Mode::Naive {
+        match connections {
+            Ok((max, in_use)) if orphan_max > 0 => {
+                let rate = orphan_max as f64 / window.as_secs_f64();
+                report.note(format!(
+                    "at {rate:.1} new orphans/s, this server (max_connections {max}, {in_use} connections in use at the end of the window) refuses every new connection (`too many clients already`) after ~{:.0} s",
+                    f64::from(max) / rate
+                ));
+            }
+            Ok(_) => {}
+            Err(error) => report.evidence.push(format!(
+                "could not read max_connections: {}",
+                db_error(&error)
+            )),
+        }
+        if clients.capped.load(AtomicOrdering::Relaxed) {
+            report.note(format!("clients stopped opening connections at {ORPHAN_CAP} orphans, to spare the shared server"));
+        }
+    } else {
+        report.note(format!(
+            "abandoned backends ended by the server after at most {:.0} ms (client_connection_check_interval {} ms); {survived} outlived the window",
+            longest_orphan.as_secs_f64() * 1000.0,
+            client_timeouts().client_connection_check_interval.as_millis()
+        ));
+    }
+    report.note(format!(
+        "late claims committed after the lock was freed, received by no client: {}; fenced afterwards (epoch moved on, stale checkpoint changed nothing): {fenced}",
+        late.len()
+    ));
+    for error in clients
+        .other_errors
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .take(3)
+    {
+        report.evidence.push(error.clone());
+    }
+    report.check(
+        "every message delivered",
+        complete,
+        format!(
+            "{} of {} within {bound:?}",
+            judgement.delivered, judgement.messages_in
+        ),
+    );
+    report.check(
+        "every late claim fenced",
+        fenced == late.len(),
+        format!("{fenced} of {}", late.len()),
+    );
+    match mode {
+        Mode::Naive => report.check(
+            "reproduced",
+            orphan_max > 0 && !late.is_empty(),
+            format!(
+                "up to {orphan_max} orphan backends; {} claims committed that no client received",
+                late.len()
+            ),
+        ),
+        Mode::Courier => {
+            // The interval, plus the sampler's own cadence and latency on a busy machine.
+            let bound = client_timeouts().client_connection_check_interval + Duration::from_secs(1);
+            report.check(
+                "no orphan survives the connection check",
+                survived == 0 && longest_orphan <= bound && late.is_empty(),
+                format!(
+                    "longest orphan {:.0} ms (bound {} ms), {survived} survived, {} late claims",
+                    longest_orphan.as_secs_f64() * 1000.0,
+                    bound.as_millis(),
+                    late.len()
+                ),
+            );
+        }
+    }
+    // No stall column: the lock is the harness's in both modes, and the worker starts after it.
+    report.incident8 = Some(Incident8Figures {
+        orphan_backends_max: Some(orphan_max),
+        late_claims: Some(late.len()),
+        lost: Some(judgement.lost),
+        ..Incident8Figures::default()
+    });
+    report.judgement = Some(judgement);
+    Ok(())
+}
+
+/// Counts orphans now: backends waiting on a lock whose client already gave up. Records when each
+/// abandoned backend was first seen gone.
+async fn sample(
+    monitor: &RawSession,
+    clients: &Clients,
+    gone_at: &mut HashMap<i32, Instant>,
+) -> Result<usize, ChaosError> {
+    let abandoned = clients.abandoned();
+    let waiting: HashSet<i32> = monitor
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()
+               AND application_name = $1 AND wait_event_type = 'Lock'",
+            &[&CLIENT_APP],
+        )
+        .await
+        .map_err(sql_error("sampling pg_stat_activity"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let now = Instant::now();
+    let mut orphans = 0;
+    for (_, pid, _) in &abandoned {
+        if waiting.contains(pid) {
+            orphans += 1;
+        } else {
+            gone_at.entry(*pid).or_insert(now);
+        }
+    }
+    Ok(orphans)
+}
+
+/// "+N per 5 s" from the sampled series.
+fn growth(series: &[(Duration, usize)]) -> String {
+    let mut marks = Vec::new();
+    let mut next = Duration::from_secs(5);
+    for (at, count) in series {
+        if *at >= next {
+            marks.push(format!("{count} at {:.0} s", at.as_secs_f64()));
+            next += Duration::from_secs(5);
+        }
+    }
+    if let Some((at, count)) = series.last() {
+        marks.push(format!("{count} at {:.1} s", at.as_secs_f64()));
+    }
+    marks.join(", ")
+}
+
+/// Registers the route and carves every produced offset into pending ranges (as the planner would).
+async fn plan_everything(p: &Pipeline, store: &Store) -> Result<(), ChaosError> {
+    let setup =
+        |e: courier_store::StoreError| ChaosError::Setup(format!("planning the backlog: {e}"));
+    store
+        .ensure_route(&RouteSpec {
+            name: ROUTE.to_owned(),
+            topic: p.topic.clone(),
+            destination: DESTINATION.to_owned(),
+        })
+        .await
+        .map_err(setup)?;
+    let mut high: HashMap<i32, i64> = HashMap::new();
+    for produced in p.produced() {
+        let mark = high.entry(produced.partition).or_default();
+        *mark = (*mark).max(produced.offset + 1);
+    }
+    let initial: Vec<(i32, i64)> = (0..p.spec.partitions)
+        .map(|partition| (partition, 0))
+        .collect();
+    store
+        .ensure_partitions(ROUTE, &initial)
+        .await
+        .map_err(setup)?;
+    for (partition, high_watermark) in high {
+        store
+            .plan(&PlanRequest {
+                route: ROUTE.to_owned(),
+                partition,
+                high_watermark,
+                range_size: p.spec.range_size,
+                max_new_ranges: 100_000,
+                max_tail_age: Duration::ZERO,
+            })
+            .await
+            .map_err(setup)?;
+    }
+    Ok(())
+}
+
+/// One client: claim, give up at the deadline (closing the socket at once), retry on a new connection.
+async fn client_loop(
+    k: usize,
+    url: String,
+    store: Option<Store>,
+    clients: Arc<Clients>,
+    mut stop: watch::Receiver<bool>,
+) {
+    for n in 1..=10_000usize {
+        if *stop.borrow() {
+            return;
+        }
+        if clients.capped.load(AtomicOrdering::Relaxed) {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+        let connected = match &store {
+            None => RawSession::connect(&url, CLIENT_APP)
+                .await
+                .map(Conn::Raw)
+                .map_err(|e| db_error(&e)),
+            Some(store) => store
+                .dedicated_connection()
+                .await
+                .map(Conn::Courier)
+                .map_err(|e| e.to_string()),
+        };
+        let conn = match connected {
+            Ok(conn) => conn,
+            Err(error) => {
+                remember(&clients, format!("client {k} could not connect: {error}"));
+                // Pacing a client whose server is refusing it (not synchronisation).
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let pid: i32 = match conn
+            .client()
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+        {
+            Ok(row) => row.get(0),
+            Err(error) => {
+                remember(&clients, format!("client {k}: {}", db_error(&error)));
+                continue;
+            }
+        };
+        let owner = format!("client{k}-attempt{n}");
+        let deadline = if n % 3 == 0 { CANCELLED } else { DEADLINE };
+        clients.attempts.fetch_add(1, AtomicOrdering::Relaxed);
+        // Parse, bind and execute in one message, as a client that has sent its statement: the wait
+        // for the lock is in execution, so a backend granted the lock later runs the claim to commit.
+        let params: [(&(dyn ToSql + Sync), Type); 2] = [(&owner, Type::TEXT), (&ROUTE, Type::TEXT)];
+        let claim = conn.client().query_typed(CLAIM_SQL, &params);
+        match tokio::time::timeout(deadline, claim).await {
+            Ok(Ok(rows)) => {
+                clients
+                    .received
+                    .fetch_add(rows.len(), AtomicOrdering::Relaxed);
+            }
+            Ok(Err(error)) => match error.code().map(|c| c.code()) {
+                Some("55P03" | "57014") => {
+                    clients.server_gave_up.fetch_add(1, AtomicOrdering::Relaxed);
+                }
+                _ => remember(&clients, format!("client {k}: {}", db_error(&error))),
+            },
+            Err(_) => {
+                // Gave up: the socket closes now (the connection task is aborted), the backend stays.
+                drop(conn);
+                clients
+                    .abandoned
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((owner, pid, Instant::now()));
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+fn remember(clients: &Clients, error: String) {
+    let mut errors = clients
+        .other_errors
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if errors.len() < 10 {
+        errors.push(error);
+    }
+}

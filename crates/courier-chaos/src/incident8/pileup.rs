@@ -1,0 +1,343 @@
+//! Incident 8, failure 2: the pile-up stall, in which no deadlock is ever reported.
+//!
+//! A live pipeline (a courier worker in-process or as a process, a steady trickle, compaction off) is
+//! delivering. Then:
+//! 1. a **holder** opens a transaction holding row locks on `courier_ranges` (`SELECT ... FOR UPDATE` of
+//!    the two newest ranges, as a worker mid-lease would) and freezes: it never sends again;
+//! 2. a **booting worker** runs `ALTER TABLE courier_ranges ADD COLUMN IF NOT EXISTS boot_marker int`,
+//!    which queues for AccessExclusiveLock behind the holder, and every lease and checkpoint queues
+//!    behind *it*.
+//!
+//! Naive: holder and ALTER on sessions with the server's defaults. Nothing moves until the harness's
+//! bound, when it captures `pg_stat_activity` / `pg_locks` (the queue points at the ALTER, not at the
+//! idle transaction that is the cause) and ends the holder with `pg_terminate_backend`.
+//! Courier: the holder is a courier session (`idle_in_transaction_session_timeout` ends it), and the
+//! booting worker is courier's migration runner applying a pending migration with that ALTER under
+//! `ddl_lock_timeout`, retried with backoff: the ALTER never queues for long, the server frees the lock,
+//! the migration is applied once.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use courier_store::{Migrator, Store, Timeouts};
+
+use crate::env::{db_error, HARNESS_APP};
+use crate::incident8::{
+    deadlocks_reported, pileup_evidence, wait_backend_gone, wait_lock_waiter, with_boot_migration,
+    BOOT_ALTER, BOOT_MIGRATION_VERSION,
+};
+use crate::judge::FaultWindow;
+use crate::pipeline::{Pipeline, PipelineSpec};
+use crate::report::{Incident8Figures, Mode, ScenarioReport};
+use crate::{ChaosError, Options};
+
+/// The frozen worker's transaction: row locks on the two newest ranges.
+const HOLDER_SQL: &str = "BEGIN; SELECT id FROM courier_ranges ORDER BY id DESC LIMIT 2 FOR UPDATE";
+
+/// Messages per second of the trickle.
+const RATE: usize = 50;
+
+pub async fn run(options: &Options) -> Result<Vec<ScenarioReport>, ChaosError> {
+    let naive = one(options, Mode::Naive).await?;
+    let courier = one(options, Mode::Courier).await?;
+    Ok(vec![naive, courier])
+}
+
+fn sql_error(what: &str) -> impl Fn(tokio_postgres::Error) -> ChaosError + '_ {
+    move |e| ChaosError::Setup(format!("{what}: {}", db_error(&e)))
+}
+
+async fn one(options: &Options, mode: Mode) -> Result<ScenarioReport, ChaosError> {
+    let started = Instant::now();
+    let length = options.length;
+    let mut report = ScenarioReport::new("pile-up", Some(mode), length);
+    // Naive: how long the harness lets the stall run before it steps in. Courier: the holder's
+    // transaction budget, after which the server ends it.
+    let naive_bound = length.pick(Duration::from_secs(15), Duration::from_secs(120));
+    let idle_timeout = length.pick(Duration::from_secs(3), Duration::from_secs(10));
+
+    let mut p = Pipeline::start(
+        &options.services,
+        PipelineSpec::fast(&format!("pileup_{}", mode.as_str())),
+        options.launcher.clone(),
+    )
+    .await?;
+    let total = RATE * (naive_bound.as_secs() as usize + 120);
+    p.start_trickle(RATE, total);
+    let worker = p.start_worker(&p.good_url()).await?;
+    let workers = vec![worker];
+    let outcome = drive(
+        options,
+        mode,
+        &mut p,
+        &mut report,
+        naive_bound,
+        idle_timeout,
+    )
+    .await;
+    let finished = p.finish(workers).await;
+    outcome?;
+    finished?;
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+async fn drive(
+    options: &Options,
+    mode: Mode,
+    p: &mut Pipeline,
+    report: &mut ScenarioReport,
+    naive_bound: Duration,
+    idle_timeout: Duration,
+) -> Result<(), ChaosError> {
+    let long = options
+        .length
+        .pick(Duration::from_secs(60), Duration::from_secs(240));
+    p.wait_delivered_elements(
+        RATE as u64,
+        long,
+        "warm-up: the worker delivers before the fault",
+    )
+    .await?;
+    let monitor = p.db.raw(HARNESS_APP).await?;
+    let deadlocks_before = deadlocks_reported(&monitor)
+        .await
+        .map_err(sql_error("reading pg_stat_database"))?;
+
+    // 1. The holder takes row locks and freezes.
+    // Kept alive, and silent, until the fault is over.
+    let (holder_pid, holder): (i32, Box<dyn Send>) = match mode {
+        Mode::Naive => {
+            let holder = p.db.raw("frozen-worker").await?;
+            let pid = holder
+                .backend_pid()
+                .await
+                .map_err(sql_error("holder pid"))?;
+            holder
+                .batch_execute(HOLDER_SQL)
+                .await
+                .map_err(sql_error("holder locks rows"))?;
+            (pid, Box::new(holder))
+        }
+        Mode::Courier => {
+            let timeouts = Timeouts {
+                idle_in_transaction_session_timeout: idle_timeout,
+                ..Timeouts::default()
+            };
+            let config = courier_store::StoreConfig {
+                application_name: "frozen-worker".to_owned(),
+                pool_size: 1,
+                ..p.db.store_config(timeouts)
+            };
+            let holder_store = Store::connect(&config)
+                .await
+                .map_err(|e| ChaosError::Setup(format!("holder store: {e}")))?;
+            let holder = holder_store
+                .dedicated_connection()
+                .await
+                .map_err(|e| ChaosError::Setup(format!("holder connection: {e}")))?;
+            let pid: i32 = holder
+                .query_one("SELECT pg_backend_pid()", &[])
+                .await
+                .map_err(sql_error("holder pid"))?
+                .get(0);
+            holder
+                .batch_execute(HOLDER_SQL)
+                .await
+                .map_err(sql_error("holder locks rows"))?;
+            (pid, Box::new(holder))
+        }
+    };
+    let fault_started = SystemTime::now();
+    let frozen_at = Instant::now();
+
+    // 2. The booting worker's DDL.
+    let booting = match mode {
+        Mode::Naive => {
+            let session = p.db.raw("booting-worker").await?;
+            tokio::spawn(async move {
+                let result = session
+                    .batch_execute(BOOT_ALTER)
+                    .await
+                    .map_err(|e| db_error(&e));
+                drop(session);
+                result.map(|()| None)
+            })
+        }
+        Mode::Courier => {
+            let config = p.db.store_config(Timeouts::default());
+            tokio::spawn(async move {
+                Migrator::new(with_boot_migration())
+                    .run(&config)
+                    .await
+                    .map(Some)
+                    .map_err(|e| e.to_string())
+            })
+        }
+    };
+    let alter_pid = wait_lock_waiter(
+        &monitor,
+        "ALTER TABLE courier_ranges",
+        Duration::from_secs(10),
+    )
+    .await;
+    report.note(match alter_pid {
+        Some(pid) => format!("the booting worker's ALTER TABLE (pid {pid}) queued for AccessExclusiveLock behind the holder (pid {holder_pid})"),
+        None => "the booting worker's ALTER TABLE was not seen waiting on the lock".to_owned(),
+    });
+
+    // 3. The stall: naive, until the harness steps in; courier, until the server ends the holder.
+    let fault_ended = match mode {
+        Mode::Naive => {
+            // Holding the fault window open (not synchronisation): this is the stall being measured.
+            tokio::time::sleep(naive_bound.saturating_sub(frozen_at.elapsed())).await;
+            report.evidence = pileup_evidence(&monitor, holder_pid, alter_pid, frozen_at.elapsed())
+                .await
+                .map_err(sql_error("capturing pg_stat_activity"))?;
+            monitor
+                .execute("SELECT pg_terminate_backend($1)", &[&holder_pid])
+                .await
+                .map_err(sql_error("pg_terminate_backend of the holder"))?;
+            let ended = wait_backend_gone(&monitor, holder_pid, Duration::from_secs(10))
+                .await
+                .ok_or_else(|| {
+                    ChaosError::Stuck(format!(
+                        "the holder (pid {holder_pid}) survived pg_terminate_backend for 10 s"
+                    ))
+                })?;
+            report.note(format!(
+                "the harness ended the holder with pg_terminate_backend after {:.1} s (no server-side limit would have)",
+                naive_bound.as_secs_f64()
+            ));
+            ended
+        }
+        Mode::Courier => {
+            let bound = idle_timeout + Duration::from_secs(15);
+            let ended = wait_backend_gone(&monitor, holder_pid, bound)
+                .await
+                .ok_or_else(|| {
+                    ChaosError::Stuck(format!(
+                        "the frozen holder (pid {holder_pid}) was not ended within {bound:?}"
+                    ))
+                })?;
+            let freed_after = ended.duration_since(fault_started).unwrap_or_default();
+            report.check(
+                "the server freed the frozen holder's locks",
+                freed_after <= idle_timeout + Duration::from_secs(3),
+                format!(
+                    "after {:.1} s (idle_in_transaction_session_timeout {:.0} s)",
+                    freed_after.as_secs_f64(),
+                    idle_timeout.as_secs_f64()
+                ),
+            );
+            ended
+        }
+    };
+    drop(holder);
+
+    // 4. The booting worker finishes; courier's migration is applied exactly once.
+    let boot = tokio::time::timeout(Duration::from_secs(60), booting)
+        .await
+        .map_err(|_| {
+            ChaosError::Stuck(
+                "the booting worker's DDL did not finish within 60 s of the lock being freed"
+                    .into(),
+            )
+        })?
+        .map_err(|e| ChaosError::Setup(format!("booting worker task: {e}")))?;
+    match (mode, boot) {
+        (Mode::Naive, Ok(_)) => {
+            report.note("the booting worker's ALTER TABLE completed once the holder was gone")
+        }
+        (Mode::Naive, Err(e)) => {
+            report.note(format!("the booting worker's ALTER TABLE failed: {e}"))
+        }
+        (Mode::Courier, Ok(Some(migration))) => {
+            let rows: i64 = monitor
+                .query_one(
+                    "SELECT count(*) FROM courier_migrations WHERE version = $1",
+                    &[&BOOT_MIGRATION_VERSION],
+                )
+                .await
+                .map_err(sql_error("reading courier_migrations"))?
+                .get(0);
+            report.note(format!(
+                "migration {BOOT_MIGRATION_VERSION} applied by courier's runner after {} DDL retr{} under ddl_lock_timeout {:.0} ms",
+                migration.ddl_retries,
+                if migration.ddl_retries == 1 { "y" } else { "ies" },
+                Timeouts::default().ddl_lock_timeout.as_secs_f64() * 1000.0
+            ));
+            report.check(
+                "migration applied once",
+                migration.applied == vec![BOOT_MIGRATION_VERSION] && rows == 1,
+                format!("runner applied {:?}; courier_migrations rows for {BOOT_MIGRATION_VERSION}: {rows}", migration.applied),
+            );
+        }
+        (Mode::Courier, Ok(None)) => {}
+        (Mode::Courier, Err(e)) => report.check(
+            "migration applied once",
+            false,
+            format!("the migration runner failed: {e}"),
+        ),
+    }
+
+    // 5. Recovery: everything produced is delivered; then the judge.
+    let bound = options
+        .length
+        .pick(Duration::from_secs(60), Duration::from_secs(240));
+    p.wait_progress(1, bound, "first delivery after the lock was freed")
+        .await?;
+    p.stop_trickle().await?;
+    let complete = p.wait_all_delivered(bound).await;
+    let deadlocks = deadlocks_reported(&monitor)
+        .await
+        .map_err(sql_error("reading pg_stat_database"))?
+        - deadlocks_before;
+    let judgement = p
+        .judge(Some(FaultWindow {
+            started: fault_started,
+            ended: fault_ended,
+        }))
+        .await?;
+    report.check(
+        "every message delivered",
+        complete,
+        format!(
+            "{} of {} within {bound:?} of the end of the fault",
+            judgement.delivered, judgement.messages_in
+        ),
+    );
+    report.note(format!(
+        "deadlocks reported by PostgreSQL during the pile-up: {deadlocks}"
+    ));
+    let fault = fault_ended
+        .duration_since(fault_started)
+        .unwrap_or_default();
+    match mode {
+        Mode::Naive => report.check(
+            "reproduced",
+            judgement.longest_stall >= naive_bound.mul_f64(0.8) && report.evidence.iter().any(|l| l.contains("wait_event_type=Lock")),
+            format!(
+                "no message delivered for {:.1} s (harness bound {:.0} s); evidence captured",
+                judgement.longest_stall.as_secs_f64(),
+                naive_bound.as_secs_f64()
+            ),
+        ),
+        Mode::Courier => report.check(
+            "stall bounded by the transaction budget",
+            judgement.longest_stall <= idle_timeout + Duration::from_secs(3),
+            format!(
+                "longest stall {:.1} s; lock held {:.1} s (idle_in_transaction_session_timeout {:.0} s)",
+                judgement.longest_stall.as_secs_f64(),
+                fault.as_secs_f64(),
+                idle_timeout.as_secs_f64()
+            ),
+        ),
+    }
+    report.incident8 = Some(Incident8Figures {
+        longest_stall: Some(judgement.longest_stall),
+        lost: Some(judgement.lost),
+        ..Incident8Figures::default()
+    });
+    report.judgement = Some(judgement);
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! A Kafka broker restart under live workers (`scripts/kafka.sh stop`, a pause, `scripts/kafka.sh
+//! start`).
+//!
+//! Only in `courier gameday --full`, only when `KAFKA_BROKERS` is unset and the running broker is the
+//! one this checkout's `scripts/kafka.sh` started (its pid file); otherwise skipped with a note. The
+//! generator holds its messages while the broker is down (a produce that fails is an unknown fate, not
+//! a message in); the workers' reads fail and are retried.
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::judge::FaultWindow;
+use crate::pg_faults::restart_refused;
+use crate::pipeline::{Pipeline, PipelineSpec};
+use crate::report::ScenarioReport;
+use crate::{ChaosError, Options};
+
+const RATE: usize = 100;
+
+/// Whether the broker was started by `scripts/kafka.sh` of the checkout holding `scripts`.
+fn broker_is_ours(scripts: &Path) -> bool {
+    let kafka_dir = std::env::var("COURIER_KAFKA_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| scripts.join("../target/kafka"));
+    let Ok(pid) = std::fs::read_to_string(kafka_dir.join("kafka.pid")) else {
+        return false;
+    };
+    std::fs::read(format!("/proc/{}/cmdline", pid.trim()))
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).contains("kafka.Kafka"))
+        .unwrap_or(false)
+}
+
+async fn kafka_sh(scripts: &Path, action: &str, bound: Duration) -> Result<(), ChaosError> {
+    let run = tokio::process::Command::new("bash")
+        .arg(scripts.join("kafka.sh"))
+        .arg(action)
+        .env_remove("KAFKA_BROKERS")
+        .output();
+    let output = tokio::time::timeout(bound, run)
+        .await
+        .map_err(|_| ChaosError::Stuck(format!("scripts/kafka.sh {action} took over {bound:?}")))?
+        .map_err(|e| ChaosError::Setup(format!("cannot run scripts/kafka.sh {action}: {e}")))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(ChaosError::Setup(format!(
+            "scripts/kafka.sh {action} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))
+    }
+}
+
+pub async fn run(options: &Options) -> Result<ScenarioReport, ChaosError> {
+    let started = Instant::now();
+    if let Some(why) = restart_refused(
+        options,
+        "Kafka",
+        options.services.external_kafka,
+        "KAFKA_BROKERS",
+    ) {
+        return Ok(ScenarioReport::skipped(
+            "kafka-restart",
+            options.length,
+            why,
+        ));
+    }
+    let Some(scripts) = options
+        .services
+        .scripts_dir
+        .clone()
+        .filter(|s| broker_is_ours(s))
+    else {
+        return Ok(ScenarioReport::skipped(
+            "kafka-restart",
+            options.length,
+            "the broker on 127.0.0.1:9092 was not started by this checkout's scripts/kafka.sh (no live pid file); not ours to restart",
+        ));
+    };
+    let mut report = ScenarioReport::new("kafka-restart", None, options.length);
+    let mut p = Pipeline::start(
+        &options.services,
+        PipelineSpec::fast("kafkarestart"),
+        options.launcher.clone(),
+    )
+    .await?;
+    p.start_trickle(RATE, RATE * 600);
+    let workers = vec![p.start_worker(&p.good_url()).await?];
+    let outcome = async {
+        let bound = Duration::from_secs(240);
+        p.wait_delivered_elements(RATE as u64, bound, "warm-up")
+            .await?;
+        p.pause_trickle(true);
+        let fault_started = SystemTime::now();
+        kafka_sh(&scripts, "stop", Duration::from_secs(90)).await?;
+        // Holding the broker down (not synchronisation).
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        kafka_sh(&scripts, "start", Duration::from_secs(240)).await?;
+        let fault_ended = SystemTime::now();
+        p.pause_trickle(false);
+        report.note(format!(
+            "broker down and back in {:.1} s (stop, 10 s down, start until it answers)",
+            fault_ended
+                .duration_since(fault_started)
+                .unwrap_or_default()
+                .as_secs_f64()
+        ));
+        p.wait_progress(1, bound, "first delivery after the broker restart")
+            .await?;
+        p.stop_trickle().await?;
+        let complete = p.wait_all_delivered(bound).await;
+        let judgement = p
+            .judge(Some(FaultWindow {
+                started: fault_started,
+                ended: fault_ended,
+            }))
+            .await?;
+        report.check(
+            "every message delivered",
+            complete,
+            format!(
+                "{} of {} within {bound:?} of the restart",
+                judgement.delivered, judgement.messages_in
+            ),
+        );
+        report.judgement = Some(judgement);
+        Ok(())
+    }
+    .await;
+    let finished = p.finish(workers).await;
+    outcome?;
+    finished?;
+    report.elapsed = started.elapsed();
+    Ok(report)
+}

@@ -1,0 +1,198 @@
+//! Workers SIGKILLed mid-batch, repeatedly.
+//!
+//! Two workers deliver to a slow destination (every request takes 40 ms, so ranges are mid-delivery
+//! most of the time). Again and again, one of them is killed while it holds a lease, and a new one is
+//! started in its place. Checks: every range a dead worker held is leased again within the lease TTL
+//! plus a margin (liveness), duplicates fall only in those interrupted ranges (the judge), nothing is
+//! lost. `courier gameday` kills real `courier run` processes with SIGKILL; the tests abort an
+//! in-process worker's task (see `workers`).
+
+use std::time::{Duration, Instant, SystemTime};
+
+use courier_sink::Behaviour;
+use courier_store::{Store, StoreError};
+
+use crate::judge::FaultWindow;
+use crate::pipeline::{poll, Pipeline, PipelineSpec};
+use crate::report::ScenarioReport;
+use crate::workers::WorkerHandle;
+use crate::{ChaosError, Options};
+
+const RATE: usize = 100;
+
+pub async fn run(options: &Options) -> Result<ScenarioReport, ChaosError> {
+    let started = Instant::now();
+    let mut report = ScenarioReport::new("worker-kill", None, options.length);
+    let spec = PipelineSpec {
+        partitions: 4,
+        ..PipelineSpec::fast("kill")
+    };
+    let mut p = Pipeline::start(&options.services, spec, options.launcher.clone()).await?;
+    p.sink
+        .set_behaviour(Behaviour::Delay(Duration::from_millis(40)));
+    let kills = options.length.pick(3, 10);
+    p.produce(options.length.pick(1000, 4000)).await?;
+    p.start_trickle(RATE, RATE * 600);
+    let mut workers = vec![
+        p.start_worker(&p.good_url()).await?,
+        p.start_worker(&p.good_url()).await?,
+    ];
+    let outcome = drive(options, &mut p, &mut workers, &mut report, kills).await;
+    let finished = p.finish(workers).await;
+    outcome?;
+    finished?;
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+/// The ranges `owner_like` holds right now, with their epochs.
+async fn held_by(store: &Store, owner_like: &str) -> Result<Vec<(i64, i64)>, ChaosError> {
+    let owner = owner_like.to_owned();
+    store
+        .run("chaos: held ranges", move |c| {
+            Box::pin(async move {
+                let rows = c
+                    .query(
+                        "SELECT id, epoch FROM courier_ranges WHERE state = 'leased' AND lease_owner LIKE $1",
+                        &[&owner],
+                    )
+                    .await
+                    .map_err(|e| StoreError::from_db("chaos: held ranges", e))?;
+                Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+            })
+        })
+        .await
+        .map_err(|e| ChaosError::Setup(format!("reading leases: {e}")))
+}
+
+/// Whether every `(id, epoch)` has been leased again since (its epoch moved on).
+async fn all_leased_again(store: &Store, held: &[(i64, i64)]) -> Result<bool, ChaosError> {
+    let ids: Vec<i64> = held.iter().map(|(id, _)| *id).collect();
+    let epochs: Vec<i64> = held.iter().map(|(_, epoch)| *epoch).collect();
+    store
+        .run("chaos: leased again", move |c| {
+            Box::pin(async move {
+                let row = c
+                    .query_one(
+                        "SELECT count(*) FROM courier_ranges r
+                         JOIN unnest($1::bigint[], $2::bigint[]) AS h (id, epoch) ON h.id = r.id
+                         WHERE r.epoch > h.epoch",
+                        &[&ids, &epochs],
+                    )
+                    .await
+                    .map_err(|e| StoreError::from_db("chaos: leased again", e))?;
+                Ok(usize::try_from(row.get::<_, i64>(0)).unwrap_or(0) == ids.len())
+            })
+        })
+        .await
+        .map_err(|e| ChaosError::Setup(format!("reading epochs: {e}")))
+}
+
+async fn drive(
+    options: &Options,
+    p: &mut Pipeline,
+    workers: &mut [WorkerHandle],
+    report: &mut ScenarioReport,
+    kills: usize,
+) -> Result<(), ChaosError> {
+    let bound = options
+        .length
+        .pick(Duration::from_secs(60), Duration::from_secs(240));
+    let lease_ttl = p.spec.worker.lease_ttl;
+    let store = p.harness().await?;
+    p.wait_delivered_elements(
+        50,
+        bound,
+        "warm-up: the workers deliver before the first kill",
+    )
+    .await?;
+    let (mut first_kill, mut last_kill) = (None, SystemTime::now());
+    let mut slowest_release = Duration::ZERO;
+    let mut held_total = 0;
+    for k in 0..kills {
+        let slot = k % workers.len();
+        // Kill it while it holds a lease, mid-delivery.
+        let owner = workers[slot].owner_like();
+        poll(bound, || async {
+            held_by(&store, &owner)
+                .await
+                .ok()
+                .filter(|held| !held.is_empty())
+        })
+        .await
+        .ok_or_else(|| {
+            ChaosError::Stuck(format!(
+                "{} never held a lease within {bound:?}",
+                workers[slot].describe()
+            ))
+        })?;
+        workers[slot].kill().await;
+        let killed_at = Instant::now();
+        last_kill = SystemTime::now();
+        first_kill.get_or_insert(last_kill);
+        // What it held when it died (it may have settled a range between the check and the kill);
+        // nothing but expiry and another worker's lease changes these rows now.
+        let held = held_by(&store, &owner).await?;
+        held_total += held.len();
+        workers[slot] = p.start_worker(&p.good_url()).await?;
+        if held.is_empty() {
+            report.note(format!(
+                "kill {} landed between two ranges: it interrupted nothing",
+                k + 1
+            ));
+            p.wait_progress(25, bound, "delivery after a kill").await?;
+            continue;
+        }
+
+        // Liveness: the dead worker's ranges are leased again after their TTL.
+        poll(lease_ttl + Duration::from_secs(30), || async {
+            all_leased_again(&store, &held)
+                .await
+                .ok()
+                .filter(|again| *again)
+        })
+        .await
+        .ok_or_else(|| {
+            ChaosError::Stuck(format!(
+                "ranges {held:?} of a killed worker were not leased again"
+            ))
+        })?;
+        slowest_release = slowest_release.max(killed_at.elapsed());
+        p.wait_progress(25, bound, "delivery after a kill").await?;
+    }
+    p.stop_trickle().await?;
+    let complete = p.wait_all_delivered(bound).await;
+    let judgement = p
+        .judge(Some(FaultWindow {
+            started: first_kill.unwrap_or(last_kill),
+            ended: last_kill,
+        }))
+        .await?;
+    report.note(format!(
+        "{kills} kill(s) mid-batch, {held_total} leased range(s) interrupted; slowest re-lease {:.1} s after the kill (lease_ttl {:.0} s); {} duplicate deliveries, {} of them outside an interrupted range",
+        slowest_release.as_secs_f64(),
+        lease_ttl.as_secs_f64(),
+        judgement.duplicates(),
+        judgement.duplicates_unexplained
+    ));
+    let margin = Duration::from_secs(3);
+    report.check(
+        "a dead worker's ranges are leased again within lease_ttl + margin",
+        slowest_release <= lease_ttl + margin,
+        format!(
+            "slowest {:.1} s, bound {:.1} s",
+            slowest_release.as_secs_f64(),
+            (lease_ttl + margin).as_secs_f64()
+        ),
+    );
+    report.check(
+        "every message delivered",
+        complete,
+        format!(
+            "{} of {} within {bound:?} of the last kill",
+            judgement.delivered, judgement.messages_in
+        ),
+    );
+    report.judgement = Some(judgement);
+    Ok(())
+}

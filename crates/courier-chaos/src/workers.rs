@@ -1,0 +1,450 @@
+//! Starting, stopping and killing courier workers, in-process or as real `courier run` processes.
+//!
+//! Owns [`Launcher`] and [`WorkerHandle`]. Two ways to run a worker, same configuration:
+//! - **in-process**: `courier_worker::Worker` on a tokio task. A "kill" aborts the task: every
+//!   delivery task stops where it is, nothing is released, its pooled connections close, and its
+//!   leases are left to expire, exactly what the store sees after `kill -9`. Used by the tests in
+//!   `make test`, because `cargo test -p courier-chaos` does not build (and so could run a stale)
+//!   `courier` binary.
+//! - **process**: `courier run --config <file>` with SIGKILL / SIGTERM. Used by `courier gameday`, where
+//!   the current executable *is* the courier binary: the real process boundary, real signals.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use courier_core::Ordering;
+use courier_http::DestinationConfig;
+use courier_kafka::KafkaConfig;
+use courier_store::{MigrationReport, Migrator, Store, StoreConfig};
+use courier_worker::{RouteConfig, StartFrom, Worker, WorkerConfig, WorkerError, WorkerStats};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::env::unique_name;
+use crate::ChaosError;
+
+/// How workers are run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Launcher {
+    InProcess,
+    /// `courier run` processes of this executable.
+    Process {
+        exe: PathBuf,
+    },
+}
+
+/// Everything one worker is configured with.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    pub store: StoreConfig,
+    pub brokers: String,
+    pub route: String,
+    pub topic: String,
+    pub destination_url: String,
+    pub destination: DestinationConfig,
+    pub range_size: u32,
+    pub worker: WorkerConfig,
+    /// Apply migrations first (`courier run --migrate`), as a booting worker of the demo does.
+    pub migrate: bool,
+}
+
+impl WorkerSpec {
+    fn destinations(&self) -> BTreeMap<String, DestinationConfig> {
+        let mut destination = self.destination.clone();
+        destination.url = self.destination_url.clone();
+        BTreeMap::from([(crate::pipeline::DESTINATION.to_owned(), destination)])
+    }
+
+    fn route(&self) -> RouteConfig {
+        RouteConfig {
+            name: self.route.clone(),
+            topic: self.topic.clone(),
+            destination: crate::pipeline::DESTINATION.to_owned(),
+            ordering: Ordering::None,
+            range_size: self.range_size,
+            // A chaos run judges delivery: nothing may give up and fail for good during the fault.
+            max_attempts: 100_000,
+            start: StartFrom::Earliest,
+        }
+    }
+
+    /// The same configuration as a `courier.toml`.
+    fn toml(&self) -> String {
+        let ms = |d: Duration| format!("\"{}ms\"", d.as_millis());
+        let t = &self.store.timeouts;
+        let w = &self.worker;
+        let d = &self.destination;
+        format!(
+            r#"# Written by courier gameday for one chaos worker.
+[store]
+url = "{url}"
+pool_size = {pool_size}
+application_name = "{app}"
+[store.timeouts]
+client_deadline = {client_deadline}
+statement_timeout = {statement_timeout}
+lock_timeout = {lock_timeout}
+ddl_lock_timeout = {ddl_lock_timeout}
+idle_in_transaction_session_timeout = {idle_tx}
+client_connection_check_interval = {check}
+pool_wait = {pool_wait}
+pool_create = {pool_create}
+[kafka]
+brokers = "{brokers}"
+[worker]
+delivery_tasks = {tasks}
+leases_per_task = {leases}
+replay_tasks = {replay}
+lease_ttl = {lease_ttl}
+renew_every = {renew}
+poll_interval = {poll}
+max_idle_poll = {max_idle_poll}
+plan_interval = {plan}
+max_tail_age = {tail}
+ranges_ahead = {ahead}
+drain_timeout = {drain}
+heartbeat_every = {heartbeat}
+compact_every = {compact}
+retry_base = {retry_base}
+retry_cap = {retry_cap}
+[destinations.{dest}]
+url = "{dest_url}"
+timeout = {dest_timeout}
+max_in_flight = {in_flight}
+max_batch_messages = {batch}
+pause_after_failures = {pause_after}
+pause_for = {pause_for}
+[routes.{route}]
+topic = "{topic}"
+destination = "{dest}"
+range_size = {range_size}
+max_attempts = 100000
+"#,
+            url = self.store.url,
+            pool_size = self.store.pool_size,
+            app = self.store.application_name,
+            client_deadline = ms(t.client_deadline),
+            statement_timeout = ms(t.statement_timeout),
+            lock_timeout = ms(t.lock_timeout),
+            ddl_lock_timeout = ms(t.ddl_lock_timeout),
+            idle_tx = ms(t.idle_in_transaction_session_timeout),
+            check = ms(t.client_connection_check_interval),
+            pool_wait = ms(t.pool_wait),
+            pool_create = ms(t.pool_create),
+            brokers = self.brokers,
+            tasks = w.delivery_tasks,
+            leases = w.leases_per_task,
+            replay = w.replay_tasks,
+            lease_ttl = ms(w.lease_ttl),
+            renew = ms(w.renew_every),
+            poll = ms(w.poll_interval),
+            max_idle_poll = ms(w.max_idle_poll),
+            plan = ms(w.plan_interval),
+            tail = ms(w.max_tail_age),
+            ahead = w.ranges_ahead,
+            drain = ms(w.drain_timeout),
+            heartbeat = ms(w.heartbeat_every),
+            compact = ms(w.compact_every),
+            retry_base = ms(w.retry_base),
+            retry_cap = ms(w.retry_cap),
+            dest = crate::pipeline::DESTINATION,
+            dest_url = self.destination_url,
+            dest_timeout = ms(d.timeout),
+            in_flight = d.max_in_flight,
+            batch = d.max_batch_messages,
+            pause_after = d.pause_after_failures,
+            pause_for = ms(d.pause_for),
+            route = self.route,
+            topic = self.topic,
+            range_size = self.range_size,
+        )
+    }
+}
+
+type WorkerTask = JoinHandle<Result<Arc<WorkerStats>, WorkerError>>;
+
+enum Kind {
+    InProcess {
+        id: String,
+        stop: watch::Sender<bool>,
+        task: Option<WorkerTask>,
+    },
+    Process {
+        child: tokio::process::Child,
+        pid: u32,
+        log: PathBuf,
+    },
+}
+
+/// One running worker.
+pub struct WorkerHandle {
+    kind: Kind,
+}
+
+impl std::fmt::Debug for WorkerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerHandle")
+            .field("worker", &self.describe())
+            .finish()
+    }
+}
+
+/// What starting a worker produced.
+pub struct Started {
+    pub handle: WorkerHandle,
+    /// The migration runner's report (in-process with `migrate`; processes log theirs).
+    pub migration: Option<MigrationReport>,
+}
+
+impl WorkerHandle {
+    /// Starts a worker. In-process, this returns once the worker is running; a process is returned as
+    /// soon as it is spawned (see [`WorkerHandle::exited`] for one that dies at boot).
+    pub async fn start(launcher: &Launcher, spec: &WorkerSpec) -> Result<Started, ChaosError> {
+        match launcher {
+            Launcher::InProcess => Self::start_in_process(spec).await,
+            Launcher::Process { exe } => Self::start_process(exe, spec).map(|handle| Started {
+                handle,
+                migration: None,
+            }),
+        }
+    }
+
+    async fn start_in_process(spec: &WorkerSpec) -> Result<Started, ChaosError> {
+        let boot =
+            |what: &str, e: &dyn std::fmt::Display| ChaosError::WorkerBoot(format!("{what}: {e}"));
+        let migration = if spec.migrate {
+            Some(
+                Migrator::embedded()
+                    .run(&spec.store)
+                    .await
+                    .map_err(|e| boot("migrate", &e))?,
+            )
+        } else {
+            None
+        };
+        let store = Store::connect(&spec.store)
+            .await
+            .map_err(|e| boot("connect to the store", &e))?;
+        let worker = Worker::new(
+            store,
+            KafkaConfig::new(spec.brokers.clone()),
+            &spec.destinations(),
+            vec![spec.route()],
+            spec.worker.clone(),
+        )
+        .await
+        .map_err(|e| boot("start the worker", &e))?;
+        let id = worker.id().to_owned();
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(worker.run(stopped));
+        Ok(Started {
+            handle: Self {
+                kind: Kind::InProcess {
+                    id,
+                    stop,
+                    task: Some(task),
+                },
+            },
+            migration,
+        })
+    }
+
+    fn start_process(exe: &Path, spec: &WorkerSpec) -> Result<Self, ChaosError> {
+        let dir = std::env::temp_dir().join(unique_name("courier-chaos-worker"));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ChaosError::Setup(format!("cannot create {}: {e}", dir.display())))?;
+        let config = dir.join("courier.toml");
+        std::fs::write(&config, spec.toml())
+            .map_err(|e| ChaosError::Setup(format!("cannot write {}: {e}", config.display())))?;
+        let log = dir.join("worker.log");
+        let log_file = std::fs::File::create(&log)
+            .map_err(|e| ChaosError::Setup(format!("cannot create {}: {e}", log.display())))?;
+        let mut command = tokio::process::Command::new(exe);
+        command.arg("run").arg("--config").arg(&config);
+        if spec.migrate {
+            command.arg("--migrate");
+        }
+        // Only the file configures it: no DATABASE_URL or COURIER__* from this environment leaks in.
+        for (key, _) in std::env::vars() {
+            if key.starts_with("COURIER_") || key == "DATABASE_URL" {
+                command.env_remove(&key);
+            }
+        }
+        command
+            .env("KAFKA_BROKERS", &spec.brokers)
+            .env("RUST_LOG", "warn,courier=info,courier_store=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log_file))
+            .kill_on_drop(true);
+        let child = command
+            .spawn()
+            .map_err(|e| ChaosError::Setup(format!("cannot start {} run: {e}", exe.display())))?;
+        let pid = child.id().ok_or_else(|| {
+            ChaosError::Setup("a worker process exited before it had a pid".into())
+        })?;
+        Ok(Self {
+            kind: Kind::Process { child, pid, log },
+        })
+    }
+
+    /// A SQL `LIKE` pattern matching this worker's `lease_owner` (`host-pid-xxxx`).
+    pub fn owner_like(&self) -> String {
+        match &self.kind {
+            Kind::InProcess { id, .. } => id.clone(),
+            Kind::Process { pid, .. } => format!("%-{pid}-____"),
+        }
+    }
+
+    /// For messages: the worker id or pid and log file.
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            Kind::InProcess { id, .. } => format!("in-process worker {id}"),
+            Kind::Process { pid, log, .. } => {
+                format!("worker process {pid} (log {})", log.display())
+            }
+        }
+    }
+
+    /// The process's log (process workers only).
+    pub fn log(&self) -> Option<&Path> {
+        match &self.kind {
+            Kind::Process { log, .. } => Some(log),
+            Kind::InProcess { .. } => None,
+        }
+    }
+
+    /// `kill -9`: no drain, no release; its leases expire. In-process: the task is aborted.
+    pub async fn kill(&mut self) {
+        match &mut self.kind {
+            Kind::InProcess { task, .. } => {
+                if let Some(task) = task.take() {
+                    task.abort();
+                    // Wait for the abort to land, so its connections are closed when this returns.
+                    let _aborted = task.await;
+                }
+            }
+            Kind::Process { child, log, .. } => {
+                // start_kill is SIGKILL; an already exited child is fine.
+                let _ = child.start_kill();
+                let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+                remove_worker_dir(log);
+            }
+        }
+    }
+
+    /// A graceful stop (SIGTERM / the shutdown signal): drain, release, exit, within `bound`, after
+    /// which it is killed. Returns an error describing how it ended when that was not cleanly.
+    pub async fn stop(&mut self, bound: Duration) -> Result<(), String> {
+        match &mut self.kind {
+            Kind::InProcess { stop, task, id } => {
+                let _ = stop.send(true);
+                let Some(mut running) = task.take() else {
+                    return Ok(());
+                };
+                match tokio::time::timeout(bound, &mut running).await {
+                    Ok(Ok(Ok(_stats))) => Ok(()),
+                    Ok(Ok(Err(error))) => Err(format!("worker {id} ended with an error: {error}")),
+                    Ok(Err(join)) => Err(format!("worker {id} task failed: {join}")),
+                    Err(_) => {
+                        running.abort();
+                        Err(format!(
+                            "worker {id} did not drain within {bound:?}; aborted"
+                        ))
+                    }
+                }
+            }
+            Kind::Process { child, pid, log } => {
+                let pid_text = pid.to_string();
+                let signalled = tokio::process::Command::new("kill")
+                    .args(["-TERM", &pid_text])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .await;
+                if let Err(e) = signalled {
+                    let _ = child.start_kill();
+                    return Err(format!("cannot send SIGTERM to {pid} ({e}); killed it"));
+                }
+                match tokio::time::timeout(bound, child.wait()).await {
+                    Ok(Ok(status)) if status.success() => {
+                        remove_worker_dir(log);
+                        Ok(())
+                    }
+                    Ok(Ok(status)) => Err(format!(
+                        "worker process {pid} exited with {status}; see {}",
+                        log.display()
+                    )),
+                    Ok(Err(e)) => Err(format!("cannot wait for worker process {pid}: {e}")),
+                    Err(_) => {
+                        let _ = child.start_kill();
+                        Err(format!("worker process {pid} did not exit within {bound:?} of SIGTERM; killed it"))
+                    }
+                }
+            }
+        }
+    }
+
+    /// `Some(how)` when the worker has already ended on its own (it failed to boot, or crashed).
+    pub fn exited(&mut self) -> Option<String> {
+        match &mut self.kind {
+            Kind::InProcess { task, id, .. } => match task {
+                Some(running) if running.is_finished() => {
+                    Some(format!("worker {id} stopped on its own"))
+                }
+                _ => None,
+            },
+            Kind::Process { child, pid, log } => match child.try_wait() {
+                Ok(Some(status)) => Some(format!(
+                    "worker process {pid} exited with {status}; see {}",
+                    log.display()
+                )),
+                Ok(None) => None,
+                Err(e) => Some(format!("cannot check worker process {pid}: {e}")),
+            },
+        }
+    }
+}
+
+/// Removes a process worker's configuration and log once it ended as intended (killed on purpose, or
+/// stopped cleanly); a worker that ended otherwise keeps them for a look, and the error names the log.
+fn remove_worker_dir(log: &Path) {
+    if let Some(dir) = log.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// `text` without ANSI colour sequences (`ESC [ ... m`), which courier's log lines carry.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip to the end of the sequence: the first letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_ansi;
+
+    #[test]
+    fn strips_colour_sequences() {
+        assert_eq!(
+            strip_ansi("\u{1b}[32m INFO\u{1b}[0m Applied migration. \u{1b}[3mversion\u{1b}[0m\u{1b}[2m=\u{1b}[0m1"),
+            " INFO Applied migration. version=1"
+        );
+    }
+}

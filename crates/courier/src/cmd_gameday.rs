@@ -1,0 +1,176 @@
+//! `courier gameday`: break things on purpose and count every message.
+//!
+//! Runs chaos scenarios from `courier-chaos` against the services `DATABASE_URL` and `KAFKA_BROKERS`
+//! name (or the local ones `make services` starts): incident 8 reproduced in PostgreSQL, naive vs
+//! courier, and the other faults of that day. Each scenario works in a scratch database of its own,
+//! dropped at the end, and is judged on messages in, delivered, duplicates (explained by an interrupted
+//! range or not), lost, longest stall and time to recover. Workers are real `courier run` processes of
+//! this executable. Exit status 1 when any invariant or check fails.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use courier_chaos::report::fmt_duration;
+use courier_chaos::{render, Launcher, Length, Options, Scenario, Services};
+use serde_json::json;
+
+#[derive(Debug, clap::Args)]
+pub struct GamedayArgs {
+    /// Run this scenario (repeat for several); `--list` names them. Without it, every scenario runs.
+    #[arg(long = "scenario", value_name = "NAME")]
+    scenarios: Vec<String>,
+    /// Run every scenario (the default when no --scenario is given).
+    #[arg(long, conflicts_with = "scenarios")]
+    all: bool,
+    /// The long versions (about 7 minutes in all), including PostgreSQL and Kafka restarts when they
+    /// are the local ones; without it, the short versions `make test` runs (about 1.5 minutes in all).
+    #[arg(long)]
+    full: bool,
+    /// Print the reports as JSON on stdout instead of the tables.
+    #[arg(long)]
+    json: bool,
+    /// List the scenarios and exit.
+    #[arg(long)]
+    list: bool,
+    /// Run workers as tasks inside this process instead of `courier run` processes.
+    #[arg(long)]
+    in_process: bool,
+}
+
+pub async fn run(args: GamedayArgs) -> anyhow::Result<ExitCode> {
+    if args.list {
+        for scenario in Scenario::ALL {
+            println!("{:<14} {}", scenario.name(), scenario.about());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let scenarios: Vec<Scenario> = if args.scenarios.is_empty() {
+        Scenario::ALL.to_vec()
+    } else {
+        let mut chosen = Vec::new();
+        for name in &args.scenarios {
+            let Some(scenario) = Scenario::parse(name) else {
+                bail!(
+                    "gameday: no scenario named {name:?}; known: {} (see `courier gameday --list`)",
+                    Scenario::ALL.map(Scenario::name).join(", ")
+                );
+            };
+            if !chosen.contains(&scenario) {
+                chosen.push(scenario);
+            }
+        }
+        chosen
+    };
+    let launcher = if args.in_process {
+        Launcher::InProcess
+    } else {
+        let exe = std::env::current_exe()
+            .context("gameday: cannot locate the courier executable to start worker processes from; pass --in-process")?;
+        Launcher::Process { exe }
+    };
+    let length = if args.full {
+        Length::Full
+    } else {
+        Length::Short
+    };
+    let options = Options {
+        length,
+        launcher,
+        services: Services::from_env(),
+        allow_restarts: args.full,
+    };
+    eprintln!(
+        "gameday: {} scenario(s), {} versions; PostgreSQL {}{}, Kafka {}{}; workers {}",
+        scenarios.len(),
+        if args.full { "full" } else { "short" },
+        courier_chaos::env::redact(&options.services.server_url),
+        if options.services.external_database {
+            " (DATABASE_URL)"
+        } else {
+            ""
+        },
+        options.services.brokers,
+        if options.services.external_kafka {
+            " (KAFKA_BROKERS)"
+        } else {
+            ""
+        },
+        if args.in_process {
+            "in-process"
+        } else {
+            "as `courier run` processes"
+        },
+    );
+
+    let started = Instant::now();
+    let mut reports = Vec::new();
+    for (i, scenario) in scenarios.iter().enumerate() {
+        eprintln!(
+            "gameday: [{}/{}] {}: {}",
+            i + 1,
+            scenarios.len(),
+            scenario.name(),
+            scenario.about()
+        );
+        for report in scenario.run(&options).await {
+            eprintln!(
+                "gameday:     {}{}: {} ({})",
+                report.scenario,
+                report
+                    .mode
+                    .map(|m| format!(" [{}]", m.as_str()))
+                    .unwrap_or_default(),
+                report.verdict(),
+                fmt_duration(report.elapsed)
+            );
+            reports.push(report);
+        }
+    }
+
+    let passed = reports.iter().all(|r| r.passed());
+    if args.json {
+        let out = json!({
+            "length": length,
+            "passed": passed,
+            "elapsed_seconds": started.elapsed().as_secs_f64(),
+            "scenarios": reports,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).context("gameday: encoding the report")?
+        );
+    } else {
+        println!("{}", render(&reports));
+        println!(
+            "gameday: {} in {}",
+            if passed {
+                "every invariant held"
+            } else {
+                "FAILED"
+            },
+            fmt_duration(started.elapsed())
+        );
+    }
+    if !passed {
+        let failed: Vec<String> = reports
+            .iter()
+            .filter(|r| !r.passed())
+            .map(|r| {
+                format!(
+                    "{}{}",
+                    r.scenario,
+                    r.mode
+                        .map(|m| format!(" [{}]", m.as_str()))
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
+        eprintln!(
+            "gameday: failed: {}. Each failed check above says what broke; the scratch databases are dropped, rerun one with `courier gameday --scenario NAME`.",
+            failed.join(", ")
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
