@@ -94,6 +94,11 @@ impl Migrator {
         Self { migrations }
     }
 
+    /// The migrations this runner applies, in version order.
+    pub fn migrations(&self) -> &[Migration] {
+        &self.migrations
+    }
+
     /// The version this binary needs.
     pub fn expected_version(&self) -> i64 {
         self.migrations.last().map_or(0, |m| m.version)

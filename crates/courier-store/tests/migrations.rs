@@ -182,30 +182,5 @@ async fn a_failing_migration_is_rolled_back_with_its_bookkeeping_row() {
 }
 
 fn embedded_list() -> Vec<Migration> {
-    // The embedded list is private to the runner; rebuild it from the same files.
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../migrations");
-    let mut list: Vec<Migration> = std::fs::read_dir(dir)
-        .expect("migrations dir")
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "sql"))
-        .map(|path| {
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-                .to_owned();
-            let version = name
-                .split('_')
-                .next()
-                .and_then(|v| v.parse().ok())
-                .expect("NNNN_ prefix");
-            Migration {
-                version,
-                name,
-                sql: std::fs::read_to_string(&path).expect("read migration"),
-            }
-        })
-        .collect();
-    list.sort_by_key(|m| m.version);
-    list
+    Migrator::embedded().migrations().to_vec()
 }

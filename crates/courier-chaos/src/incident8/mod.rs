@@ -22,6 +22,7 @@ pub mod pileup;
 use std::time::{Duration, SystemTime};
 
 use courier_store::migrate::Migration;
+use courier_store::Migrator;
 
 use crate::env::RawSession;
 use crate::pipeline::poll;
@@ -33,17 +34,9 @@ pub const BOOT_ALTER: &str = "ALTER TABLE courier_ranges ADD COLUMN IF NOT EXIST
 /// Version of the extra migration carrying [`BOOT_ALTER`].
 pub const BOOT_MIGRATION_VERSION: i64 = 9001;
 
-/// The migrations embedded in this build (the same files `courier-store` embeds).
+/// The migrations embedded in this build.
 pub fn embedded_migrations() -> Vec<Migration> {
-    let files: &[(i64, &str, &str)] = include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
-    files
-        .iter()
-        .map(|(version, name, sql)| Migration {
-            version: *version,
-            name: (*name).to_owned(),
-            sql: (*sql).to_owned(),
-        })
-        .collect()
+    Migrator::embedded().migrations().to_vec()
 }
 
 /// The shipped migrations plus one pending migration holding [`BOOT_ALTER`]: what a new release's
