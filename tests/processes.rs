@@ -85,14 +85,20 @@ async fn a_worker_killed_mid_range_loses_nothing_and_duplicates_stay_inside_its_
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let open: i64 = client
-            .query_one("SELECT count(*) FROM courier_ranges WHERE route = 'r' AND state <> 'done'", &[])
+            .query_one(
+                "SELECT count(*) FROM courier_ranges WHERE route = 'r' AND state <> 'done'",
+                &[],
+            )
             .await
             .expect("open ranges")
             .get(0);
         if open == 0 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{open} range(s) never settled after the kill");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{open} range(s) never settled after the kill"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = survivor.kill();
