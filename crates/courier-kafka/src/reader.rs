@@ -73,7 +73,7 @@ struct ReaderContext;
 impl ClientContext for ReaderContext {
     fn error(&self, error: KafkaError, reason: &str) {
         match error {
-            KafkaError::PartitionEOF(_) => {
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {
                 tracing::trace!(%error, "Reached the end of a partition.")
             }
             _ => {
