@@ -21,6 +21,8 @@ use clap::Parser;
 use courier_kafka::{create_topic, KafkaConfig, Producer};
 use tokio_postgres::NoTls;
 
+pub use courier_store::url::with_database;
+
 #[derive(Debug, Parser)]
 #[command(
     about = "courier benchmarks: ratios against the raw pipe, a naive forwarder and pgbench, measured in one run"
@@ -522,20 +524,5 @@ pub async fn drop_database(server: &str, name: &str) {
         let _ = client
             .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
             .await;
-    }
-}
-
-/// `server` with its database name replaced.
-pub fn with_database(server: &str, database: &str) -> String {
-    let (base, query) = server
-        .split_once('?')
-        .map_or((server, None), |(b, q)| (b, Some(q)));
-    let authority_end = base.find("://").map_or(0, |i| i + 3);
-    let base = base[authority_end..]
-        .find('/')
-        .map_or(base, |slash| &base[..authority_end + slash]);
-    match query {
-        Some(query) => format!("{base}/{database}?{query}"),
-        None => format!("{base}/{database}"),
     }
 }

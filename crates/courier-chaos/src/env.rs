@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use courier_store::url::{redact, with_database};
 use courier_store::{StoreConfig, Timeouts};
 use tokio_postgres::NoTls;
 
@@ -84,35 +85,6 @@ fn find_scripts_dir() -> Option<PathBuf> {
 pub fn unique_name(prefix: &str) -> String {
     let suffix: u32 = rand::random();
     format!("{prefix}_{}_{suffix:08x}", std::process::id())
-}
-
-/// `server` with its database name replaced by `database` (query parameters kept).
-pub fn with_database(server: &str, database: &str) -> String {
-    let (base, query) = match server.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (server, None),
-    };
-    let authority_end = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[authority_end..].find('/') {
-        Some(slash) => &base[..authority_end + slash],
-        None => base,
-    };
-    match query {
-        Some(query) => format!("{base}/{database}?{query}"),
-        None => format!("{base}/{database}"),
-    }
-}
-
-/// The URL without its password, for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            let user = credentials.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
 }
 
 /// One database created for one scenario run. Call [`ScratchDb::drop_now`] at the end; a run that
@@ -283,35 +255,5 @@ pub fn db_error(error: &tokio_postgres::Error) -> String {
             }
             text
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn replaces_the_database_name_only() {
-        assert_eq!(
-            with_database("postgres://u:p@h:1/courier", "t1"),
-            "postgres://u:p@h:1/t1"
-        );
-        assert_eq!(
-            with_database("postgres://u:p@h:1", "t1"),
-            "postgres://u:p@h:1/t1"
-        );
-        assert_eq!(
-            with_database("postgres://u:p@h:1/x?sslmode=disable", "t1"),
-            "postgres://u:p@h:1/t1?sslmode=disable"
-        );
-    }
-
-    #[test]
-    fn redacts_the_password() {
-        assert_eq!(
-            redact("postgres://u:secret@h:1/db"),
-            "postgres://u:***@h:1/db"
-        );
-        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
     }
 }

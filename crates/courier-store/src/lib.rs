@@ -11,6 +11,7 @@
 //! - [`migrate`]: the embedded, forward-only, once-only migration runner. The only place with DDL.
 //! - [`protocol`]: the lease protocol: register, plan, lease, renew, checkpoint, fail, release, advance
 //!   watermarks, compact, replay, workers and shared `Retry-After`.
+//! - [`url`]: swapping the database of a URL, hiding its password.
 //! - [`status`]: the read-only snapshot behind `courier status`.
 //! - [`error`]: [`StoreError`], whose variants decide what the caller does next and whose messages say
 //!   what to do at 2 a.m.
@@ -28,6 +29,7 @@ pub mod migrate;
 pub mod pool;
 pub mod protocol;
 pub mod status;
+pub mod url;
 
 pub use config::{StoreConfig, Timeouts};
 pub use error::{Result, StoreError};

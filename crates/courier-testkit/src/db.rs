@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use courier_store::url::with_database;
 use courier_store::{Migrator, Store, StoreConfig, Timeouts};
 use tokio_postgres::NoTls;
 
@@ -89,43 +90,5 @@ pub fn fast_timeouts() -> Timeouts {
         idle_in_transaction_session_timeout: Duration::from_millis(1500),
         client_connection_check_interval: Duration::from_millis(500),
         ..Timeouts::default()
-    }
-}
-
-/// `server` with its database name replaced by `database`.
-fn with_database(server: &str, database: &str) -> String {
-    let (base, query) = match server.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (server, None),
-    };
-    let authority_end = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[authority_end..].find('/') {
-        Some(slash) => &base[..authority_end + slash],
-        None => base,
-    };
-    match query {
-        Some(query) => format!("{base}/{database}?{query}"),
-        None => format!("{base}/{database}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::with_database;
-
-    #[test]
-    fn replaces_the_database_name_only() {
-        assert_eq!(
-            with_database("postgres://u:p@h:1/courier", "t1"),
-            "postgres://u:p@h:1/t1"
-        );
-        assert_eq!(
-            with_database("postgres://u:p@h:1", "t1"),
-            "postgres://u:p@h:1/t1"
-        );
-        assert_eq!(
-            with_database("postgres://u:p@h:1/x?sslmode=disable", "t1"),
-            "postgres://u:p@h:1/t1?sslmode=disable"
-        );
     }
 }

@@ -13,6 +13,7 @@ use courier_core::Ordering;
 use courier_http::DestinationConfig;
 use courier_kafka::{create_topic, KafkaConfig, Producer};
 use courier_sink::Sink;
+use courier_store::url::redact;
 use courier_store::{Migrator, Store, StoreConfig};
 use courier_worker::{RouteConfig, StartFrom, Worker, WorkerConfig, WorkerStats};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -236,16 +237,4 @@ fn unix_millis() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis() as u64
-}
-
-/// The URL without its password, for printing.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            let user = credentials.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
 }

@@ -84,7 +84,7 @@ pub async fn run(args: GamedayArgs) -> anyhow::Result<ExitCode> {
         "gameday: {} scenario(s), {} versions; PostgreSQL {}{}, Kafka {}{}; workers {}",
         scenarios.len(),
         if args.full { "full" } else { "short" },
-        courier_chaos::env::redact(&options.services.server_url),
+        courier_store::url::redact(&options.services.server_url),
         if options.services.external_database {
             " (DATABASE_URL)"
         } else {
