@@ -457,3 +457,48 @@ async fn partitions_added_later_are_delivered_from_their_first_message_with_star
 async fn partitions_added_later_are_delivered_from_their_first_message_with_start_earliest() {
     partitions_added_later_are_delivered_from_their_first_message(StartFrom::Earliest).await;
 }
+
+/// One worker serves a route with a deep backlog and a route with a little: leasing looks across routes
+/// oldest range first, so the small route's ranges wait only behind the busy route's ranges carved before
+/// them (a bounded window: `ranges_ahead` per partition), never behind its whole backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_with_little_to_do_is_not_starved_by_one_with_a_deep_backlog() {
+    const BUSY_PARTITIONS: i32 = 4;
+    const BUSY_PER_PARTITION: usize = 5_000;
+    let db = TestDb::migrated().await;
+    let store = db.store().await;
+    let busy_topic = common::topic_with("busy", BUSY_PARTITIONS, BUSY_PER_PARTITION).await;
+    let small_topic = common::topic_with("small", 1, 100).await;
+    let (busy, small) = (common::sink().await, common::sink().await);
+    busy.set_behaviour(Behaviour::Delay(Duration::from_millis(5)));
+    let destinations = BTreeMap::from([
+        (
+            "busy".to_owned(),
+            DestinationConfig {
+                max_batch_messages: 50,
+                ..DestinationConfig::new(busy.url())
+            },
+        ),
+        ("small".to_owned(), DestinationConfig::new(small.url())),
+    ]);
+    // Named so that any order by route name would serve the busy route first.
+    let routes = vec![
+        route("a-busy", &busy_topic, "busy", Ordering::None, 50),
+        route("b-small", &small_topic, "small", Ordering::None, 50),
+    ];
+    let config = WorkerConfig {
+        delivery_tasks: 1,
+        ranges_ahead: 8,
+        ..fast_worker()
+    };
+    let worker = start_worker(&store, &destinations, routes, config).await;
+
+    assert_eq!(wait_for_all(&small, 100).await.len(), 100);
+    let busy_done = busy.stats().delivered_elements;
+    let busy_total = (BUSY_PARTITIONS as usize * BUSY_PER_PARTITION) as u64;
+    worker.stop().await;
+    assert!(
+        busy_done < busy_total / 4,
+        "the small route waited for {busy_done} of the busy route's {busy_total} messages"
+    );
+}

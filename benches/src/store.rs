@@ -57,14 +57,14 @@ pub async fn capacity(
     for task in 0..tasks {
         let store = store.clone();
         loops.spawn(async move {
-            let request = LeaseRequest {
-                route: "cap".into(),
-                owner: format!("bench-{task}"),
-                max_ranges: 1,
-                ttl: Duration::from_secs(60),
-                ordering: Ordering::None,
-                kind: RangeKind::Live,
-            };
+            let request = LeaseRequest::one_route(
+                "cap",
+                Ordering::None,
+                &format!("bench-{task}"),
+                1,
+                Duration::from_secs(60),
+                RangeKind::Live,
+            );
             let mut latencies = Vec::new();
             let mut round_trips = 0u64;
             while started.elapsed() < duration {

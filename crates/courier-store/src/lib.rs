@@ -9,8 +9,9 @@
 //! - [`pool`]: the connection pool that sets those limits on every connection, and the client deadline
 //!   around every call.
 //! - [`migrate`]: the embedded, forward-only, once-only migration runner. The only place with DDL.
-//! - [`protocol`]: the lease protocol: register, plan, lease, renew, checkpoint, fail, release, advance
-//!   watermarks, compact, replay, workers and shared `Retry-After`.
+//! - [`protocol`]: the lease protocol: register, lease, renew, checkpoint, fail, release, replay, workers.
+//! - [`planning`]: who plans a route, planning rounds (carve, advance watermarks), compaction, shared
+//!   `Retry-After`: paid per round, not per route.
 //! - [`url`]: swapping the database of a URL, hiding its password.
 //! - [`status`]: the read-only snapshot behind `courier status`.
 //! - [`error`]: [`StoreError`], whose variants decide what the caller does next and whose messages say
@@ -26,6 +27,7 @@
 pub mod config;
 pub mod error;
 pub mod migrate;
+pub mod planning;
 pub mod pool;
 pub mod protocol;
 pub mod status;
@@ -34,8 +36,9 @@ pub mod url;
 pub use config::{StoreConfig, Timeouts};
 pub use error::{Result, StoreError};
 pub use migrate::{MigrationReport, Migrator, SchemaVersion};
+pub use planning::{PlanOutcome, PlanRequest, PlanRound, RoundOutcome};
 pub use pool::{DedicatedConnection, Store};
 pub use protocol::{
-    FailOutcome, Failure, LeaseRequest, PartitionProgress, PlanOutcome, PlanRequest, ReplayAudit,
-    ReplayFilter, ReplayOutcome, RouteSpec,
+    FailOutcome, Failure, LeaseRequest, PartitionProgress, ReplayAudit, ReplayFilter,
+    ReplayOutcome, RouteSpec,
 };

@@ -2,12 +2,11 @@
 //!
 //! Every pooled connection is opened with the server-side limits of [`Timeouts`] as connection
 //! `options`, so they hold from the first statement and show as `source = client` in `pg_settings`.
-//! Every call runs under the client deadline. A call that does not finish (it outlived the deadline, or
-//! its caller stopped waiting for it) loses its connection: the connection is detached from the pool and
-//! closed, so one stuck behind a lock or left inside a transaction is never handed to the next caller.
-//! A call that finishes has closed its transaction (committed, or rolled back when its `Transaction`
-//! was dropped), so connections go back to the pool as they are: no `ROLLBACK` round trip per checkout
-//! (that cost a transaction and a server warning on every call).
+//! Every call runs under the client deadline. Only a call that succeeds gives its connection back to the
+//! pool; one that failed or did not finish (it outlived the deadline, or its caller stopped waiting for
+//! it) loses it: the connection is detached and closed, so one stuck behind a lock or left inside a
+//! transaction is never handed to the next caller. Connections therefore come back clean without a
+//! `ROLLBACK` round trip per checkout (which cost a transaction and a server warning on every call).
 
 use std::time::{Duration, Instant};
 
@@ -119,11 +118,14 @@ impl Store {
         };
         let outcome = tokio::time::timeout(remaining, call(client)).await;
         match outcome {
-            Ok(Err(error)) if connection_is_suspect(&error) => Err(error),
-            Ok(result) => {
+            Ok(Ok(value)) => {
                 checkout.finished();
-                result
+                Ok(value)
             }
+            // A failed call may have left a transaction open or aborted (its guard's ROLLBACK is not
+            // awaited): the connection goes, the next caller gets a clean one. Errors are rare; a
+            // reconnect is cheap next to a round trip on every checkout.
+            Ok(Err(error)) => Err(error),
             Err(_) => Err(StoreError::Deadline {
                 operation,
                 deadline,
@@ -173,13 +175,6 @@ impl Drop for Checkout {
             drop(Object::take(client));
         }
     }
-}
-
-/// After these errors the session may be in an unknown state (a statement still running, a transaction
-/// open): the connection is discarded rather than recycled.
-fn connection_is_suspect(error: &StoreError) -> bool {
-    matches!(error, StoreError::StatementTimeout { .. })
-        || matches!(error, StoreError::Database { source, .. } if source.is_closed())
 }
 
 /// Validates `config` and builds the driver configuration every courier connection uses: the

@@ -5,9 +5,7 @@
 //! lease's epoch. Every report (renew, checkpoint, fail, release) is a compare-and-set on that epoch, so a
 //! worker whose lease expired and was taken over changes nothing: it is *fenced*.
 //!
-//! Watermarks are advanced lazily by [`Store::advance_watermarks`] (the planner calls it every tick),
-//! not inside each checkpoint: the per-partition row would otherwise be a lock every checkpoint of the
-//! partition queues on.
+//! Carving ranges, advancing watermarks and compaction are the planner's, in [`crate::planning`].
 
 use std::time::Duration;
 
@@ -27,40 +25,45 @@ pub struct RouteSpec {
     pub destination: String,
 }
 
-/// One planner step for one partition.
-#[derive(Debug, Clone)]
-pub struct PlanRequest {
-    pub route: String,
-    pub partition: Partition,
-    /// Kafka's high watermark: the offset of the next message to be written.
-    pub high_watermark: Offset,
-    pub range_size: u32,
-    /// Cap on ranges carved in this step, so a partition far behind is planned over several short
-    /// transactions and the un-leased backlog stays bounded.
-    pub max_new_ranges: usize,
-    /// A tail shorter than `range_size` is carved once it has waited this long (0: at once).
-    pub max_tail_age: Duration,
-}
-
-/// What a planner step did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PlanOutcome {
-    pub carved: usize,
-    pub frontier: Offset,
-}
-
-/// A worker asking for work.
+/// A worker asking for work, across every route it serves, in one statement.
 #[derive(Debug, Clone)]
 pub struct LeaseRequest {
-    pub route: String,
+    /// The routes to look in (those whose destination is not holding everyone off).
+    pub routes: Vec<String>,
+    /// Of `routes`, those with `ordering = "partition"`: only the lowest unsettled live range of each of
+    /// their partitions is eligible, so a partition has at most one range in flight.
+    pub ordered: Vec<String>,
     /// The worker id recorded as `lease_owner`.
     pub owner: String,
     /// At most this many ranges.
     pub max_ranges: usize,
     pub ttl: Duration,
-    pub ordering: Ordering,
     /// Live work or replays: replays are leased separately so they run on their own budget.
     pub kind: RangeKind,
+}
+
+impl LeaseRequest {
+    /// One route with the given ordering.
+    pub fn one_route(
+        route: &str,
+        ordering: Ordering,
+        owner: &str,
+        max_ranges: usize,
+        ttl: Duration,
+        kind: RangeKind,
+    ) -> Self {
+        Self {
+            routes: vec![route.to_owned()],
+            ordered: match ordering {
+                Ordering::Partition => vec![route.to_owned()],
+                Ordering::None => Vec::new(),
+            },
+            owner: owner.to_owned(),
+            max_ranges,
+            ttl,
+            kind,
+        }
+    }
 }
 
 /// A failed delivery attempt, as reported to the store.
@@ -127,11 +130,11 @@ pub struct ReplayAudit {
     pub dry_run: bool,
 }
 
-fn db(operation: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
+pub(crate) fn db(operation: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
     move |e| StoreError::from_db(operation, e)
 }
 
-fn invalid(operation: &'static str, message: String) -> StoreError {
+pub(crate) fn invalid(operation: &'static str, message: String) -> StoreError {
     StoreError::Invalid { operation, message }
 }
 
@@ -239,98 +242,14 @@ impl Store {
         .await
     }
 
-    /// Carves new ranges from the frontier towards Kafka's high watermark and advances the frontier, in
-    /// one short transaction. Concurrent planners serialise on the partition row and never overlap.
-    pub async fn plan(&self, request: &PlanRequest) -> Result<PlanOutcome> {
-        const OP: &str = "plan";
-        let request = request.clone();
-        self.run(OP, move |c| {
-            Box::pin(async move {
-                let tx = c.transaction().await.map_err(db(OP))?;
-                let row = tx
-                    .query_opt(
-                        "SELECT frontier,
-                                tail_seen_at IS NOT NULL
-                                  AND now() - tail_seen_at >= $3::bigint * interval '1 millisecond',
-                                tail_seen_at IS NOT NULL
-                         FROM courier_partitions WHERE route = $1 AND partition = $2 FOR UPDATE",
-                        &[&request.route, &request.partition, &millis(request.max_tail_age)],
-                    )
-                    .await
-                    .map_err(db(OP))?
-                    .ok_or_else(|| {
-                        invalid(
-                            OP,
-                            format!(
-                                "partition {} of route {:?} is not registered; the worker registers partitions at start",
-                                request.partition, request.route
-                            ),
-                        )
-                    })?;
-                let frontier: i64 = row.get(0);
-                let tail_due = request.max_tail_age.is_zero() || row.get::<_, bool>(1);
-                let tail_seen: bool = row.get(2);
-                if request.high_watermark <= frontier {
-                    // Nothing new, or a planner racing with a staler high watermark than another one had.
-                    // A high watermark that stays below the frontier (topic recreated) is the caller's to
-                    // alert on: progress never moves backwards here.
-                    tx.commit().await.map_err(db(OP))?;
-                    return Ok(PlanOutcome { carved: 0, frontier });
-                }
-                let mut ranges = carve(frontier, request.high_watermark, request.range_size, request.max_new_ranges, false);
-                let carved_to = ranges.last().map_or(frontier, OffsetRange::end);
-                let tail_waiting = carved_to < request.high_watermark && ranges.len() < request.max_new_ranges;
-                let mut seen_now = false;
-                if tail_waiting {
-                    if tail_due {
-                        ranges.extend(carve(carved_to, request.high_watermark, request.range_size, 1, true));
-                    } else {
-                        seen_now = !tail_seen || !ranges.is_empty();
-                    }
-                }
-                let new_frontier = ranges.last().map_or(frontier, OffsetRange::end);
-                let starts: Vec<i64> = ranges.iter().map(OffsetRange::start).collect();
-                let ends: Vec<i64> = ranges.iter().map(OffsetRange::end).collect();
-                if !ranges.is_empty() {
-                    tx.execute(
-                        "INSERT INTO courier_ranges (route, partition, start_offset, end_offset)
-                         SELECT $1, $2, s, e FROM unnest($3::bigint[], $4::bigint[]) AS t (s, e)
-                         ON CONFLICT (route, partition, start_offset) WHERE kind = 'live' DO NOTHING",
-                        &[&request.route, &request.partition, &starts, &ends],
-                    )
-                    .await
-                    .map_err(db(OP))?;
-                }
-                // tail_seen_at: set when a short tail is first seen waiting, kept while it waits, cleared
-                // once nothing short is waiting.
-                tx.execute(
-                    "UPDATE courier_partitions
-                     SET frontier = $3,
-                         tail_seen_at = CASE WHEN $4 THEN now() WHEN $5 THEN tail_seen_at ELSE NULL END,
-                         updated_at = now()
-                     WHERE route = $1 AND partition = $2",
-                    &[&request.route, &request.partition, &new_frontier, &seen_now, &(tail_waiting && !tail_due)],
-                )
-                .await
-                .map_err(db(OP))?;
-                tx.commit().await.map_err(db(OP))?;
-                Ok(PlanOutcome { carved: ranges.len(), frontier: new_frontier })
-            })
-        })
-        .await
-    }
-
-    /// Claims up to `max_ranges` ranges: pending ones whose backoff has passed, and leased ones whose lease
-    /// expired. Each claim bumps the epoch. Rows another worker is claiming right now are skipped, not
-    /// waited on. With [`Ordering::Partition`], only the lowest unsettled live range of each partition is
-    /// eligible, so a partition has at most one range in flight and is delivered in offset order.
+    /// Claims up to `max_ranges` ranges of any of the requested routes, oldest first: pending ones whose
+    /// backoff has passed, and leased ones whose lease expired. Each claim bumps the epoch. Rows another
+    /// worker is claiming right now are skipped, not waited on. For ordered routes only the lowest
+    /// unsettled live range of each partition is eligible, so a partition is delivered in offset order.
     pub async fn lease(&self, request: &LeaseRequest) -> Result<Vec<Lease>> {
         const OP: &str = "lease";
         let request = request.clone();
-        let sql = format!(
-            "WITH {} UPDATE {LEASE_UPDATE}",
-            lease_candidates(&request, "")
-        );
+        let sql = format!("WITH {} UPDATE {LEASE_UPDATE}", lease_candidates(""));
         self.run(OP, move |c| {
             Box::pin(async move {
                 let statement = c.prepare_cached(&sql).await.map_err(db(OP))?;
@@ -338,13 +257,18 @@ impl Store {
                 let rows = c
                     .query(
                         &statement,
-                        &[&request.route, &limit, &request.owner, &ttl, &kind],
+                        &[
+                            &request.routes,
+                            &limit,
+                            &request.owner,
+                            &ttl,
+                            &kind,
+                            &request.ordered,
+                        ],
                     )
                     .await
                     .map_err(db(OP))?;
-                rows.iter()
-                    .map(|row| lease_from_row(&request.route, row, 0))
-                    .collect()
+                rows.iter().map(|row| lease_from_row(row, 0)).collect()
             })
         })
         .await
@@ -365,7 +289,7 @@ impl Store {
         let sql = format!(
             "WITH done AS (
                  UPDATE courier_ranges SET state = 'done', lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-                 WHERE id = $6 AND epoch = $7 AND state = 'leased'
+                 WHERE id = $7 AND epoch = $8 AND state = 'leased'
                  RETURNING id),
              {},
              leased AS (UPDATE {LEASE_UPDATE})
@@ -373,7 +297,7 @@ impl Store {
              FROM (SELECT 1) AS one LEFT JOIN leased ON true",
             // One statement must not modify a row twice: the range being checkpointed is never picked,
             // even when its own lease has just expired.
-            lease_candidates(&request, "AND r.id <> $6")
+            lease_candidates("AND r.id <> $7")
         );
         self.run(OP, move |c| {
             Box::pin(async move {
@@ -383,11 +307,12 @@ impl Store {
                     .query(
                         &statement,
                         &[
-                            &request.route,
+                            &request.routes,
                             &limit,
                             &request.owner,
                             &ttl,
                             &kind,
+                            &request.ordered,
                             &id,
                             &epoch,
                         ],
@@ -398,7 +323,7 @@ impl Store {
                 let leases = rows
                     .iter()
                     .filter(|row| row.get::<_, Option<i64>>(1).is_some())
-                    .map(|row| lease_from_row(&request.route, row, 1))
+                    .map(|row| lease_from_row(row, 1))
                     .collect::<Result<Vec<_>>>()?;
                 Ok((epoch_outcome(u64::from(checkpointed)), leases))
             })
@@ -509,70 +434,6 @@ impl Store {
                     Some(state) if state == "failed" => FailOutcome::Failed,
                     Some(_) => FailOutcome::Retrying,
                 })
-            })
-        })
-        .await
-    }
-
-    /// Moves each partition's watermark over its contiguous prefix of settled live ranges, and returns
-    /// every partition of the route as it stands afterwards (one statement: the planner's whole read).
-    /// Never backwards: a replayed range below the watermark does not pull it back.
-    pub async fn advance_watermarks(&self, route: &str) -> Result<Vec<PartitionProgress>> {
-        const OP: &str = "advance watermarks";
-        let route = route.to_owned();
-        self.run(OP, move |c| {
-            Box::pin(async move {
-                let statement = c
-                    .prepare_cached(
-                        "WITH next AS (
-                             SELECT p.route, p.partition,
-                                    COALESCE((SELECT min(r.start_offset) FROM courier_ranges r
-                                              WHERE r.route = p.route AND r.partition = p.partition
-                                                AND r.kind = 'live' AND r.state IN ('pending', 'leased')
-                                                AND r.start_offset >= p.watermark),
-                                             p.frontier) AS watermark
-                             FROM courier_partitions p WHERE p.route = $1),
-                         advanced AS (
-                             UPDATE courier_partitions p SET watermark = next.watermark, updated_at = now()
-                             FROM next
-                             WHERE p.route = next.route AND p.partition = next.partition
-                               AND next.watermark > p.watermark
-                             RETURNING p.route, p.partition, p.initial_offset, p.frontier, p.watermark),
-                         progress AS (
-                             SELECT route, partition, initial_offset, frontier, watermark FROM advanced
-                             UNION ALL
-                             SELECT route, partition, initial_offset, frontier, watermark FROM courier_partitions
-                             WHERE route = $1 AND partition NOT IN (SELECT partition FROM advanced))
-                         SELECT g.partition, g.initial_offset, g.frontier, g.watermark, (SELECT count(*) FROM courier_ranges x WHERE x.route = g.route AND x.partition = g.partition AND x.kind = 'live' AND x.state = 'leased' AND x.lease_expires_at <= now())
-                         FROM progress g ORDER BY g.partition",
-                    )
-                    .await
-                    .map_err(db(OP))?;
-                let rows = c.query(&statement, &[&route]).await.map_err(db(OP))?;
-                Ok(rows.iter().map(progress_from_row).collect())
-            })
-        })
-        .await
-    }
-
-    /// Deletes up to `limit` done ranges that no longer matter: live ones wholly below the watermark, and
-    /// finished replays. Failed ranges stay until replayed. Returns how many rows went.
-    pub async fn compact(&self, route: &str, limit: i64) -> Result<u64> {
-        const OP: &str = "compact";
-        let route = route.to_owned();
-        self.run(OP, move |c| {
-            Box::pin(async move {
-                c.execute(
-                    "DELETE FROM courier_ranges WHERE id IN (
-                         SELECT r.id FROM courier_ranges r
-                         JOIN courier_partitions p ON p.route = r.route AND p.partition = r.partition
-                         WHERE r.route = $1 AND r.state = 'done'
-                           AND (r.kind = 'replay' OR r.end_offset <= p.watermark)
-                         LIMIT $2)",
-                    &[&route, &limit],
-                )
-                .await
-                .map_err(db(OP))
             })
         })
         .await
@@ -763,27 +624,6 @@ impl Store {
         })
         .await
     }
-
-    /// How long every worker must still hold off `destination`, if at all.
-    pub async fn destination_wait(&self, destination: &str) -> Result<Option<Duration>> {
-        const OP: &str = "read destination wait";
-        let name = destination.to_owned();
-        self.run(OP, move |c| {
-            Box::pin(async move {
-                let row = c
-                    .query_opt(
-                        "SELECT (EXTRACT(EPOCH FROM (not_before - now())) * 1000)::bigint
-                         FROM courier_destinations WHERE name = $1 AND not_before > now()",
-                        &[&name],
-                    )
-                    .await
-                    .map_err(db(OP))?;
-                Ok(row
-                    .map(|r| Duration::from_millis(u64::try_from(r.get::<_, i64>(0)).unwrap_or(0))))
-            })
-        })
-        .await
-    }
 }
 
 async fn insert_audit(
@@ -829,40 +669,30 @@ fn partition_offsets(
 }
 
 /// A `(partition, initial_offset, frontier, watermark, expired_leases)` row.
-/// The `picked AS (...)` part of a lease statement: the ranges a worker may claim, locked, skipping rows
-/// another worker is claiming right now. Parameters: $1 route, $2 limit, $5 kind.
+/// The `picked AS (...)` part of a lease statement: the ranges a worker may claim, oldest first across
+/// every requested route, locked, skipping rows another worker is claiming right now. Parameters: $1
+/// routes, $2 limit, $5 kind, $6 ordered routes.
 ///
-/// The eligibility test appears twice in the ordered form: once to find the partition heads, once after
-/// locking, where PostgreSQL re-checks it against the row's latest version.
-fn lease_candidates(request: &LeaseRequest, also: &str) -> String {
-    let eligible = "((r.state = 'pending' AND r.not_before <= now())
-                      OR (r.state = 'leased' AND r.lease_expires_at <= now()))";
-    if request.ordering == Ordering::Partition && request.kind == RangeKind::Live {
-        format!(
-            "picked AS (
-                 SELECT r.id FROM courier_ranges r
-                 WHERE r.id IN (
-                     SELECT head.id FROM courier_partitions p
-                     CROSS JOIN LATERAL (
-                         SELECT h.id FROM courier_ranges h
-                         WHERE h.route = p.route AND h.partition = p.partition AND h.kind = 'live'
-                           AND h.state IN ('pending', 'leased')
-                         ORDER BY h.start_offset LIMIT 1
-                     ) head
-                     WHERE p.route = $1)
-                   AND r.kind = $5 AND {eligible} {also}
-                 ORDER BY r.id LIMIT $2
-                 FOR UPDATE OF r SKIP LOCKED)"
-        )
-    } else {
-        format!(
-            "picked AS (
-                 SELECT r.id FROM courier_ranges r
-                 WHERE r.route = $1 AND r.kind = $5 AND r.state IN ('pending', 'leased') AND {eligible} {also}
-                 ORDER BY r.id LIMIT $2
-                 FOR UPDATE SKIP LOCKED)"
-        )
-    }
+/// The statement walks `courier_ranges_workable` (kind, id) in id order and stops after `limit` eligible
+/// rows; after locking a row PostgreSQL re-checks these conditions against its latest version, so a
+/// range claimed or settled meanwhile is skipped. For an ordered route a range is eligible only when no
+/// lower live range of its partition is unsettled in this statement's snapshot: a range settled after the
+/// snapshot only delays its successor to the next call, never lets two run at once.
+fn lease_candidates(also: &str) -> String {
+    format!(
+        "picked AS (
+             SELECT r.id FROM courier_ranges r
+             WHERE r.kind = $5 AND r.state IN ('pending', 'leased') AND r.route = ANY($1::text[])
+               AND ((r.state = 'pending' AND r.not_before <= now())
+                    OR (r.state = 'leased' AND r.lease_expires_at <= now()))
+               AND (r.kind = 'replay' OR r.route <> ALL($6::text[]) OR NOT EXISTS (
+                        SELECT 1 FROM courier_ranges h
+                        WHERE h.route = r.route AND h.partition = r.partition AND h.kind = 'live'
+                          AND h.state IN ('pending', 'leased') AND h.start_offset < r.start_offset))
+               {also}
+             ORDER BY r.id LIMIT $2
+             FOR UPDATE OF r SKIP LOCKED)"
+    )
 }
 
 /// Claims the picked ranges: epoch + 1, owner $3, expiry in $4 milliseconds.
@@ -872,7 +702,7 @@ const LEASE_UPDATE: &str = "courier_ranges r
          attempts = r.attempts + 1, updated_at = now()
      FROM picked WHERE r.id = picked.id
      RETURNING r.id, r.partition, r.start_offset, r.end_offset, r.epoch, r.attempts, r.kind,
-               COALESCE(r.resume_offset, r.start_offset)";
+               COALESCE(r.resume_offset, r.start_offset), r.route";
 
 fn lease_params(request: &LeaseRequest) -> (i64, i64, &'static str) {
     (
@@ -882,7 +712,7 @@ fn lease_params(request: &LeaseRequest) -> (i64, i64, &'static str) {
     )
 }
 
-fn progress_from_row(row: &Row) -> PartitionProgress {
+pub(crate) fn progress_from_row(row: &Row) -> PartitionProgress {
     PartitionProgress {
         partition: row.get(0),
         initial_offset: row.get(1),
@@ -893,13 +723,13 @@ fn progress_from_row(row: &Row) -> PartitionProgress {
 }
 
 /// A lease from the columns of [`LEASE_UPDATE`]'s `RETURNING`, starting at column `first`.
-fn lease_from_row(route: &str, row: &Row, first: usize) -> Result<Lease> {
+fn lease_from_row(row: &Row, first: usize) -> Result<Lease> {
     let range = OffsetRange::new(row.get(first + 2), row.get(first + 3))
         .map_err(|e| invalid("lease", e.to_string()))?;
     let kind: String = row.get(first + 6);
     Ok(Lease {
         id: row.get(first),
-        route: route.to_owned(),
+        route: row.get(first + 8),
         partition: row.get(first + 1),
         range,
         epoch: Epoch(row.get(first + 4)),

@@ -55,14 +55,14 @@ async fn thirty_two_tasks_settle_every_range_exactly_once() {
     for task in 0..TASKS {
         let (store, checkpoints) = (store.clone(), checkpoints.clone());
         tasks.push(tokio::spawn(async move {
-            let request = LeaseRequest {
-                route: "r".into(),
-                owner: format!("task-{task}"),
-                max_ranges: 4,
-                ttl: Duration::from_secs(60),
-                ordering: Ordering::None,
-                kind: RangeKind::Live,
-            };
+            let request = LeaseRequest::one_route(
+                "r",
+                Ordering::None,
+                &format!("task-{task}"),
+                4,
+                Duration::from_secs(60),
+                RangeKind::Live,
+            );
             let mut fenced = 0u32;
             loop {
                 let leases = match store.lease(&request).await {

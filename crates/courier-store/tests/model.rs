@@ -1,7 +1,8 @@
 //! Model-based property test of the lease protocol against a real PostgreSQL.
 //!
 //! Random interleavings of produce / plan / lease / renew / checkpoint / checkpoint-and-lease / fail /
-//! expire / release / replay / advance / compact by several workers run against the store and, side by side, against an
+//! expire / release / replay / advance / compact by several workers, over two routes (each ordered or not)
+//! that every lease call looks across at once, run against the store and, side by side, against an
 //! in-memory oracle. After every step the store must agree with the oracle, and every invariant of
 //! DESIGN.md must hold:
 //! 1. no loss: live ranges (plus compacted ones) tile `[initial, frontier)` with no gap or overlap, and
@@ -9,7 +10,9 @@
 //! 2. fencing: a report with a stale epoch changes nothing;
 //! 3. bounded duplicates: a range is delivered twice only if its lease was interrupted or it was replayed;
 //! 4. monotonic: frontier and watermark never move backwards;
-//! 5. the watermark never passes an unsettled range.
+//! 5. the watermark never passes an unsettled range;
+//! 6. fair leasing across routes: a lease call returns exactly the oldest eligible ranges of all routes
+//!    (carving order), so no route's ranges wait behind ranges carved after them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
@@ -23,6 +26,7 @@ use courier_store::{
 use courier_testkit::TestDb;
 use proptest::prelude::*;
 
+const ROUTES: usize = 2;
 const PARTITIONS: i32 = 2;
 const WORKERS: usize = 3;
 const RANGE_SIZE: u32 = 50;
@@ -32,10 +36,12 @@ const MAX_ATTEMPTS: i32 = 3;
 #[derive(Debug, Clone)]
 enum Op {
     Produce {
+        route: usize,
         partition: i32,
         count: i64,
     },
     Plan {
+        route: usize,
         partition: i32,
     },
     Lease {
@@ -68,18 +74,25 @@ enum Op {
         worker: usize,
         slot: usize,
     },
-    ReplayFailed,
-    Advance,
-    Compact,
+    ReplayFailed {
+        route: usize,
+    },
+    Advance {
+        route: usize,
+    },
+    Compact {
+        route: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let partition = 0..PARTITIONS;
+    let route = 0..ROUTES;
     let worker = 0..WORKERS;
     let slot = 0usize..4;
     prop_oneof![
-        2 => (partition.clone(), 1i64..180).prop_map(|(partition, count)| Op::Produce { partition, count }),
-        3 => partition.prop_map(|partition| Op::Plan { partition }),
+        2 => (route.clone(), partition.clone(), 1i64..180).prop_map(|(route, partition, count)| Op::Produce { route, partition, count }),
+        3 => (route.clone(), partition).prop_map(|(route, partition)| Op::Plan { route, partition }),
         4 => (worker.clone(), 1usize..4).prop_map(|(worker, max)| Op::Lease { worker, max }),
         1 => (worker.clone(), slot.clone()).prop_map(|(worker, slot)| Op::Renew { worker, slot }),
         3 => (worker.clone(), slot.clone()).prop_map(|(worker, slot)| Op::Checkpoint { worker, slot }),
@@ -87,9 +100,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (worker.clone(), slot.clone(), any::<bool>()).prop_map(|(worker, slot, permanent)| Op::Fail { worker, slot, permanent }),
         2 => (worker.clone(), slot.clone()).prop_map(|(worker, slot)| Op::Expire { worker, slot }),
         1 => (worker, slot).prop_map(|(worker, slot)| Op::Release { worker, slot }),
-        1 => Just(Op::ReplayFailed),
-        2 => Just(Op::Advance),
-        1 => Just(Op::Compact),
+        1 => route.clone().prop_map(|route| Op::ReplayFailed { route }),
+        2 => route.clone().prop_map(|route| Op::Advance { route }),
+        1 => route.prop_map(|route| Op::Compact { route }),
     ]
 }
 
@@ -97,6 +110,8 @@ fn op() -> impl Strategy<Value = Op> {
 #[derive(Debug, Clone)]
 struct ModelRange {
     end: i64,
+    /// Carving order across every route: the store's ids grow the same way.
+    seq: u64,
     state: RangeState,
     epoch: i64,
     attempts: i32,
@@ -118,16 +133,36 @@ struct ModelPartition {
     compacted: BTreeMap<i64, i64>,
 }
 
-struct Model {
-    route: String,
+struct RouteModel {
+    name: String,
     ordering: Ordering,
     partitions: Vec<ModelPartition>,
+}
+
+/// A range across routes: (route index, partition, start).
+type RangeKey = (usize, i32, i64);
+
+struct Model {
+    routes: Vec<RouteModel>,
     held: Vec<Vec<Lease>>,
+    carved: u64,
 }
 
 impl Model {
+    fn route_of(&self, lease: &Lease) -> usize {
+        self.routes
+            .iter()
+            .position(|r| r.name == lease.route)
+            .expect("a lease names a modelled route")
+    }
+
+    fn key(&self, lease: &Lease) -> RangeKey {
+        (self.route_of(lease), lease.partition, lease.range.start())
+    }
+
     fn range(&mut self, lease: &Lease) -> &mut ModelRange {
-        self.partitions[lease.partition as usize]
+        let route = self.route_of(lease);
+        self.routes[route].partitions[lease.partition as usize]
             .ranges
             .get_mut(&lease.range.start())
             .expect("a leased range exists in the model")
@@ -142,29 +177,26 @@ impl Model {
         range.state == RangeState::Pending || (range.state == RangeState::Leased && range.expired)
     }
 
-    /// Ranges a lease call may return, as (partition, start).
-    fn leasable(&self) -> BTreeSet<(i32, i64)> {
-        let mut out = BTreeSet::new();
-        for (p, part) in self.partitions.iter().enumerate() {
-            let mut unsettled = part.ranges.iter().filter(|(_, r)| !r.state.is_settled());
-            match self.ordering {
-                Ordering::Partition => {
-                    if let Some((start, r)) = unsettled.next() {
-                        if Self::eligible(r) {
-                            out.insert((p as i32, *start));
-                        }
-                    }
-                }
-                Ordering::None => {
-                    for (start, r) in unsettled {
-                        if Self::eligible(r) {
-                            out.insert((p as i32, *start));
-                        }
-                    }
-                }
+    /// Ranges a lease call may return, in the order it must prefer them (oldest carved first).
+    fn leasable(&self) -> Vec<RangeKey> {
+        let mut out: Vec<(u64, RangeKey)> = Vec::new();
+        for (r, route) in self.routes.iter().enumerate() {
+            for (p, part) in route.partitions.iter().enumerate() {
+                let mut unsettled = part.ranges.iter().filter(|(_, r)| !r.state.is_settled());
+                let candidates: Vec<(&i64, &ModelRange)> = match route.ordering {
+                    Ordering::Partition => unsettled.next().into_iter().collect(),
+                    Ordering::None => unsettled.collect(),
+                };
+                out.extend(
+                    candidates
+                        .into_iter()
+                        .filter(|(_, range)| Self::eligible(range))
+                        .map(|(start, range)| (range.seq, (r, p as i32, *start))),
+                );
             }
         }
-        out
+        out.sort();
+        out.into_iter().map(|(_, key)| key).collect()
     }
 
     fn expected_watermark(part: &ModelPartition) -> i64 {
@@ -217,13 +249,19 @@ fn store() -> &'static Store {
     STORE.get_or_init(|| runtime().block_on(async { TestDb::migrated().await.store().await }))
 }
 
+/// Every call looks across both routes at once, as a worker serving both does.
 fn lease_request(model: &Model, worker: usize, max: usize) -> LeaseRequest {
     LeaseRequest {
-        route: model.route.clone(),
+        routes: model.routes.iter().map(|r| r.name.clone()).collect(),
+        ordered: model
+            .routes
+            .iter()
+            .filter(|r| r.ordering == Ordering::Partition)
+            .map(|r| r.name.clone())
+            .collect(),
         owner: format!("worker-{worker}"),
         max_ranges: max,
         ttl: Duration::from_secs(300),
-        ordering: model.ordering,
         kind: RangeKind::Live,
     }
 }
@@ -272,10 +310,21 @@ async fn snapshot(store: &Store, route: &str) -> Snapshot {
 async fn check_invariants(
     store: &Store,
     model: &Model,
+    last_marks: &mut [Vec<(i64, i64)>],
+) -> Result<(), TestCaseError> {
+    for (route, marks) in model.routes.iter().zip(last_marks.iter_mut()) {
+        check_route(store, route, marks).await?;
+    }
+    Ok(())
+}
+
+async fn check_route(
+    store: &Store,
+    model: &RouteModel,
     last_marks: &mut [(i64, i64)],
 ) -> Result<(), TestCaseError> {
-    let rows = snapshot(store, &model.route).await;
-    let progress = store.partitions(&model.route).await.expect("partitions");
+    let rows = snapshot(store, &model.name).await;
+    let progress = store.partitions(&model.name).await.expect("partitions");
     for (p, part) in model.partitions.iter().enumerate() {
         let db: Vec<_> = rows.iter().filter(|r| r.0 == p as i32).collect();
         prop_assert_eq!(db.len(), part.ranges.len(), "partition {} row count", p);
@@ -364,26 +413,27 @@ async fn check_invariants(
     Ok(())
 }
 
-/// Checks leases a call returned against what the model says was leasable, then records them.
+/// Checks leases a call returned against what the model says was leasable, then records them: exactly
+/// the `max` oldest leasable ranges across routes (fairness), at most one per partition of an ordered
+/// route, each epoch one up.
 fn absorb_leases(
     model: &mut Model,
     worker: usize,
     max: usize,
-    leasable: &BTreeSet<(i32, i64)>,
+    leasable: &[RangeKey],
     leases: Vec<Lease>,
 ) -> Result<(), TestCaseError> {
-    prop_assert_eq!(leases.len(), leasable.len().min(max), "lease count");
+    let expected: BTreeSet<RangeKey> = leasable.iter().take(max).copied().collect();
+    let got: BTreeSet<RangeKey> = leases.iter().map(|l| model.key(l)).collect();
+    prop_assert_eq!(&got, &expected, "the oldest eligible ranges across routes");
+    prop_assert_eq!(got.len(), leases.len(), "a range leased twice in one call");
     let mut partitions_seen = BTreeSet::new();
     for lease in leases {
-        prop_assert!(
-            leasable.contains(&(lease.partition, lease.range.start())),
-            "leased an ineligible range {}",
-            lease
-        );
-        if model.ordering == Ordering::Partition {
+        let route = model.route_of(&lease);
+        if model.routes[route].ordering == Ordering::Partition {
             prop_assert!(
-                partitions_seen.insert(lease.partition),
-                "two ranges of one partition in flight"
+                partitions_seen.insert((route, lease.partition)),
+                "two ranges of one partition of an ordered route in flight"
             );
         }
         let range = model.range(&lease);
@@ -402,14 +452,18 @@ fn absorb_leases(
 
 async fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCaseError> {
     match *op {
-        Op::Produce { partition, count } => {
-            model.partitions[partition as usize].high_watermark += count
-        }
-        Op::Plan { partition } => {
-            let part = &mut model.partitions[partition as usize];
+        Op::Produce {
+            route,
+            partition,
+            count,
+        } => model.routes[route].partitions[partition as usize].high_watermark += count,
+        Op::Plan { route, partition } => {
+            let name = model.routes[route].name.clone();
+            let carved_before = model.carved;
+            let part = &mut model.routes[route].partitions[partition as usize];
             let outcome = store
                 .plan(&PlanRequest {
-                    route: model.route.clone(),
+                    route: name,
                     partition,
                     high_watermark: part.high_watermark,
                     range_size: RANGE_SIZE,
@@ -426,11 +480,12 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCase
                 true,
             );
             prop_assert_eq!(outcome.carved, carved.len());
-            for range in &carved {
+            for (seq, range) in (carved_before..).zip(&carved) {
                 part.ranges.insert(
                     range.start(),
                     ModelRange {
                         end: range.end(),
+                        seq,
                         state: RangeState::Pending,
                         epoch: 0,
                         attempts: 0,
@@ -443,6 +498,7 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCase
             }
             part.frontier = carved.last().map_or(part.frontier, |r| r.end());
             prop_assert_eq!(outcome.frontier, part.frontier);
+            model.carved += carved.len() as u64;
         }
         Op::Lease { worker, max } => {
             let leasable = model.leasable();
@@ -461,8 +517,9 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCase
                     CheckpointOutcome::Fenced
                 };
                 // The lease half sees the state before the checkpoint, minus the range checkpointed.
+                let done = model.key(&lease);
                 let mut leasable = model.leasable();
-                leasable.remove(&(lease.partition, lease.range.start()));
+                leasable.retain(|key| *key != done);
                 let (outcome, leases) = store
                     .checkpoint_and_lease(&lease, &lease_request(model, worker, max))
                     .await
@@ -564,18 +621,18 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCase
                 }
             }
         }
-        Op::ReplayFailed => {
+        Op::ReplayFailed { route } => {
             let audit = ReplayAudit {
                 requested_by: "model".into(),
                 reason: "property test".into(),
                 dry_run: false,
             };
             let outcome = store
-                .replay_failed(&model.route, &ReplayFilter::default(), &audit)
+                .replay_failed(&model.routes[route].name, &ReplayFilter::default(), &audit)
                 .await
                 .expect("replay");
             let mut expected = 0;
-            for part in &mut model.partitions {
+            for part in &mut model.routes[route].partitions {
                 for range in part
                     .ranges
                     .values_mut()
@@ -590,19 +647,22 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCase
             prop_assert_eq!(outcome.ranges.len(), expected);
             prop_assert_eq!(outcome.replay_id.is_some(), expected > 0);
         }
-        Op::Advance => {
+        Op::Advance { route } => {
             store
-                .advance_watermarks(&model.route)
+                .advance_watermarks(&model.routes[route].name)
                 .await
                 .expect("advance");
-            for part in &mut model.partitions {
+            for part in &mut model.routes[route].partitions {
                 part.watermark = Model::expected_watermark(part);
             }
         }
-        Op::Compact => {
-            let deleted = store.compact(&model.route, 1000).await.expect("compact");
+        Op::Compact { route } => {
+            let deleted = store
+                .compact(&model.routes[route].name, 1000)
+                .await
+                .expect("compact");
             let mut expected = 0;
-            for part in &mut model.partitions {
+            for part in &mut model.routes[route].partitions {
                 let gone: Vec<i64> = part
                     .ranges
                     .iter()
@@ -633,8 +693,10 @@ async fn drain_and_check_no_loss(store: &Store, model: &mut Model) -> Result<(),
         }
     }
     for _ in 0..10_000 {
-        for partition in 0..PARTITIONS {
-            apply(store, model, &Op::Plan { partition }).await?;
+        for route in 0..ROUTES {
+            for partition in 0..PARTITIONS {
+                apply(store, model, &Op::Plan { route, partition }).await?;
+            }
         }
         apply(store, model, &Op::Lease { worker: 0, max: 3 }).await?;
         if model.held[0].is_empty() {
@@ -644,8 +706,10 @@ async fn drain_and_check_no_loss(store: &Store, model: &mut Model) -> Result<(),
             apply(store, model, &Op::Checkpoint { worker: 0, slot: 0 }).await?;
         }
     }
-    apply(store, model, &Op::Advance).await?;
-    for part in &model.partitions {
+    for route in 0..ROUTES {
+        apply(store, model, &Op::Advance { route }).await?;
+    }
+    for part in model.routes.iter().flat_map(|r| &r.partitions) {
         prop_assert_eq!(
             part.frontier,
             part.high_watermark,
@@ -679,22 +743,25 @@ proptest! {
 
     #[test]
     fn the_store_agrees_with_the_model_under_random_interleavings(
-        ordered in any::<bool>(),
+        ordered in proptest::array::uniform2(any::<bool>()),
         ops in proptest::collection::vec(op(), 1..60),
     ) {
         let store = store();
         runtime().block_on(async {
-            let route = courier_testkit::unique_name("model");
-            store.ensure_route(&RouteSpec { name: route.clone(), topic: "t".into(), destination: "d".into() }, &[]).await.expect("route");
-            let initial: Vec<(i32, i64)> = (0..PARTITIONS).map(|p| (p, 0)).collect();
-            store.ensure_partitions(&route, &initial).await.expect("partitions");
-            let mut model = Model {
-                route,
-                ordering: if ordered { Ordering::Partition } else { Ordering::None },
-                partitions: (0..PARTITIONS).map(|_| ModelPartition::default()).collect(),
-                held: vec![Vec::new(); WORKERS],
-            };
-            let mut marks = vec![(0, 0); PARTITIONS as usize];
+            let mut routes = Vec::new();
+            for ordered in ordered {
+                let name = courier_testkit::unique_name("model");
+                store.ensure_route(&RouteSpec { name: name.clone(), topic: "t".into(), destination: "d".into() }, &[]).await.expect("route");
+                let initial: Vec<(i32, i64)> = (0..PARTITIONS).map(|p| (p, 0)).collect();
+                store.ensure_partitions(&name, &initial).await.expect("partitions");
+                routes.push(RouteModel {
+                    name,
+                    ordering: if ordered { Ordering::Partition } else { Ordering::None },
+                    partitions: (0..PARTITIONS).map(|_| ModelPartition::default()).collect(),
+                });
+            }
+            let mut model = Model { routes, held: vec![Vec::new(); WORKERS], carved: 0 };
+            let mut marks = vec![vec![(0, 0); PARTITIONS as usize]; ROUTES];
             for op in &ops {
                 apply(store, &mut model, op).await?;
                 check_invariants(store, &model, &mut marks).await?;

@@ -41,14 +41,14 @@ fn plan(route: &str, partition: i32, high_watermark: i64, max_tail_age: Duration
 }
 
 fn lease(route: &str, kind: RangeKind) -> LeaseRequest {
-    LeaseRequest {
-        route: route.into(),
-        owner: "w".into(),
-        max_ranges: 100,
-        ttl: Duration::from_secs(60),
-        ordering: Ordering::None,
+    LeaseRequest::one_route(
+        route,
+        Ordering::None,
+        "w",
+        100,
+        Duration::from_secs(60),
         kind,
-    }
+    )
 }
 
 fn failure(reason: &str, permanent: bool, backoff: Duration, delivered_to: Option<i64>) -> Failure {

@@ -53,14 +53,14 @@ async fn store_with_ranges(db: &TestDb, config: &StoreConfig) -> Store {
 }
 
 fn lease_all(owner: &str) -> LeaseRequest {
-    LeaseRequest {
-        route: "r".into(),
-        owner: owner.into(),
-        max_ranges: 100,
-        ttl: Duration::from_secs(30),
-        ordering: Ordering::None,
-        kind: RangeKind::Live,
-    }
+    LeaseRequest::one_route(
+        "r",
+        Ordering::None,
+        &owner,
+        100,
+        Duration::from_secs(30),
+        RangeKind::Live,
+    )
 }
 
 async fn backend_alive(store: &Store, pid: i32) -> bool {

@@ -11,6 +11,7 @@ use courier_core::{CheckpointOutcome, Disposition, Lease, OffsetRange, RangeKind
 use courier_http::{batches, Batch, CircuitState};
 use courier_kafka::ReadError;
 use courier_store::{FailOutcome, Failure, LeaseRequest};
+use std::collections::VecDeque;
 use tokio::sync::watch;
 
 use crate::{metrics, Context, Route, Throttle, WorkerStats};
@@ -37,99 +38,91 @@ enum Outcome {
 pub(crate) async fn run(
     ctx: Arc<Context>,
     kind: RangeKind,
-    index: usize,
     mut stop_leasing: watch::Receiver<bool>,
     hard_stop: watch::Receiver<bool>,
 ) {
     let throttle = Throttle::new(Duration::from_secs(30));
-    let routes = ctx.routes.len();
-    // Tasks start on different routes so one busy route does not get every task first.
-    let mut next = index % routes;
+    let gate = ctx.gate(kind);
     let mut idle_wait = ctx.config.poll_interval;
     loop {
         if *stop_leasing.borrow() {
             return;
         }
-        let mut found = false;
-        for step in 0..routes {
-            let route = &ctx.routes[(next + step) % routes];
-            if destination_is_holding_off(route) {
-                continue;
-            }
-            let request = LeaseRequest {
-                route: route.config.name.clone(),
-                owner: ctx.id.clone(),
-                max_ranges: ctx.config.leases_per_task,
-                ttl: ctx.config.lease_ttl,
-                ordering: route.config.ordering,
-                kind,
-            };
-            let leases = match ctx.store.lease(&request).await {
+        // One statement finds work across every route whose destination is not holding off.
+        let leases = match ctx.lease_request(kind, ctx.config.leases_per_task) {
+            None => Vec::new(),
+            Some(request) => match ctx.store.lease(&request).await {
                 Ok(leases) => leases,
                 Err(error) => {
                     metrics::store_error("lease");
                     if throttle.ready("lease") {
-                        tracing::warn!(route = %route.config.name, %error, "Could not lease ranges; retrying.");
+                        tracing::warn!(%error, "Could not lease ranges; retrying.");
                     }
-                    continue;
+                    Vec::new()
+                }
+            },
+        };
+        if leases.is_empty() {
+            if !gate
+                .wait_for_work(&ctx, &mut idle_wait, &mut stop_leasing)
+                .await
+            {
+                return;
+            }
+            continue;
+        }
+        idle_wait = ctx.config.poll_interval;
+        // There may be more: let one more idle task look, rather than all of them at once.
+        gate.work.notify_one();
+        let mut queue: VecDeque<Lease> = leases.into();
+        count_leased(&queue);
+        while let Some(lease) = queue.pop_front() {
+            let Some(route) = ctx.route(&lease.route) else {
+                // Leased by name from this worker's own list: cannot happen; give it back at once.
+                release(&ctx, &lease, Duration::ZERO).await;
+                continue;
+            };
+            let outcome = if *stop_leasing.borrow() {
+                // Leased together with ranges already delivered, but draining: give it back now.
+                release(&ctx, &lease, Duration::ZERO).await
+            } else {
+                let mut hard_stop = hard_stop.clone();
+                tokio::select! {
+                    outcome = process(&ctx, route, &lease) => outcome,
+                    _ = crate::stopped(&mut hard_stop) => release(&ctx, &lease, Duration::ZERO).await,
                 }
             };
-            if leases.is_empty() {
-                continue;
-            }
-            found = true;
-            next = (next + step + 1) % routes;
-            metrics::range_leased(&route.config.name, leases.len());
-            let mut queue: std::collections::VecDeque<Lease> = leases.into();
-            while let Some(lease) = queue.pop_front() {
-                let outcome = if *stop_leasing.borrow() {
-                    // Leased together with ranges already delivered, but draining: give it back now.
-                    release(&ctx, &lease, Duration::ZERO).await
-                } else {
-                    let mut hard_stop = hard_stop.clone();
-                    tokio::select! {
-                        outcome = process(&ctx, route, &lease) => outcome,
-                        _ = crate::stopped(&mut hard_stop) => release(&ctx, &lease, Duration::ZERO).await,
-                    }
-                };
-                let outcome = match outcome {
-                    // The last range in hand: checkpoint it and lease the next ones in one transaction.
-                    Outcome::Delivered { messages }
-                        if queue.is_empty()
-                            && !*stop_leasing.borrow()
-                            && !destination_is_holding_off(route) =>
-                    {
-                        let (outcome, next) =
-                            checkpoint_and_lease(&ctx, &lease, messages, &request).await;
-                        if !next.is_empty() {
-                            metrics::range_leased(&route.config.name, next.len());
+            let outcome = match outcome {
+                // The last range in hand: checkpoint it and lease the next ones in one transaction.
+                Outcome::Delivered { messages } if queue.is_empty() && !*stop_leasing.borrow() => {
+                    match ctx.lease_request(kind, ctx.config.leases_per_task) {
+                        Some(request) => {
+                            let (outcome, next) =
+                                checkpoint_and_lease(&ctx, &lease, messages, &request).await;
+                            count_leased(&next);
+                            queue.extend(next);
+                            outcome
                         }
-                        queue.extend(next);
-                        outcome
+                        None => checkpoint(&ctx, &lease, messages).await,
                     }
-                    Outcome::Delivered { messages } => checkpoint(&ctx, &lease, messages).await,
-                    other => other,
-                };
-                tally(&ctx.stats, &route.config.name, kind, &outcome);
-            }
-            break;
+                }
+                Outcome::Delivered { messages } => checkpoint(&ctx, &lease, messages).await,
+                other => other,
+            };
+            tally(&ctx.stats, &route.config.name, kind, &outcome);
         }
-        if found {
-            idle_wait = ctx.config.poll_interval;
-        } else {
-            tokio::select! {
-                _ = tokio::time::sleep(idle_wait) => {}
-                _ = ctx.work_available.notified() => {}
-                _ = crate::stopped(&mut stop_leasing) => return,
-            }
-            idle_wait = (idle_wait * 2).min(ctx.config.max_idle_poll.max(ctx.config.poll_interval));
-        }
+    }
+}
+
+fn count_leased<'a>(leases: impl IntoIterator<Item = &'a Lease>) {
+    for lease in leases {
+        metrics::range_leased(&lease.route, 1);
     }
 }
 
 /// Skip leasing for a destination that asked every worker to wait (`Retry-After`) or whose circuit is
 /// open: leasing would only burn the range's attempts.
-fn destination_is_holding_off(route: &Route) -> bool {
+pub(crate) fn destination_is_holding_off(route: &Route) -> bool {
     let now = Instant::now();
     if route
         .deliverer

@@ -1,8 +1,9 @@
 //! The delivery runtime: one worker process serving every configured route.
 //!
 //! A worker runs, concurrently:
-//! - a **planner** that reads Kafka's high watermarks, registers new partitions, carves ranges ahead of
-//!   delivery, advances watermarks, compacts settled ranges and shares destinations' `Retry-After`;
+//! - a **planner** that, for the routes this worker plans (one worker per route at a time), reads Kafka's
+//!   high watermarks once per topic, registers new partitions, carves ranges ahead of delivery, advances
+//!   watermarks and compacts settled ranges; and shares destinations' `Retry-After`;
 //! - **delivery tasks** that lease ranges, read them from Kafka, deliver them in batches and checkpoint
 //!   them, renewing the lease while a long delivery runs (live and replay tasks are separate budgets);
 //! - a **heartbeat** that records the worker's host and version, so `courier status` can answer
@@ -16,6 +17,7 @@
 //! - [`config`]: [`WorkerConfig`] and [`RouteConfig`].
 //! - [`metrics`]: every metric name, in one place.
 //! - `delivery`: lease → read → deliver → checkpoint for one range.
+//! - `idle`: idle delivery tasks take turns polling; the planner wakes one per range it carves.
 //! - `planner`: the planner tick.
 
 #![forbid(unsafe_code)]
@@ -23,18 +25,19 @@
 mod boot;
 pub mod config;
 mod delivery;
+mod idle;
 pub mod metrics;
 mod planner;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use courier_core::RangeKind;
+use courier_core::{Ordering, RangeKind};
 use courier_http::{Deliverer, DestinationConfig};
 use courier_kafka::{KafkaConfig, RangeReader};
-use courier_store::{RouteSpec, Store, StoreError};
+use courier_store::{LeaseRequest, RouteSpec, Store, StoreError};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -102,8 +105,50 @@ pub(crate) struct Context {
     pub routes: Vec<Route>,
     pub config: WorkerConfig,
     pub stats: Arc<WorkerStats>,
-    /// The planner carved new ranges: idle delivery tasks stop waiting.
-    pub work_available: tokio::sync::Notify,
+    /// `routes` by name.
+    pub route_index: HashMap<String, usize>,
+    /// Idle live delivery tasks.
+    pub live: idle::Gate,
+    /// Idle replay tasks.
+    pub replays: idle::Gate,
+}
+
+impl Context {
+    pub fn route(&self, name: &str) -> Option<&Route> {
+        self.route_index.get(name).map(|i| &self.routes[*i])
+    }
+
+    pub fn gate(&self, kind: RangeKind) -> &idle::Gate {
+        match kind {
+            RangeKind::Live => &self.live,
+            RangeKind::Replay => &self.replays,
+        }
+    }
+
+    /// What to ask the store for: every route whose destination is not holding everyone off, or `None`
+    /// when all of them are.
+    pub fn lease_request(&self, kind: RangeKind, max_ranges: usize) -> Option<LeaseRequest> {
+        let open: Vec<&Route> = self
+            .routes
+            .iter()
+            .filter(|route| !delivery::destination_is_holding_off(route))
+            .collect();
+        if open.is_empty() {
+            return None;
+        }
+        Some(LeaseRequest {
+            routes: open.iter().map(|r| r.config.name.clone()).collect(),
+            ordered: open
+                .iter()
+                .filter(|r| r.config.ordering == Ordering::Partition)
+                .map(|r| r.config.name.clone())
+                .collect(),
+            owner: self.id.clone(),
+            max_ranges,
+            ttl: self.config.lease_ttl,
+            kind,
+        })
+    }
 }
 
 /// A configured worker, ready to [`run`](Worker::run).
@@ -203,6 +248,11 @@ impl Worker {
             )
             .await?;
         }
+        let route_index = runtime_routes
+            .iter()
+            .enumerate()
+            .map(|(i, route)| (route.config.name.clone(), i))
+            .collect();
         let host = gethostname::gethostname().to_string_lossy().into_owned();
         let id = format!(
             "{host}-{}-{:04x}",
@@ -217,7 +267,9 @@ impl Worker {
                 routes: runtime_routes,
                 config,
                 stats: Arc::default(),
-                work_available: tokio::sync::Notify::new(),
+                route_index,
+                live: idle::Gate::default(),
+                replays: idle::Gate::default(),
             }),
         })
     }
@@ -259,20 +311,13 @@ impl Worker {
         background.spawn(planner::run(Arc::clone(&ctx), leasing_stopped.clone()));
         background.spawn(heartbeat(Arc::clone(&ctx), host, leasing_stopped.clone()));
         let mut deliveries = JoinSet::new();
-        for index in 0..ctx.config.delivery_tasks {
+        let tasks = std::iter::repeat_n(RangeKind::Live, ctx.config.delivery_tasks).chain(
+            std::iter::repeat_n(RangeKind::Replay, ctx.config.replay_tasks),
+        );
+        for kind in tasks {
             deliveries.spawn(delivery::run(
                 Arc::clone(&ctx),
-                RangeKind::Live,
-                index,
-                leasing_stopped.clone(),
-                hard_stopped.clone(),
-            ));
-        }
-        for index in 0..ctx.config.replay_tasks {
-            deliveries.spawn(delivery::run(
-                Arc::clone(&ctx),
-                RangeKind::Replay,
-                index,
+                kind,
                 leasing_stopped.clone(),
                 hard_stopped.clone(),
             ));
@@ -301,6 +346,10 @@ impl Worker {
             }
         }
         background.abort_all();
+        // Another worker takes over this one's routes at its next claim, not after the planner TTL.
+        if let Err(error) = ctx.store.release_planning(&ctx.id).await {
+            tracing::warn!(worker = %ctx.id, %error, "Could not give up planning; another worker takes it over when the claim lapses.");
+        }
         if let Err(error) = ctx.store.worker_stopped(&ctx.id).await {
             tracing::warn!(worker = %ctx.id, %error, "Could not record the worker as stopped; its heartbeat will simply age.");
         }

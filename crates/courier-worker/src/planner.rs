@@ -1,23 +1,64 @@
-//! The planner tick: Kafka's high watermarks in, ranges carved ahead of delivery, watermarks advanced.
+//! The planner: Kafka's high watermarks in, ranges carved ahead of delivery, watermarks advanced.
 //!
-//! Every worker runs one. Planning is idempotent (planners serialise on the partition row and carve the
-//! same tiling), so several planners only cost a few extra short transactions.
+//! Its cost follows the work, not the configuration:
+//! - **one planner per route**: every worker claims the planning of its routes every
+//!   [`CLAIM_EVERY`] ([`Store::claim_planning`](courier_store::Store::claim_planning)); a route is
+//!   planned by one worker at a time, and a dead planner's routes move to another worker within
+//!   [`PLANNER_TTL`];
+//! - **Kafka once per topic**: the watermarks of every partition of a topic are fetched once per tick,
+//!   for every route reading it;
+//! - **one store transaction per round**, and only when there is something to do: a partition whose high
+//!   watermark moved past its frontier is carved, and the watermarks of every planned route advance, in
+//!   one [`Store::plan_round`](courier_store::Store::plan_round); with nothing new, a round runs at most
+//!   every [`ADVANCE_EVERY`] to move watermarks over settled ranges.
+//!
+//! A partition's short tail is carved at once when nothing of it is in flight (the destination is
+//! keeping up: latency matters), and after `max_tail_age` otherwise (full ranges while behind: store
+//! cost matters).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use courier_store::PlanRequest;
+use courier_kafka::PartitionWatermarks;
+use courier_store::{PartitionProgress, PlanRequest, PlanRound};
 use tokio::sync::watch;
 
-use crate::{metrics, Context, Route, Throttle};
+use crate::{metrics, Context, Throttle};
+
+/// How long a claim on planning a route lasts without renewal.
+pub(crate) const PLANNER_TTL: Duration = Duration::from_secs(6);
+/// How often a worker renews (or takes up) the planning of its routes.
+const CLAIM_EVERY: Duration = Duration::from_secs(2);
+/// Longest time between two rounds of a planner with nothing new to carve.
+const ADVANCE_EVERY: Duration = Duration::from_secs(1);
+/// How often every destination's shared `Retry-After` is read.
+const RETRY_AFTER_EVERY: Duration = Duration::from_secs(1);
+
+/// What the planner remembers between ticks. Only the planner of a route moves its frontier, so the
+/// cached frontier is what the store has (a stale one only makes a round carve nothing).
+#[derive(Default)]
+struct State {
+    /// Routes this worker plans now.
+    owned: Vec<String>,
+    last_claim: Option<Instant>,
+    last_round: Option<Instant>,
+    last_compaction: Option<Instant>,
+    last_retry_after: Option<Instant>,
+    /// Where every partition of the owned routes stood after the last round.
+    progress: HashMap<(String, i32), PartitionProgress>,
+    /// Ticks a partition's high watermark stayed below its frontier.
+    behind_ticks: BTreeMap<(String, i32), u32>,
+}
 
 pub(crate) async fn run(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
     let throttle = Throttle::new(Duration::from_secs(30));
-    let mut known: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
-    let mut behind_ticks: BTreeMap<(String, i32), u32> = BTreeMap::new();
-    let mut last_compaction = Instant::now();
-    let mut last_retry_after_read: Option<Instant> = None;
+    // Compaction first runs one compact_every after start (chaos runs and tests read settled ranges
+    // back, with compaction set far out).
+    let mut state = State {
+        last_compaction: Some(Instant::now()),
+        ..State::default()
+    };
     let mut every = tokio::time::interval(ctx.config.plan_interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -25,142 +66,244 @@ pub(crate) async fn run(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
             _ = every.tick() => {}
             _ = crate::stopped(&mut stop) => return,
         }
-        let compact = last_compaction.elapsed() >= ctx.config.compact_every;
-        if compact {
-            last_compaction = Instant::now();
+        tick(&ctx, &mut state, &throttle).await;
+    }
+}
+
+async fn tick(ctx: &Context, state: &mut State, throttle: &Throttle) {
+    if due(state.last_claim, CLAIM_EVERY) {
+        claim(ctx, state, throttle).await;
+    }
+    if !state.owned.is_empty() {
+        plan_owned(ctx, state, throttle).await;
+    }
+    if due(state.last_retry_after, RETRY_AFTER_EVERY) {
+        state.last_retry_after = Some(Instant::now());
+        share_retry_after(ctx).await;
+    }
+}
+
+fn due(last: Option<Instant>, every: Duration) -> bool {
+    last.is_none_or(|at| at.elapsed() >= every)
+}
+
+async fn claim(ctx: &Context, state: &mut State, throttle: &Throttle) {
+    let names: Vec<String> = ctx.routes.iter().map(|r| r.config.name.clone()).collect();
+    match ctx.store.claim_planning(&names, &ctx.id, PLANNER_TTL).await {
+        Ok(owned) => {
+            state.last_claim = Some(Instant::now());
+            if owned != state.owned {
+                tracing::info!(worker = %ctx.id, planning = owned.len(), of = names.len(), "Planning routes.");
+                // Newly owned routes need their progress read before anything is carved for them.
+                state.last_round = None;
+                state.progress.retain(|(route, _), _| owned.contains(route));
+            }
+            state.owned = owned;
         }
-        for route in &ctx.routes {
-            let known = known.entry(route.config.name.clone()).or_default();
-            if let Err(error) =
-                plan_route(&ctx, route, known, &mut behind_ticks, compact, &throttle).await
+        Err(error) => {
+            metrics::store_error("claim planning");
+            if throttle.ready("claim") {
+                tracing::warn!(%error, "Could not claim the planning of routes; retrying.");
+            }
+            // Keep planning what was claimed until its claim would have lapsed.
+            if state
+                .last_claim
+                .is_some_and(|at| at.elapsed() >= PLANNER_TTL)
             {
-                if throttle.ready(&route.config.name) {
-                    tracing::warn!(route = %route.config.name, topic = %route.config.topic, %error, "Planner could not plan this route; retrying every tick.");
+                state.owned.clear();
+            }
+        }
+    }
+}
+
+async fn plan_owned(ctx: &Context, state: &mut State, throttle: &Throttle) {
+    let owned: Vec<&crate::Route> = state
+        .owned
+        .iter()
+        .filter_map(|name| ctx.route(name))
+        .collect();
+    let topics: BTreeSet<&str> = owned.iter().map(|r| r.config.topic.as_str()).collect();
+    let mut marks: HashMap<&str, Vec<PartitionWatermarks>> = HashMap::new();
+    for topic in topics {
+        match ctx.reader.high_watermarks(topic).await {
+            Ok(found) => {
+                marks.insert(topic, found);
+            }
+            Err(error) => {
+                for route in owned.iter().filter(|r| r.config.topic == topic) {
+                    metrics::kafka_error(&route.config.name, "high_watermarks");
+                }
+                if throttle.ready(topic) {
+                    tracing::warn!(%topic, %error, "Planner could not read the topic's watermarks; retrying every tick.");
                 }
             }
         }
-        // A second is fine granularity for a Retry-After and keeps idle workers cheap for the store.
-        if last_retry_after_read.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-            last_retry_after_read = Some(Instant::now());
-            share_retry_after(&ctx).await;
-        }
     }
-}
 
-async fn plan_route(
-    ctx: &Context,
-    route: &Route,
-    known: &mut BTreeSet<i32>,
-    behind_ticks: &mut BTreeMap<(String, i32), u32>,
-    compact: bool,
-    throttle: &Throttle,
-) -> Result<(), String> {
-    let name = &route.config.name;
-    let marks = ctx
-        .reader
-        .high_watermarks(&route.config.topic)
-        .await
-        .map_err(|e| {
-            metrics::kafka_error(name, "high_watermarks");
-            e.to_string()
-        })?;
-    // A partition the route has not seen was added to the topic after the route began (the route's
-    // own first partitions were registered with it, where `start` said): it starts at its log start, so
-    // nothing written to it is skipped. Registering is idempotent; known partitions keep their progress.
-    let new: Vec<(i32, i64)> = marks
-        .iter()
-        .filter(|m| !known.contains(&m.partition))
-        .map(|m| (m.partition, m.low))
-        .collect();
-    if !new.is_empty() {
-        ctx.store
-            .ensure_partitions(name, &new)
-            .await
-            .map_err(|e| e.to_string())?;
-        known.extend(new.iter().map(|(p, _)| *p));
-    }
-    // One statement: advance the watermarks and read where every partition stands.
-    let progress = ctx
-        .store
-        .advance_watermarks(name)
-        .await
-        .map_err(|e| e.to_string())?;
-    if progress.iter().any(|p| p.expired_leases > 0) {
-        // A worker died or stalled: its ranges are up for grabs now, not at the next idle poll.
-        ctx.work_available.notify_waiters();
-    }
-    let range_size = i64::from(route.config.range_size);
-    for partition in &progress {
-        let Some(mark) = marks.iter().find(|m| m.partition == partition.partition) else {
+    let fresh = state.last_round.is_some();
+    let mut requests = Vec::new();
+    for route in &owned {
+        let Some(marks) = marks.get(route.config.topic.as_str()) else {
             continue;
         };
-        let behind = behind_ticks
-            .entry((name.clone(), partition.partition))
-            .or_default();
-        if mark.high < partition.frontier {
-            *behind += 1;
-            if *behind >= 3 && throttle.ready(&format!("{name}/{}/behind", partition.partition)) {
-                tracing::error!(
-                    route = %name, partition = partition.partition, high_watermark = mark.high, frontier = partition.frontier,
-                    "Kafka's high watermark stays below courier's frontier: the topic was deleted and recreated, or this is another cluster. courier never moves progress backwards. Runbook: docs/runbooks/lag.md"
-                );
+        let name = &route.config.name;
+        // Partitions the route has not seen were added to the topic after it began: they start at their
+        // log start, so nothing written to them is skipped (registration is idempotent).
+        let new: Vec<(i32, i64)> = marks
+            .iter()
+            .filter(|m| fresh && !state.progress.contains_key(&(name.clone(), m.partition)))
+            .map(|m| (m.partition, m.low))
+            .collect();
+        if !new.is_empty() {
+            if let Err(error) = ctx.store.ensure_partitions(name, &new).await {
+                metrics::store_error("ensure partitions");
+                if throttle.ready(&format!("{name}/partitions")) {
+                    tracing::warn!(route = %name, %error, "Could not register new partitions; retrying.");
+                }
             }
-            continue;
+            state.last_round = None; // read them back in this tick's round
         }
-        *behind = 0;
-        let backlog = usize::try_from((partition.frontier - partition.watermark) / range_size)
-            .unwrap_or(usize::MAX);
-        if mark.high == partition.frontier || backlog >= ctx.config.ranges_ahead {
-            continue;
-        }
-        let planned = ctx
-            .store
-            .plan(&PlanRequest {
-                route: name.clone(),
-                partition: partition.partition,
-                high_watermark: mark.high,
-                range_size: route.config.range_size,
-                max_new_ranges: ctx.config.ranges_ahead - backlog,
-                max_tail_age: ctx.config.max_tail_age,
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        if planned.carved > 0 {
-            ctx.work_available.notify_waiters();
+        for mark in marks {
+            let key = (name.clone(), mark.partition);
+            let Some(progress) = state.progress.get(&key).copied() else {
+                continue;
+            };
+            let behind = state.behind_ticks.entry(key).or_default();
+            if let Some(request) = plan_request(ctx, route, mark, &progress, behind, throttle) {
+                requests.push(request);
+            }
         }
     }
-    let lag: i64 = progress
-        .iter()
-        .map(|p| {
-            let high = marks
-                .iter()
-                .find(|m| m.partition == p.partition)
-                .map_or(p.watermark, |m| m.high);
-            (high - p.watermark).max(0)
-        })
-        .sum();
-    metrics::lag(name, lag);
-    if compact {
-        ctx.store
-            .compact(name, 10_000)
-            .await
-            .map_err(|e| e.to_string())?;
+
+    if requests.is_empty() && !due(state.last_round, ADVANCE_EVERY) {
+        report_lag(&owned, &marks, state);
+        return;
     }
-    Ok(())
+    let round = PlanRound {
+        routes: state.owned.clone(),
+        partitions: requests,
+    };
+    match ctx.store.plan_round(&round).await {
+        Ok(outcome) => {
+            state.last_round = Some(Instant::now());
+            // One idle task per new range, at most every task: each that finds work wakes one more.
+            for _ in 0..outcome.carved().min(ctx.config.delivery_tasks) {
+                ctx.live.work.notify_one();
+            }
+            if outcome.progress.iter().any(|(_, p)| p.expired_leases > 0) {
+                // A worker died or stalled: its ranges are up for grabs now, not at the next idle poll.
+                ctx.live.work.notify_one();
+            }
+            state.progress = outcome
+                .progress
+                .into_iter()
+                .map(|(route, p)| ((route, p.partition), p))
+                .collect();
+        }
+        Err(error) => {
+            metrics::store_error("plan");
+            if throttle.ready("plan") {
+                tracing::warn!(%error, routes = round.routes.len(), "Planning round failed; retrying every tick.");
+            }
+        }
+    }
+    report_lag(&owned, &marks, state);
+    if due(state.last_compaction, ctx.config.compact_every) {
+        state.last_compaction = Some(Instant::now());
+        if let Err(error) = ctx.store.compact_routes(&state.owned, 10_000).await {
+            metrics::store_error("compact");
+            tracing::debug!(%error, "Compaction failed; it runs again later.");
+        }
+    }
 }
 
-/// Reads each destination's shared `Retry-After` from the store into its deliverer, so a 429 seen by
-/// any worker holds off every worker.
-async fn share_retry_after(ctx: &Context) {
-    let mut seen = BTreeSet::new();
-    for route in &ctx.routes {
-        if !seen.insert(route.config.destination.as_str()) {
+/// What to carve of one partition this round, if anything.
+fn plan_request(
+    ctx: &Context,
+    route: &crate::Route,
+    mark: &PartitionWatermarks,
+    progress: &PartitionProgress,
+    behind: &mut u32,
+    throttle: &Throttle,
+) -> Option<PlanRequest> {
+    let name = &route.config.name;
+    if mark.high < progress.frontier {
+        *behind += 1;
+        if *behind >= 3 && throttle.ready(&format!("{name}/{}/behind", mark.partition)) {
+            tracing::error!(
+                route = %name, partition = mark.partition, high_watermark = mark.high, frontier = progress.frontier,
+                "Kafka's high watermark stays below courier's frontier: the topic was deleted and recreated, or this is another cluster. courier never moves progress backwards. Runbook: docs/runbooks/lag.md"
+            );
+        }
+        return None;
+    }
+    *behind = 0;
+    let range_size = i64::from(route.config.range_size);
+    let backlog = usize::try_from((progress.frontier - progress.watermark) / range_size)
+        .unwrap_or(usize::MAX);
+    if mark.high == progress.frontier || backlog >= ctx.config.ranges_ahead {
+        return None;
+    }
+    // Nothing of the partition in flight: the destination keeps up, so the tail goes out now.
+    let idle = progress.watermark == progress.frontier;
+    Some(PlanRequest {
+        route: name.clone(),
+        partition: mark.partition,
+        high_watermark: mark.high,
+        range_size: route.config.range_size,
+        max_new_ranges: ctx.config.ranges_ahead - backlog,
+        max_tail_age: if idle {
+            Duration::ZERO
+        } else {
+            ctx.config.max_tail_age
+        },
+    })
+}
+
+fn report_lag(
+    owned: &[&crate::Route],
+    marks: &HashMap<&str, Vec<PartitionWatermarks>>,
+    state: &State,
+) {
+    for route in owned {
+        let Some(marks) = marks.get(route.config.topic.as_str()) else {
             continue;
+        };
+        let lag: i64 = marks
+            .iter()
+            .filter_map(|m| {
+                let progress = state
+                    .progress
+                    .get(&(route.config.name.clone(), m.partition))?;
+                Some((m.high - progress.watermark).max(0))
+            })
+            .sum();
+        metrics::lag(&route.config.name, lag);
+    }
+}
+
+/// Reads every destination's shared `Retry-After` from the store into its deliverer, in one statement,
+/// so a 429 seen by any worker holds off every worker.
+async fn share_retry_after(ctx: &Context) {
+    let names: Vec<String> = ctx
+        .routes
+        .iter()
+        .map(|r| r.config.destination.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    match ctx.store.destination_waits(&names).await {
+        Ok(waits) => {
+            for (destination, wait) in waits {
+                for route in ctx
+                    .routes
+                    .iter()
+                    .filter(|r| r.config.destination == destination)
+                {
+                    route.deliverer.block_until(Instant::now() + wait);
+                }
+            }
         }
-        match ctx.store.destination_wait(&route.config.destination).await {
-            Ok(Some(wait)) => route.deliverer.block_until(Instant::now() + wait),
-            Ok(None) => {}
-            Err(_) => metrics::store_error("destination wait"),
-        }
+        Err(_) => metrics::store_error("destination wait"),
     }
 }
