@@ -9,6 +9,8 @@
 //! - [`producer`]: [`Producer`], batches acknowledged by all in-sync replicas.
 //! - [`admin`]: [`create_topic`] (idempotent, waits for leaders) and [`delete_records_before`].
 //! - [`error`]: [`ReadError`] (its variant decides retry or fail) and [`Error`].
+//! - `traffic`: bytes received from the brokers, from librdkafka's statistics ([`RECEIVED_BYTES`],
+//!   [`RangeReader::bytes_received`]).
 //!
 //! Every librdkafka call that blocks runs on tokio's blocking pool and is bounded by
 //! [`KafkaConfig::read_timeout`]: a stuck broker yields a retryable error, never a hang.
@@ -21,9 +23,11 @@ pub mod config;
 pub mod error;
 pub mod producer;
 pub mod reader;
+mod traffic;
 
 pub use admin::{create_topic, create_topic_with_config, delete_records_before};
 pub use config::KafkaConfig;
 pub use error::{Error, ReadError};
 pub use producer::{Delivered, Producer, Record};
 pub use reader::{PartitionWatermarks, RangeReader};
+pub use traffic::RECEIVED_BYTES;

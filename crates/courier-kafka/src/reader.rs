@@ -50,6 +50,7 @@ use tracing::{debug, warn};
 
 use crate::config::KafkaConfig;
 use crate::error::{is_timeout, is_unknown_topic, Error, ReadError};
+use crate::traffic::{ClientTraffic, Traffic};
 
 /// How long a pooled consumer keeps fetching its partition after its last read, in case the next range of
 /// that partition comes soon (the common case: a worker keeping up with a partition, range after range).
@@ -59,18 +60,28 @@ use crate::error::{is_timeout, is_unknown_topic, Error, ReadError};
 /// waits for the fetch in flight, up to `fetch.wait.max.ms`).
 pub const PARK_AFTER: Duration = Duration::from_secs(3);
 
-/// How often the background task looks for consumers to park.
+/// How often the background task looks for consumers to park and serves idle consumers' events.
 const PARK_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// At most this many queued events (statistics, logs, errors) served per idle consumer and check: a
+/// consumer queues about one per second (its statistics), so this drains faster than it fills.
+const EVENTS_PER_CHECK: usize = 16;
 
 /// A range reader's consumer.
 type BaseConsumer = RdBaseConsumer<ReaderContext>;
 
-/// Routes librdkafka's global errors to tracing. rdkafka's default context logs every one at ERROR,
-/// including `PartitionEOF`, which here only means "this read reached the end of the partition": at
-/// 2 a.m. an ERROR line must mean something is wrong.
-struct ReaderContext;
+/// Routes librdkafka's global errors to tracing and counts the bytes received. rdkafka's default context
+/// logs every error at ERROR, including `PartitionEOF`, which here only means "this read reached the end
+/// of the partition": at 2 a.m. an ERROR line must mean something is wrong.
+struct ReaderContext {
+    traffic: ClientTraffic,
+}
 
 impl ClientContext for ReaderContext {
+    fn stats_raw(&self, statistics: &[u8]) {
+        self.traffic.on_statistics(statistics);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         match error {
             KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {
@@ -121,6 +132,8 @@ struct Inner {
     /// Partition counts per topic, from metadata. Partitions can be added to a topic, never removed, so a
     /// cached count is only ever too small: a partition beyond it triggers a refresh.
     partition_counts: Mutex<HashMap<String, i32>>,
+    /// Bytes received by every consumer this reader made, closed ones included.
+    traffic: Arc<Traffic>,
 }
 
 impl std::fmt::Debug for RangeReader {
@@ -139,7 +152,7 @@ impl std::fmt::Debug for RangeReader {
 
 /// A poisoned lock only means another read panicked; the data (a list of idle consumers, a cache) is
 /// still consistent.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -162,6 +175,7 @@ impl RangeReader {
             config,
             idle: Mutex::new(Vec::new()),
             partition_counts: Mutex::new(HashMap::new()),
+            traffic: Arc::default(),
         });
         let creator = Arc::clone(&inner);
         let consumer = blocking(move || creator.create_consumer()).await??;
@@ -177,6 +191,17 @@ impl RangeReader {
     /// The configuration this reader was made with.
     pub fn config(&self) -> &KafkaConfig {
         &self.inner.config
+    }
+
+    /// Bytes this reader's consumers (closed ones included) received from the brokers since the reader
+    /// was created, from librdkafka's statistics: the wire cost of reading, prefetch and protocol
+    /// overhead included. Also counted in the metric [`RECEIVED_BYTES`](crate::RECEIVED_BYTES).
+    ///
+    /// The figure lags: a consumer reports every second while it reads, and an idle one once it is
+    /// parked ([`PARK_AFTER`]) and served by the next check, so the bytes of a read show up within a few
+    /// seconds of its end.
+    pub fn bytes_received(&self) -> u64 {
+        self.inner.traffic.received()
     }
 
     /// Reads exactly the messages of `topic`/`partition` with offsets in `range`, in offset order.
@@ -291,8 +316,8 @@ impl std::ops::Deref for Loan<'_> {
     }
 }
 
-/// Unassigns consumers that have been idle with a partition assigned for [`PARK_AFTER`]. Ends when the
-/// last clone of the reader is dropped.
+/// Unassigns consumers that have been idle with a partition assigned for [`PARK_AFTER`], and serves the
+/// events queued on unassigned idle consumers. Ends when the last clone of the reader is dropped.
 async fn park_idle_consumers(inner: Weak<Inner>) {
     let mut tick = tokio::time::interval(PARK_CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -309,12 +334,13 @@ async fn park_idle_consumers(inner: Weak<Inner>) {
             *idle = fresh;
             stale
         };
-        if stale.is_empty() {
-            continue;
-        }
-        // Unassigning waits on librdkafka's threads: off the runtime. A failed task only means the
-        // runtime is shutting down.
-        let _parked = blocking(move || strong.park(stale)).await;
+        // Unassigning waits on librdkafka's threads, and serving events runs the context's callbacks:
+        // off the runtime. A failed task only means the runtime is shutting down.
+        let _parked = blocking(move || {
+            strong.park(stale);
+            strong.serve_idle_events();
+        })
+        .await;
     }
 }
 
@@ -349,10 +375,30 @@ impl Inner {
         }
     }
 
+    /// Serves the events queued on idle consumers without a partition (statistics, logs, errors).
+    /// librdkafka hands them over only when a consumer is polled: an idle consumer would otherwise hold
+    /// back its logs and errors, and its queue would grow by one statistics report a second for as long
+    /// as it stays idle. Consumers still assigned are left alone (a poll could take a message from their
+    /// queue); they are served by their next read or once parked.
+    fn serve_idle_events(&self) {
+        let idle = lock(&self.idle);
+        for pooled in idle.iter().filter(|pooled| pooled.cursor.is_none()) {
+            for _ in 0..EVENTS_PER_CHECK {
+                // Unassigned, so nothing worth keeping comes back: a message would be a leftover of the
+                // previous assignment (the next read assigns afresh at its own start), an error was
+                // already passed to the context.
+                let _served = pooled.consumer.poll(Duration::ZERO);
+            }
+        }
+    }
+
     fn create_consumer(&self) -> Result<BaseConsumer, Error> {
+        let context = ReaderContext {
+            traffic: ClientTraffic::new(Arc::clone(&self.traffic)),
+        };
         self.config
             .reader_client_config()
-            .create_with_context::<_, BaseConsumer>(ReaderContext)
+            .create_with_context::<_, BaseConsumer>(context)
             .map_err(Error::Config)
     }
 

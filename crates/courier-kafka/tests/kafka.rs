@@ -624,6 +624,41 @@ async fn transaction_markers_and_aborted_records_leave_gaps_that_end_the_read() 
     .await;
 }
 
+/// The bytes received, from librdkafka's statistics, cover at least the payloads read.
+#[tokio::test]
+async fn counts_the_bytes_received_from_the_brokers() {
+    bounded(async {
+        const COUNT: usize = 2_000;
+        const SIZE: usize = 1_000;
+        let topic = unique_topic("bytes");
+        create_topic(&brokers(), &topic, 1).await.expect("create");
+        let producer = Producer::connect(config()).await.expect("producer");
+        // Random bytes, so that no compression can make the wire smaller than the payloads.
+        let payloads: Vec<Vec<u8>> = (0..COUNT)
+            .map(|_| (0..SIZE).map(|_| rand::random::<u8>()).collect())
+            .collect();
+        producer
+            .send_batch(&topic, payloads.iter().map(|p| (Some(0), None, p.clone())))
+            .await
+            .expect("produce");
+        let reader = RangeReader::connect(config()).await.expect("reader");
+        assert_eq!(reader.bytes_received(), 0, "nothing read yet");
+        let messages = reader
+            .read(&topic, 0, range(0, COUNT as i64))
+            .await
+            .expect("read");
+        assert_eq!(messages.len(), COUNT);
+        let payload_bytes = (COUNT * SIZE) as u64;
+        // Statistics are periodic: the figure covers the read once the consumer has reported after it
+        // (within a second while reading, or once parked when idle). `bounded` limits the wait.
+        while reader.bytes_received() < payload_bytes {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(reader.bytes_received() >= payload_bytes);
+    })
+    .await;
+}
+
 /// A "broker" that accepts connections and never answers: every call must end with a retryable timeout.
 #[tokio::test]
 async fn a_broker_that_never_answers_gives_a_retryable_timeout() {
