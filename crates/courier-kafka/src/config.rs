@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::ClientConfig;
 use serde::Deserialize;
 
@@ -80,7 +81,10 @@ impl KafkaConfig {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.brokers)
-            .set("client.id", &self.client_id);
+            .set("client.id", &self.client_id)
+            // librdkafka's own lines up to INFO reach courier's context, which picks their tracing level
+            // (rdkafka would otherwise derive it from the `log` crate's filter, usually ERROR only).
+            .set_log_level(RDKafkaLogLevel::Info);
         config
     }
 

@@ -9,6 +9,9 @@
 //! - [`producer`]: [`Producer`], batches acknowledged by all in-sync replicas.
 //! - [`admin`]: [`create_topic`] (idempotent, waits for leaders) and [`delete_records_before`].
 //! - [`error`]: [`ReadError`] (its variant decides retry or fail) and [`Error`].
+//! - `context`: what librdkafka reports beside its calls (errors, log lines, statistics), classified
+//!   and routed to tracing.
+//! - `outage`: broker outages logged once per cluster (a WARN, summaries, an INFO at the end).
 //! - `traffic`: bytes received from the brokers, from librdkafka's statistics ([`RECEIVED_BYTES`],
 //!   [`RangeReader::bytes_received`]).
 //!
@@ -20,7 +23,9 @@
 
 pub mod admin;
 pub mod config;
+mod context;
 pub mod error;
+mod outage;
 pub mod producer;
 pub mod reader;
 mod traffic;

@@ -41,15 +41,16 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use courier_core::{Message, Offset, OffsetRange, Partition};
-use rdkafka::consumer::{BaseConsumer as RdBaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer as RdBaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
-use rdkafka::ClientContext;
 use rdkafka::{Offset as RdOffset, TopicPartitionList};
 use tracing::{debug, warn};
 
 use crate::config::KafkaConfig;
+use crate::context::CourierContext;
 use crate::error::{is_timeout, is_unknown_topic, Error, ReadError};
+use crate::outage::{OutageLog, Waiting};
 use crate::traffic::{ClientTraffic, Traffic};
 
 /// How long a pooled consumer keeps fetching its partition after its last read, in case the next range of
@@ -68,33 +69,7 @@ const PARK_CHECK_EVERY: Duration = Duration::from_secs(1);
 const EVENTS_PER_CHECK: usize = 16;
 
 /// A range reader's consumer.
-type BaseConsumer = RdBaseConsumer<ReaderContext>;
-
-/// Routes librdkafka's global errors to tracing and counts the bytes received. rdkafka's default context
-/// logs every error at ERROR, including `PartitionEOF`, which here only means "this read reached the end
-/// of the partition": at 2 a.m. an ERROR line must mean something is wrong.
-struct ReaderContext {
-    traffic: ClientTraffic,
-}
-
-impl ClientContext for ReaderContext {
-    fn stats_raw(&self, statistics: &[u8]) {
-        self.traffic.on_statistics(statistics);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        match error {
-            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {
-                tracing::trace!(%error, "Reached the end of a partition.")
-            }
-            _ => {
-                tracing::warn!(%error, reason, "librdkafka reported an error; reads retry, and a range that cannot be read fails with its reason.")
-            }
-        }
-    }
-}
-
-impl ConsumerContext for ReaderContext {}
+type BaseConsumer = RdBaseConsumer<CourierContext>;
 
 /// The low and high watermarks of one partition.
 ///
@@ -134,6 +109,8 @@ struct Inner {
     partition_counts: Mutex<HashMap<String, i32>>,
     /// Bytes received by every consumer this reader made, closed ones included.
     traffic: Arc<Traffic>,
+    /// The cluster's outage log, shared with every other client of the cluster.
+    outages: Arc<OutageLog>,
 }
 
 impl std::fmt::Debug for RangeReader {
@@ -172,10 +149,11 @@ impl RangeReader {
     /// Fails only on an invalid configuration; an unreachable cluster shows up on the first call.
     pub async fn connect(config: KafkaConfig) -> Result<Self, Error> {
         let inner = Arc::new(Inner {
-            config,
             idle: Mutex::new(Vec::new()),
             partition_counts: Mutex::new(HashMap::new()),
             traffic: Arc::default(),
+            outages: OutageLog::for_cluster(&config.brokers),
+            config,
         });
         let creator = Arc::clone(&inner);
         let consumer = blocking(move || creator.create_consumer()).await??;
@@ -216,28 +194,47 @@ impl RangeReader {
         range: OffsetRange,
     ) -> Result<Vec<Message>, ReadError> {
         let inner = Arc::clone(&self.inner);
+        let _waiting = inner.outages.waiting(Waiting::RangeRead);
         let topic = topic.to_owned();
         let deadline = Instant::now() + inner.config.read_timeout;
-        blocking(move || inner.read(&topic, partition, range, deadline)).await?
+        let result = blocking(move || inner.read(&topic, partition, range, deadline)).await?;
+        if broker_answered(&result) {
+            self.inner.outages.answered();
+        }
+        result
     }
 
     /// The low and high watermarks of every partition of `topic`, by partition.
     pub async fn high_watermarks(&self, topic: &str) -> Result<Vec<PartitionWatermarks>, Error> {
-        let inner = Arc::clone(&self.inner);
         let topic = topic.to_owned();
-        blocking(move || inner.high_watermarks(&topic)).await?
+        self.metadata_call(move |inner| inner.high_watermarks(&topic))
+            .await
     }
 
     /// How many partitions `topic` has.
     pub async fn partition_count(&self, topic: &str) -> Result<i32, Error> {
-        let inner = Arc::clone(&self.inner);
         let topic = topic.to_owned();
-        blocking(move || {
+        self.metadata_call(move |inner| {
             let deadline = Instant::now() + inner.config.read_timeout;
             let consumer = inner.checkout_any()?;
             inner.refresh_partition_count(&consumer, &topic, deadline)
         })
-        .await?
+        .await
+    }
+
+    /// Runs a metadata or watermark query off the runtime, counted as waiting on the brokers.
+    async fn metadata_call<T, F>(&self, call: F) -> Result<T, Error>
+    where
+        F: FnOnce(&Inner) -> Result<T, Error> + Send + 'static,
+        T: Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        let _waiting = inner.outages.waiting(Waiting::Metadata);
+        let result = blocking(move || call(&inner)).await?;
+        if matches!(&result, Ok(_) | Err(Error::UnknownTopic { .. })) {
+            self.inner.outages.answered();
+        }
+        result
     }
 }
 
@@ -303,6 +300,11 @@ impl Loan<'_> {
 impl Drop for Loan<'_> {
     fn drop(&mut self) {
         if let Some(mut pooled) = self.pooled.take() {
+            if pooled.cursor.is_none() {
+                // What it queued during a metadata call or a failed read (errors above all) is
+                // reported now rather than at the next check.
+                serve_events(&pooled.consumer);
+            }
             pooled.idle_since = Instant::now();
             lock(&self.inner.idle).push(pooled);
         }
@@ -339,6 +341,7 @@ async fn park_idle_consumers(inner: Weak<Inner>) {
         let _parked = blocking(move || {
             strong.park(stale);
             strong.serve_idle_events();
+            strong.outages.check();
         })
         .await;
     }
@@ -354,6 +357,30 @@ impl Drop for Inner {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn_blocking(move || drop(idle));
         }
+    }
+}
+
+/// Hands the events queued on an unassigned consumer (statistics, logs, errors) to its context.
+fn serve_events(consumer: &BaseConsumer) {
+    for _ in 0..EVENTS_PER_CHECK {
+        // Unassigned, so nothing worth keeping comes back: a message would be a leftover of the previous
+        // assignment (the next read assigns afresh at its own start), an error was already passed to the
+        // context.
+        let _served = consumer.poll(Duration::ZERO);
+    }
+}
+
+/// Whether a read's outcome came from a broker's answer (rather than from no answer in time).
+fn broker_answered<T>(result: &Result<T, ReadError>) -> bool {
+    match result {
+        Ok(_) => true,
+        Err(error) => matches!(
+            error,
+            ReadError::Retention { .. }
+                | ReadError::NotYetWritten { .. }
+                | ReadError::UnknownTopic { .. }
+                | ReadError::UnknownPartition { .. }
+        ),
     }
 }
 
@@ -383,19 +410,15 @@ impl Inner {
     fn serve_idle_events(&self) {
         let idle = lock(&self.idle);
         for pooled in idle.iter().filter(|pooled| pooled.cursor.is_none()) {
-            for _ in 0..EVENTS_PER_CHECK {
-                // Unassigned, so nothing worth keeping comes back: a message would be a leftover of the
-                // previous assignment (the next read assigns afresh at its own start), an error was
-                // already passed to the context.
-                let _served = pooled.consumer.poll(Duration::ZERO);
-            }
+            serve_events(&pooled.consumer);
         }
     }
 
     fn create_consumer(&self) -> Result<BaseConsumer, Error> {
-        let context = ReaderContext {
-            traffic: ClientTraffic::new(Arc::clone(&self.traffic)),
-        };
+        let context = CourierContext::new(
+            Arc::clone(&self.outages),
+            Some(ClientTraffic::new(Arc::clone(&self.traffic))),
+        );
         self.config
             .reader_client_config()
             .create_with_context::<_, BaseConsumer>(context)
