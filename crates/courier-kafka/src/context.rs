@@ -14,14 +14,16 @@
 //! NOTICE as INFO, INFO as DEBUG, DEBUG (only with the `debug` property) as TRACE. Its connectivity lines
 //! (facility `FAIL`, `REQTMOUT`, ...) repeat what the error events say, so they are DEBUG.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientContext;
 
+use crate::error::is_undecodable;
 use crate::outage::OutageLog;
+use crate::reader::lock;
 use crate::traffic::ClientTraffic;
 
 /// The context of every librdkafka client courier makes.
@@ -29,11 +31,23 @@ pub(crate) struct CourierContext {
     outages: Arc<OutageLog>,
     /// Counts bytes received from statistics (range readers only: they ask for statistics).
     traffic: Option<ClientTraffic>,
+    /// librdkafka's words for the last undecodable batch. rdkafka hands the consumer only the error
+    /// code; the text (codec, batch offset, size) reaches the context, just before, on the same thread.
+    undecodable: Mutex<Option<String>>,
 }
 
 impl CourierContext {
     pub(crate) fn new(outages: Arc<OutageLog>, traffic: Option<ClientTraffic>) -> Self {
-        Self { outages, traffic }
+        Self {
+            outages,
+            traffic,
+            undecodable: Mutex::new(None),
+        }
+    }
+
+    /// librdkafka's description of the undecodable batch the consumer just reported, if it gave one.
+    pub(crate) fn take_undecodable(&self) -> Option<String> {
+        lock(&self.undecodable).take()
     }
 }
 
@@ -46,6 +60,8 @@ pub(crate) enum Kind {
     Connectivity,
     /// An operator must act: credentials, certificates, permissions, configuration.
     Actionable,
+    /// A record batch cannot be decoded; the range read that met it fails with the reason.
+    Undecodable,
     /// Anything else: librdkafka or the caller retries.
     Transient,
 }
@@ -55,6 +71,7 @@ pub(crate) fn classify(code: Option<RDKafkaErrorCode>) -> Kind {
     use RDKafkaErrorCode as C;
     match code {
         Some(C::PartitionEOF) => Kind::EndOfPartition,
+        Some(code) if is_undecodable(code) => Kind::Undecodable,
         Some(
             C::BrokerTransportFailure
             | C::AllBrokersDown
@@ -121,6 +138,11 @@ impl ClientContext for CourierContext {
         match classify(error.rdkafka_error_code()) {
             Kind::EndOfPartition => tracing::trace!(%error, "Reached the end of a partition."),
             Kind::Connectivity => self.outages.failure(broker_of(reason), reason),
+            Kind::Undecodable => {
+                // The read that polled it fails with `ReadError::Undecodable`, which says it all.
+                tracing::debug!(%error, reason, "librdkafka could not decode a record batch.");
+                *lock(&self.undecodable) = Some(reason.to_owned());
+            }
             Kind::Actionable => tracing::error!(
                 %error,
                 reason,
@@ -164,6 +186,7 @@ mod tests {
             assert_eq!(classify(Some(code)), Kind::Actionable, "{code:?}");
         }
         assert_eq!(classify(Some(C::PartitionEOF)), Kind::EndOfPartition);
+        assert_eq!(classify(Some(C::NotImplemented)), Kind::Undecodable);
         assert_eq!(classify(Some(C::LeaderNotAvailable)), Kind::Transient);
         assert_eq!(classify(None), Kind::Transient);
     }

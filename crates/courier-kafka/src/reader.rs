@@ -21,6 +21,9 @@
 //!    - the end of the partition is below `end` even when asked afresh: [`ReadError::NotYetWritten`];
 //!    - the fetch offset is out of range: the watermarks decide between [`ReadError::Retention`]
 //!      (`start` below the log start offset) and [`ReadError::NotYetWritten`] (`start` past the end);
+//!    - a record batch cannot be decoded (a codec this build lacks, a corrupt batch):
+//!      [`ReadError::Undecodable`] at the first offset not read, permanent, before any later message is
+//!      taken (so an undecodable batch is never stepped over as if it were a gap);
 //!    - the deadline ([`KafkaConfig::read_timeout`]) passes: [`ReadError::Timeout`], retryable.
 //! 5. After a success the consumer goes back to the pool still assigned, so it keeps prefetching (at most
 //!    `queued.max.messages.kbytes`); after an error it is unassigned first, so nothing stale survives.
@@ -49,7 +52,7 @@ use tracing::{debug, warn};
 
 use crate::config::KafkaConfig;
 use crate::context::CourierContext;
-use crate::error::{is_timeout, is_unknown_topic, Error, ReadError};
+use crate::error::{is_timeout, is_undecodable, is_unknown_topic, Error, ReadError};
 use crate::outage::{OutageLog, Waiting};
 use crate::traffic::{ClientTraffic, Traffic};
 
@@ -380,6 +383,7 @@ fn broker_answered<T>(result: &Result<T, ReadError>) -> bool {
                 | ReadError::NotYetWritten { .. }
                 | ReadError::UnknownTopic { .. }
                 | ReadError::UnknownPartition { .. }
+                | ReadError::Undecodable { .. }
         ),
     }
 }
@@ -795,6 +799,17 @@ impl RangeRead<'_> {
                 )?;
                 Err(self.kafka_error("fetching", error))
             }
+            Some(code) if is_undecodable(code) => Err(ReadError::Undecodable {
+                topic: self.topic.to_owned(),
+                partition: self.partition,
+                range: self.range,
+                offset: self.next,
+                cause: self
+                    .consumer
+                    .context()
+                    .take_undecodable()
+                    .unwrap_or_else(|| error.to_string()),
+            }),
             Some(RDKafkaErrorCode::TopicAuthorizationFailed) => {
                 Err(self.kafka_error("fetching (not authorized to read the topic)", error))
             }

@@ -659,6 +659,57 @@ async fn counts_the_bytes_received_from_the_brokers() {
     .await;
 }
 
+/// Batches of every codec, mixed in one partition, read back intact and in order in one range.
+#[tokio::test]
+async fn reads_batches_of_every_compression_codec_mixed_in_one_partition() {
+    bounded(async {
+        const CODECS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
+        const ROUNDS: usize = 3;
+        const PER_BATCH: usize = 40;
+        let topic = unique_topic("codecs");
+        create_topic(&brokers(), &topic, 1).await.expect("create");
+        let mut producers = Vec::new();
+        for codec in CODECS {
+            let producer = Producer::connect(config().with_extra("compression.codec", codec))
+                .await
+                .unwrap_or_else(|e| panic!("a producer compressing with {codec}: {e}"));
+            producers.push((codec, producer));
+        }
+        // Compressible payloads, so that every codec really compresses its batch.
+        let payload = |codec: &str, round: usize, i: usize| {
+            format!("{codec}-{round}-{i}-{}", "courier ".repeat(40)).into_bytes()
+        };
+        let mut expected = Vec::new();
+        for round in 0..ROUNDS {
+            for (codec, producer) in &producers {
+                let batch: Vec<Vec<u8>> =
+                    (0..PER_BATCH).map(|i| payload(codec, round, i)).collect();
+                producer
+                    .send_batch(&topic, batch.iter().map(|p| (Some(0), None, p.clone())))
+                    .await
+                    .unwrap_or_else(|e| panic!("produce a {codec} batch: {e}"));
+                expected.extend(batch);
+            }
+        }
+        let reader = RangeReader::connect(config()).await.expect("reader");
+        let total = expected.len() as i64;
+        let messages = reader
+            .read(&topic, 0, range(0, total))
+            .await
+            .expect("read every codec");
+        assert_eq!(offsets(&messages), (0..total).collect::<Vec<_>>());
+        let payloads: Vec<Vec<u8>> = messages
+            .into_iter()
+            .map(|m| m.payload.unwrap_or_default())
+            .collect();
+        assert!(
+            payloads == expected,
+            "payloads differ from what was produced"
+        );
+    })
+    .await;
+}
+
 /// A "broker" that accepts connections and never answers: every call must end with a retryable timeout.
 #[tokio::test]
 async fn a_broker_that_never_answers_gives_a_retryable_timeout() {
