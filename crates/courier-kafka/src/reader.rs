@@ -363,6 +363,48 @@ impl Drop for Inner {
     }
 }
 
+/// One `offsets_for_times` query for partitions `0..count` of `topic` at `side`; see
+/// `Inner::list_offsets`.
+fn query_offsets(
+    consumer: &BaseConsumer,
+    topic: &str,
+    count: i32,
+    side: RdOffset,
+    wait: Duration,
+) -> Result<Vec<Offset>, KafkaError> {
+    let mut request = TopicPartitionList::with_capacity(usize::try_from(count).unwrap_or(0));
+    for partition in 0..count {
+        request.add_partition_offset(topic, partition, side)?;
+    }
+    let answer = consumer.offsets_for_times(request, wait)?;
+    (0..count)
+        .map(|partition| {
+            let element = answer
+                .find_partition(topic, partition)
+                .ok_or(KafkaError::OffsetFetch(RDKafkaErrorCode::UnknownPartition))?;
+            element.error()?;
+            match element.offset() {
+                RdOffset::Offset(offset) => Ok(offset),
+                // The broker answers every sentinel query with an offset; anything else is a bug.
+                _ => Err(KafkaError::OffsetFetch(RDKafkaErrorCode::Fail)),
+            }
+        })
+        .collect()
+}
+
+/// A partition's leader moved or is not elected yet: asking again shortly succeeds.
+fn is_leader_change(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::FencedLeaderEpoch
+                | RDKafkaErrorCode::UnknownLeaderEpoch
+        )
+    )
+}
+
 /// Hands the events queued on an unassigned consumer (statistics, logs, errors) to its context.
 fn serve_events(consumer: &BaseConsumer) {
     for _ in 0..EVENTS_PER_CHECK {
@@ -553,29 +595,66 @@ impl Inner {
         }
     }
 
+    /// One metadata request for the partitions, then one ListOffsets request per side (per partition
+    /// leader) for all of them: the cost does not grow with the partition count.
     fn high_watermarks(&self, topic: &str) -> Result<Vec<PartitionWatermarks>, Error> {
         let deadline = Instant::now() + self.config.read_timeout;
         let consumer = self.checkout_any()?;
         let count = self.refresh_partition_count(&consumer, topic, deadline)?;
-        (0..count)
-            .map(|partition| {
-                let (low, high) = consumer
-                    .fetch_watermarks(topic, partition, remaining(deadline))
-                    .map_err(|e| {
+        let low = self.list_offsets(&consumer, topic, count, RdOffset::Beginning, deadline)?;
+        let high = self.list_offsets(&consumer, topic, count, RdOffset::End, deadline)?;
+        Ok((0..count)
+            .zip(low.into_iter().zip(high))
+            .map(|(partition, (low, high))| PartitionWatermarks {
+                partition,
+                low,
+                high,
+            })
+            .collect())
+    }
+
+    /// The earliest ([`RdOffset::Beginning`]) or latest ([`RdOffset::End`]) offset of partitions
+    /// `0..count` of `topic`, by partition. librdkafka's `offsets_for_times` with these sentinels as
+    /// timestamps sends one ListOffsets request per partition leader for all the partitions it leads;
+    /// "latest" honours `isolation.level` (the last stable offset under read_committed), like
+    /// `fetch_watermarks`.
+    ///
+    /// A leader that moved (or is not elected yet, on a new topic) fails the whole query; librdkafka
+    /// has already dropped its stale metadata by then, so the query is asked again after a short pause,
+    /// within the deadline.
+    fn list_offsets(
+        &self,
+        consumer: &BaseConsumer,
+        topic: &str,
+        count: i32,
+        side: RdOffset,
+        deadline: Instant,
+    ) -> Result<Vec<Offset>, Error> {
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match query_offsets(consumer, topic, count, side, remaining(deadline)) {
+                Err(error) if is_leader_change(&error) && remaining(deadline) > pause => {
+                    debug!(%topic, %error, "A partition leader moved while listing offsets; asking again.");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                result => {
+                    return result.map_err(|source| {
+                        let which = if side == RdOffset::Beginning {
+                            "earliest"
+                        } else {
+                            "latest"
+                        };
                         Error::kafka(
-                            format!("fetching the watermarks of {topic}/{partition}"),
+                            format!("listing the {which} offsets of the partitions of {topic:?}"),
                             &self.config.brokers,
                             self.config.read_timeout,
-                            e,
+                            source,
                         )
-                    })?;
-                Ok(PartitionWatermarks {
-                    partition,
-                    low,
-                    high,
-                })
-            })
-            .collect()
+                    })
+                }
+            }
+        }
     }
 
     fn read(

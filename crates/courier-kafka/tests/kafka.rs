@@ -10,6 +10,7 @@ use courier_kafka::{
     create_topic, create_topic_with_config, delete_records_before, Delivered, Error, KafkaConfig,
     PartitionWatermarks, Producer, RangeReader, ReadError,
 };
+use rdkafka::consumer::Consumer as _;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
 use rdkafka::ClientConfig;
 
@@ -388,6 +389,70 @@ async fn watermarks_and_partition_counts_for_the_planner() {
             .await
             .expect("idempotent create");
         assert_eq!(reader.partition_count(&topic).await.expect("count"), 3);
+    })
+    .await;
+}
+
+/// The whole topic's watermarks at once (one ListOffsets request per side), including partitions whose
+/// log start was moved, agree with librdkafka's per-partition query.
+#[tokio::test]
+async fn watermarks_of_every_partition_at_once_follow_deleted_records() {
+    bounded(async {
+        let topic =
+            topic_with_messages("all-watermarks", 5, &[(0, 30), (2, 7), (3, 12), (4, 1)]).await;
+        assert_eq!(
+            delete_records_before(&config(), &topic, 0, 20)
+                .await
+                .expect("delete"),
+            20
+        );
+        assert_eq!(
+            delete_records_before(&config(), &topic, 3, 12)
+                .await
+                .expect("delete all"),
+            12
+        );
+        let reader = RangeReader::connect(config()).await.expect("reader");
+        let watermarks = reader.high_watermarks(&topic).await.expect("watermarks");
+        let summary: Vec<_> = watermarks
+            .iter()
+            .map(|w| (w.partition, w.low, w.high))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![(0, 20, 30), (1, 0, 0), (2, 0, 7), (3, 12, 12), (4, 0, 1)]
+        );
+
+        // The per-partition query the planner used before, under the same isolation level.
+        let name = topic.clone();
+        let one_by_one = tokio::task::spawn_blocking(move || {
+            let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", brokers())
+                .set("isolation.level", "read_committed")
+                .create()
+                .expect("consumer");
+            (0..5)
+                .map(|partition| {
+                    let (low, high) = consumer
+                        .fetch_watermarks(&name, partition, Duration::from_secs(20))
+                        .expect("fetch_watermarks");
+                    (partition, low, high)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .expect("per-partition query");
+        assert_eq!(summary, one_by_one);
+
+        // Right after a topic is created, leaders may not be known everywhere yet: still an answer.
+        let fresh = unique_topic("fresh-watermarks");
+        create_topic(&brokers(), &fresh, 16).await.expect("create");
+        let watermarks = reader.high_watermarks(&fresh).await.expect("watermarks");
+        assert_eq!(watermarks.len(), 16);
+        assert!(
+            watermarks.iter().all(|w| (w.low, w.high) == (0, 0)),
+            "{watermarks:?}"
+        );
     })
     .await;
 }
