@@ -8,31 +8,50 @@ use std::time::{Duration, Instant};
 
 use courier_core::{Offset, Partition};
 use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Offset as RdOffset, TopicPartitionList};
 
 use crate::config::KafkaConfig;
+use crate::context::CourierContext;
 use crate::error::Error;
+use crate::outage::{OutageLog, Waiting, WaitingGuard};
 use crate::reader::blocking;
 
-type Admin = AdminClient<DefaultClientContext>;
+type Admin = AdminClient<CourierContext>;
 
-async fn admin_client(config: &KafkaConfig) -> Result<Arc<Admin>, Error> {
-    let client_config = config.admin_client_config();
-    blocking(move || {
-        client_config
-            .create::<Admin>()
-            .map(Arc::new)
-            .map_err(Error::Config)
-    })
-    .await?
+/// An admin client for one call, counted as waiting on the brokers while it lives.
+struct Session {
+    admin: Arc<Admin>,
+    outages: Arc<OutageLog>,
+    _waiting: WaitingGuard,
 }
 
-/// Closing a client blocks briefly: do it off the runtime.
-async fn close(admin: Arc<Admin>) {
-    // The client is being discarded either way; a failed close task changes nothing.
-    let _closed = blocking(move || drop(admin)).await;
+impl Session {
+    async fn open(config: &KafkaConfig) -> Result<Self, Error> {
+        let client_config = config.admin_client_config();
+        let outages = OutageLog::for_cluster(&config.brokers);
+        let waiting = outages.waiting(Waiting::Admin);
+        let context = CourierContext::new(Arc::clone(&outages), None);
+        let admin = blocking(move || {
+            client_config
+                .create_with_context::<_, Admin>(context)
+                .map(Arc::new)
+                .map_err(Error::Config)
+        })
+        .await??;
+        Ok(Self {
+            admin,
+            outages,
+            _waiting: waiting,
+        })
+    }
+
+    /// Closing a client blocks briefly: do it off the runtime.
+    async fn close(self) {
+        let admin = self.admin;
+        // The client is being discarded either way; a failed close task changes nothing.
+        let _closed = blocking(move || drop(admin)).await;
+    }
 }
 
 fn options(timeout: Duration) -> AdminOptions {
@@ -58,12 +77,18 @@ pub async fn create_topic_with_config(
 ) -> Result<(), Error> {
     let timeout = config.read_timeout;
     let deadline = Instant::now() + timeout;
-    let admin = admin_client(config).await?;
+    let session = Session::open(config).await?;
     let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(-1));
     for (key, value) in topic_config {
         topic = topic.set(key, value);
     }
-    let result = admin.create_topics([&topic], &options(timeout)).await;
+    let result = session
+        .admin
+        .create_topics([&topic], &options(timeout))
+        .await;
+    if result.is_ok() {
+        session.outages.answered();
+    }
     let created = match result {
         Ok(results) => results.into_iter().try_for_each(|result| match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => Ok(()),
@@ -82,16 +107,16 @@ pub async fn create_topic_with_config(
         )),
     };
     let ready = match created {
-        Ok(()) => wait_for_partitions(&admin, config, name, partitions, deadline).await,
+        Ok(()) => wait_for_partitions(&session, config, name, partitions, deadline).await,
         Err(error) => Err(error),
     };
-    close(admin).await;
+    session.close().await;
     ready
 }
 
 /// Polls metadata until `topic` shows at least `partitions` partitions, each with a leader.
 async fn wait_for_partitions(
-    admin: &Arc<Admin>,
+    session: &Session,
     config: &KafkaConfig,
     topic: &str,
     partitions: i32,
@@ -110,7 +135,7 @@ async fn wait_for_partitions(
             });
         }
         // A metadata request is a quick round trip; run it off the runtime all the same.
-        let client = Arc::clone(admin);
+        let client = Arc::clone(&session.admin);
         let name = topic.to_owned();
         let ready = blocking(move || {
             client
@@ -128,6 +153,9 @@ async fn wait_for_partitions(
                 })
         })
         .await?;
+        if ready.is_ok() {
+            session.outages.answered();
+        }
         match ready {
             Ok(true) => return Ok(()),
             Ok(false) => {}
@@ -156,12 +184,14 @@ pub async fn delete_records_before(
     before: Offset,
 ) -> Result<Offset, Error> {
     let operation = format!("deleting records of {topic}/{partition} below offset {before}");
-    let admin = admin_client(config).await?;
+    let session = Session::open(config).await?;
     let mut offsets = TopicPartitionList::new();
     let result = match offsets.add_partition_offset(topic, partition, RdOffset::Offset(before)) {
-        Ok(()) => admin
+        Ok(()) => session
+            .admin
             .delete_records(&offsets, &options(config.read_timeout))
             .await
+            .inspect(|_| session.outages.answered())
             .map_err(|e| Error::kafka(&operation, &config.brokers, config.read_timeout, e)),
         Err(e) => Err(Error::kafka(
             &operation,
@@ -170,7 +200,7 @@ pub async fn delete_records_before(
             e,
         )),
     };
-    close(admin).await;
+    session.close().await;
     let deleted = result?;
     let element = deleted
         .find_partition(topic, partition)
@@ -199,9 +229,16 @@ pub async fn add_partitions(config: &KafkaConfig, topic: &str, total: i32) -> Re
     let operation = format!("growing topic {topic:?} to {total} partition(s)");
     let timeout = config.read_timeout;
     let deadline = Instant::now() + timeout;
-    let admin = admin_client(config).await?;
+    let session = Session::open(config).await?;
     let grow = NewPartitions::new(topic, usize::try_from(total).unwrap_or(0));
-    let created = match admin.create_partitions([&grow], &options(timeout)).await {
+    let result = session
+        .admin
+        .create_partitions([&grow], &options(timeout))
+        .await;
+    if result.is_ok() {
+        session.outages.answered();
+    }
+    let created = match result {
         Ok(results) => results.into_iter().try_for_each(|result| match result {
             Ok(_) => Ok(()),
             Err((_, code)) => Err(Error::kafka(
@@ -214,9 +251,9 @@ pub async fn add_partitions(config: &KafkaConfig, topic: &str, total: i32) -> Re
         Err(error) => Err(Error::kafka(&operation, &config.brokers, timeout, error)),
     };
     let ready = match created {
-        Ok(()) => wait_for_partitions(&admin, config, topic, total, deadline).await,
+        Ok(()) => wait_for_partitions(&session, config, topic, total, deadline).await,
         Err(error) => Err(error),
     };
-    close(admin).await;
+    session.close().await;
     ready
 }

@@ -61,6 +61,25 @@ pub enum ReadError {
         partition: Partition,
         partition_count: i32,
     },
+    /// A record batch in the range cannot be decoded: compressed with a codec this build lacks, or
+    /// corrupt. Reading it again fails the same way, so it is not retryable.
+    #[error(
+        "{topic}/{partition}: the records from offset {offset} cannot be decoded ({cause}), so range \
+         {range} cannot be delivered and fails with reason `undecodable`. Reading it again fails the \
+         same way. 'Not implemented' means the batch is compressed with a codec this build of \
+         courier lacks (it reads none, gzip, snappy, lz4 and zstd): upgrade courier, then replay the \
+         range. A CRC or decompression failure means the batch is corrupt on the broker: inspect it \
+         with kafka-dump-log.sh, then replay or accept the loss; see docs/runbooks/failed-ranges.md."
+    )]
+    Undecodable {
+        topic: String,
+        partition: Partition,
+        range: OffsetRange,
+        /// The first offset of the range not read: the undecodable batch holds it, or the next record.
+        offset: Offset,
+        /// librdkafka's words (codec, batch offset and size), else the error code.
+        cause: String,
+    },
     /// The read did not finish in time: the broker is down, slow or unreachable. Retryable.
     #[error(
         "{topic}/{partition}: reading {range} did not finish within {waited:?} ({received} message(s) \
@@ -96,12 +115,14 @@ impl ReadError {
     ///   [`Kafka`](Self::Kafka), and [`Client`](Self::Client) errors that are themselves transient.
     /// - Not retryable: [`Retention`](Self::Retention) (the data is gone),
     ///   [`UnknownTopic`](Self::UnknownTopic) and [`UnknownPartition`](Self::UnknownPartition) (a route
-    ///   or topic an operator must fix; a replay after the fix reads the range again).
+    ///   or topic an operator must fix; a replay after the fix reads the range again),
+    ///   [`Undecodable`](Self::Undecodable) (the same bytes fail the same way).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Retention { .. } | Self::UnknownTopic { .. } | Self::UnknownPartition { .. } => {
-                false
-            }
+            Self::Retention { .. }
+            | Self::UnknownTopic { .. }
+            | Self::UnknownPartition { .. }
+            | Self::Undecodable { .. } => false,
             Self::NotYetWritten { .. } | Self::Timeout { .. } | Self::Kafka { .. } => true,
             Self::Client(error) => error.is_retryable(),
         }
@@ -114,6 +135,7 @@ impl ReadError {
             Self::NotYetWritten { .. } => "not_yet_written",
             Self::UnknownTopic { .. } => "unknown_topic",
             Self::UnknownPartition { .. } => "unknown_partition",
+            Self::Undecodable { .. } => "undecodable",
             Self::Timeout { .. } => "kafka_timeout",
             Self::Kafka { .. } => "kafka_error",
             Self::Client(_) => "kafka_client",
@@ -225,6 +247,19 @@ pub(crate) fn is_timeout(error: &KafkaError) -> bool {
     )
 }
 
+/// librdkafka's ways of saying "this record batch cannot be decoded": a codec it was built without
+/// (`NotImplemented`, or the broker refusing to convert for it), a batch that fails to decompress or its
+/// CRC check. The same bytes fail the same way on every read.
+pub(crate) fn is_undecodable(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::NotImplemented
+            | RDKafkaErrorCode::BadCompression
+            | RDKafkaErrorCode::BadMessage
+            | RDKafkaErrorCode::UnsupportedCompressionType
+    )
+}
+
 /// librdkafka's ways of saying "no such topic or partition".
 pub(crate) fn is_unknown_topic(code: RDKafkaErrorCode) -> bool {
     matches!(
@@ -233,4 +268,57 @@ pub(crate) fn is_unknown_topic(code: RDKafkaErrorCode) -> bool {
             | RDKafkaErrorCode::UnknownTopic
             | RDKafkaErrorCode::UnknownPartition
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn undecodable_records_are_permanent_and_transient_errors_retry() {
+        use RDKafkaErrorCode as C;
+        for code in [
+            C::NotImplemented,
+            C::BadCompression,
+            C::BadMessage,
+            C::UnsupportedCompressionType,
+        ] {
+            assert!(is_undecodable(code), "{code:?}");
+        }
+        for code in [
+            C::BrokerTransportFailure,
+            C::AllBrokersDown,
+            C::NotLeaderForPartition,
+            C::LeaderNotAvailable,
+            C::RequestTimedOut,
+            C::OffsetOutOfRange,
+        ] {
+            assert!(!is_undecodable(code), "{code:?}");
+        }
+
+        let range = OffsetRange::new(100, 200).expect("range");
+        let error = ReadError::Undecodable {
+            topic: "orders".into(),
+            partition: 2,
+            range,
+            offset: 150,
+            cause: "Decompression (codec 0x4) of message at 150 of 900 bytes failed: Local: Not \
+                    implemented"
+                .into(),
+        };
+        assert!(!error.is_retryable());
+        assert_eq!(error.reason(), "undecodable");
+        let text = error.to_string();
+        for needle in ["orders/2", "offset 150", "codec 0x4", "failed-ranges.md"] {
+            assert!(text.contains(needle), "{needle:?} in {text}");
+        }
+
+        let transient = ReadError::Kafka {
+            topic: "orders".into(),
+            partition: 2,
+            operation: "fetching",
+            source: KafkaError::MessageConsumption(C::NotLeaderForPartition),
+        };
+        assert!(transient.is_retryable());
+    }
 }

@@ -9,6 +9,11 @@
 //! - [`producer`]: [`Producer`], batches acknowledged by all in-sync replicas.
 //! - [`admin`]: [`create_topic`] (idempotent, waits for leaders) and [`delete_records_before`].
 //! - [`error`]: [`ReadError`] (its variant decides retry or fail) and [`Error`].
+//! - `context`: what librdkafka reports beside its calls (errors, log lines, statistics), classified
+//!   and routed to tracing.
+//! - `outage`: broker outages logged once per cluster (a WARN, summaries, an INFO at the end).
+//! - `traffic`: bytes received from the brokers, from librdkafka's statistics ([`RECEIVED_BYTES`],
+//!   [`RangeReader::bytes_received`]).
 //!
 //! Every librdkafka call that blocks runs on tokio's blocking pool and is bounded by
 //! [`KafkaConfig::read_timeout`]: a stuck broker yields a retryable error, never a hang.
@@ -18,12 +23,16 @@
 
 pub mod admin;
 pub mod config;
+mod context;
 pub mod error;
+mod outage;
 pub mod producer;
 pub mod reader;
+mod traffic;
 
 pub use admin::{add_partitions, create_topic, create_topic_with_config, delete_records_before};
 pub use config::KafkaConfig;
 pub use error::{Error, ReadError};
 pub use producer::{Delivered, Producer, Record};
 pub use reader::{PartitionWatermarks, RangeReader};
+pub use traffic::RECEIVED_BYTES;

@@ -3,14 +3,19 @@
 //! Owns: [`Producer`], a librdkafka `FutureProducer` with acks from all in-sync replicas and idempotence on.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use courier_core::{Offset, Partition};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer as RdFutureProducer, FutureRecord};
 
 use crate::config::KafkaConfig;
+use crate::context::CourierContext;
 use crate::error::Error;
+use crate::outage::{OutageLog, Waiting};
 use crate::reader::blocking;
+
+type FutureProducer = RdFutureProducer<CourierContext>;
 
 /// Where Kafka stored one produced message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +32,7 @@ pub type Record = (Option<Partition>, Option<Vec<u8>>, Vec<u8>);
 pub struct Producer {
     inner: Option<FutureProducer>,
     config: KafkaConfig,
+    outages: Arc<OutageLog>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -41,12 +47,15 @@ impl Producer {
     /// Creates the producer off the runtime (client creation does blocking I/O).
     pub async fn connect(config: KafkaConfig) -> Result<Self, Error> {
         let client_config = config.producer_client_config();
-        let inner = blocking(move || client_config.create::<FutureProducer>())
+        let outages = OutageLog::for_cluster(&config.brokers);
+        let context = CourierContext::new(Arc::clone(&outages), None);
+        let inner = blocking(move || client_config.create_with_context(context))
             .await?
             .map_err(Error::Config)?;
         Ok(Self {
             inner: Some(inner),
             config,
+            outages,
         })
     }
 
@@ -59,6 +68,7 @@ impl Producer {
         I: IntoIterator<Item = Record>,
     {
         let producer = self.producer()?;
+        let _waiting = self.outages.waiting(Waiting::Produce);
         let mut delivered = Vec::new();
         let mut in_flight: VecDeque<DeliveryFuture> = VecDeque::new();
         for (partition, key, payload) in messages {
@@ -99,10 +109,13 @@ impl Producer {
 
     async fn settle(&self, topic: &str, future: DeliveryFuture) -> Result<Delivered, Error> {
         match future.await {
-            Ok(Ok(delivery)) => Ok(Delivered {
-                partition: delivery.partition,
-                offset: delivery.offset,
-            }),
+            Ok(Ok(delivery)) => {
+                self.outages.answered();
+                Ok(Delivered {
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                })
+            }
             Ok(Err((source, _message))) => Err(Error::Delivery {
                 topic: topic.to_owned(),
                 source,

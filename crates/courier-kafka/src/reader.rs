@@ -21,6 +21,9 @@
 //!    - the end of the partition is below `end` even when asked afresh: [`ReadError::NotYetWritten`];
 //!    - the fetch offset is out of range: the watermarks decide between [`ReadError::Retention`]
 //!      (`start` below the log start offset) and [`ReadError::NotYetWritten`] (`start` past the end);
+//!    - a record batch cannot be decoded (a codec this build lacks, a corrupt batch):
+//!      [`ReadError::Undecodable`] at the first offset not read, permanent, before any later message is
+//!      taken (so an undecodable batch is never stepped over as if it were a gap);
 //!    - the deadline ([`KafkaConfig::read_timeout`]) passes: [`ReadError::Timeout`], retryable.
 //! 5. After a success the consumer goes back to the pool still assigned, so it keeps prefetching (at most
 //!    `queued.max.messages.kbytes`); after an error it is unassigned first, so nothing stale survives.
@@ -41,15 +44,17 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use courier_core::{Message, Offset, OffsetRange, Partition};
-use rdkafka::consumer::{BaseConsumer as RdBaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer as RdBaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
-use rdkafka::ClientContext;
 use rdkafka::{Offset as RdOffset, TopicPartitionList};
 use tracing::{debug, warn};
 
 use crate::config::KafkaConfig;
-use crate::error::{is_timeout, is_unknown_topic, Error, ReadError};
+use crate::context::CourierContext;
+use crate::error::{is_timeout, is_undecodable, is_unknown_topic, Error, ReadError};
+use crate::outage::{OutageLog, Waiting};
+use crate::traffic::{ClientTraffic, Traffic};
 
 /// How long a pooled consumer keeps fetching its partition after its last read, in case the next range of
 /// that partition comes soon (the common case: a worker keeping up with a partition, range after range).
@@ -59,31 +64,15 @@ use crate::error::{is_timeout, is_unknown_topic, Error, ReadError};
 /// waits for the fetch in flight, up to `fetch.wait.max.ms`).
 pub const PARK_AFTER: Duration = Duration::from_secs(3);
 
-/// How often the background task looks for consumers to park.
+/// How often the background task looks for consumers to park and serves idle consumers' events.
 const PARK_CHECK_EVERY: Duration = Duration::from_secs(1);
 
+/// At most this many queued events (statistics, logs, errors) served per idle consumer and check: a
+/// consumer queues about one per second (its statistics), so this drains faster than it fills.
+const EVENTS_PER_CHECK: usize = 16;
+
 /// A range reader's consumer.
-type BaseConsumer = RdBaseConsumer<ReaderContext>;
-
-/// Routes librdkafka's global errors to tracing. rdkafka's default context logs every one at ERROR,
-/// including `PartitionEOF`, which here only means "this read reached the end of the partition": at
-/// 2 a.m. an ERROR line must mean something is wrong.
-struct ReaderContext;
-
-impl ClientContext for ReaderContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        match error {
-            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {
-                tracing::trace!(%error, "Reached the end of a partition.")
-            }
-            _ => {
-                tracing::warn!(%error, reason, "librdkafka reported an error; reads retry, and a range that cannot be read fails with its reason.")
-            }
-        }
-    }
-}
-
-impl ConsumerContext for ReaderContext {}
+type BaseConsumer = RdBaseConsumer<CourierContext>;
 
 /// The low and high watermarks of one partition.
 ///
@@ -121,6 +110,10 @@ struct Inner {
     /// Partition counts per topic, from metadata. Partitions can be added to a topic, never removed, so a
     /// cached count is only ever too small: a partition beyond it triggers a refresh.
     partition_counts: Mutex<HashMap<String, i32>>,
+    /// Bytes received by every consumer this reader made, closed ones included.
+    traffic: Arc<Traffic>,
+    /// The cluster's outage log, shared with every other client of the cluster.
+    outages: Arc<OutageLog>,
 }
 
 impl std::fmt::Debug for RangeReader {
@@ -139,7 +132,7 @@ impl std::fmt::Debug for RangeReader {
 
 /// A poisoned lock only means another read panicked; the data (a list of idle consumers, a cache) is
 /// still consistent.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -159,9 +152,11 @@ impl RangeReader {
     /// Fails only on an invalid configuration; an unreachable cluster shows up on the first call.
     pub async fn connect(config: KafkaConfig) -> Result<Self, Error> {
         let inner = Arc::new(Inner {
-            config,
             idle: Mutex::new(Vec::new()),
             partition_counts: Mutex::new(HashMap::new()),
+            traffic: Arc::default(),
+            outages: OutageLog::for_cluster(&config.brokers),
+            config,
         });
         let creator = Arc::clone(&inner);
         let consumer = blocking(move || creator.create_consumer()).await??;
@@ -179,6 +174,17 @@ impl RangeReader {
         &self.inner.config
     }
 
+    /// Bytes this reader's consumers (closed ones included) received from the brokers since the reader
+    /// was created, from librdkafka's statistics: the wire cost of reading, prefetch and protocol
+    /// overhead included. Also counted in the metric [`RECEIVED_BYTES`](crate::RECEIVED_BYTES).
+    ///
+    /// The figure lags: a consumer reports every second while it reads, and an idle one once it is
+    /// parked ([`PARK_AFTER`]) and served by the next check, so the bytes of a read show up within a few
+    /// seconds of its end.
+    pub fn bytes_received(&self) -> u64 {
+        self.inner.traffic.received()
+    }
+
     /// Reads exactly the messages of `topic`/`partition` with offsets in `range`, in offset order.
     ///
     /// The result may hold fewer than `range.len()` messages (compaction and transaction markers leave
@@ -191,28 +197,47 @@ impl RangeReader {
         range: OffsetRange,
     ) -> Result<Vec<Message>, ReadError> {
         let inner = Arc::clone(&self.inner);
+        let _waiting = inner.outages.waiting(Waiting::RangeRead);
         let topic = topic.to_owned();
         let deadline = Instant::now() + inner.config.read_timeout;
-        blocking(move || inner.read(&topic, partition, range, deadline)).await?
+        let result = blocking(move || inner.read(&topic, partition, range, deadline)).await?;
+        if broker_answered(&result) {
+            self.inner.outages.answered();
+        }
+        result
     }
 
     /// The low and high watermarks of every partition of `topic`, by partition.
     pub async fn high_watermarks(&self, topic: &str) -> Result<Vec<PartitionWatermarks>, Error> {
-        let inner = Arc::clone(&self.inner);
         let topic = topic.to_owned();
-        blocking(move || inner.high_watermarks(&topic)).await?
+        self.metadata_call(move |inner| inner.high_watermarks(&topic))
+            .await
     }
 
     /// How many partitions `topic` has.
     pub async fn partition_count(&self, topic: &str) -> Result<i32, Error> {
-        let inner = Arc::clone(&self.inner);
         let topic = topic.to_owned();
-        blocking(move || {
+        self.metadata_call(move |inner| {
             let deadline = Instant::now() + inner.config.read_timeout;
             let consumer = inner.checkout_any()?;
             inner.refresh_partition_count(&consumer, &topic, deadline)
         })
-        .await?
+        .await
+    }
+
+    /// Runs a metadata or watermark query off the runtime, counted as waiting on the brokers.
+    async fn metadata_call<T, F>(&self, call: F) -> Result<T, Error>
+    where
+        F: FnOnce(&Inner) -> Result<T, Error> + Send + 'static,
+        T: Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        let _waiting = inner.outages.waiting(Waiting::Metadata);
+        let result = blocking(move || call(&inner)).await?;
+        if matches!(&result, Ok(_) | Err(Error::UnknownTopic { .. })) {
+            self.inner.outages.answered();
+        }
+        result
     }
 }
 
@@ -278,6 +303,11 @@ impl Loan<'_> {
 impl Drop for Loan<'_> {
     fn drop(&mut self) {
         if let Some(mut pooled) = self.pooled.take() {
+            if pooled.cursor.is_none() {
+                // What it queued during a metadata call or a failed read (errors above all) is
+                // reported now rather than at the next check.
+                serve_events(&pooled.consumer);
+            }
             pooled.idle_since = Instant::now();
             lock(&self.inner.idle).push(pooled);
         }
@@ -291,8 +321,8 @@ impl std::ops::Deref for Loan<'_> {
     }
 }
 
-/// Unassigns consumers that have been idle with a partition assigned for [`PARK_AFTER`]. Ends when the
-/// last clone of the reader is dropped.
+/// Unassigns consumers that have been idle with a partition assigned for [`PARK_AFTER`], and serves the
+/// events queued on unassigned idle consumers. Ends when the last clone of the reader is dropped.
 async fn park_idle_consumers(inner: Weak<Inner>) {
     let mut tick = tokio::time::interval(PARK_CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -309,12 +339,14 @@ async fn park_idle_consumers(inner: Weak<Inner>) {
             *idle = fresh;
             stale
         };
-        if stale.is_empty() {
-            continue;
-        }
-        // Unassigning waits on librdkafka's threads: off the runtime. A failed task only means the
-        // runtime is shutting down.
-        let _parked = blocking(move || strong.park(stale)).await;
+        // Unassigning waits on librdkafka's threads, and serving events runs the context's callbacks:
+        // off the runtime. A failed task only means the runtime is shutting down.
+        let _parked = blocking(move || {
+            strong.park(stale);
+            strong.serve_idle_events();
+            strong.outages.check();
+        })
+        .await;
     }
 }
 
@@ -328,6 +360,73 @@ impl Drop for Inner {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn_blocking(move || drop(idle));
         }
+    }
+}
+
+/// One `offsets_for_times` query for partitions `0..count` of `topic` at `side`; see
+/// `Inner::list_offsets`.
+fn query_offsets(
+    consumer: &BaseConsumer,
+    topic: &str,
+    count: i32,
+    side: RdOffset,
+    wait: Duration,
+) -> Result<Vec<Offset>, KafkaError> {
+    let mut request = TopicPartitionList::with_capacity(usize::try_from(count).unwrap_or(0));
+    for partition in 0..count {
+        request.add_partition_offset(topic, partition, side)?;
+    }
+    let answer = consumer.offsets_for_times(request, wait)?;
+    (0..count)
+        .map(|partition| {
+            let element = answer
+                .find_partition(topic, partition)
+                .ok_or(KafkaError::OffsetFetch(RDKafkaErrorCode::UnknownPartition))?;
+            element.error()?;
+            match element.offset() {
+                RdOffset::Offset(offset) => Ok(offset),
+                // The broker answers every sentinel query with an offset; anything else is a bug.
+                _ => Err(KafkaError::OffsetFetch(RDKafkaErrorCode::Fail)),
+            }
+        })
+        .collect()
+}
+
+/// A partition's leader moved or is not elected yet: asking again shortly succeeds.
+fn is_leader_change(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::FencedLeaderEpoch
+                | RDKafkaErrorCode::UnknownLeaderEpoch
+        )
+    )
+}
+
+/// Hands the events queued on an unassigned consumer (statistics, logs, errors) to its context.
+fn serve_events(consumer: &BaseConsumer) {
+    for _ in 0..EVENTS_PER_CHECK {
+        // Unassigned, so nothing worth keeping comes back: a message would be a leftover of the previous
+        // assignment (the next read assigns afresh at its own start), an error was already passed to the
+        // context.
+        let _served = consumer.poll(Duration::ZERO);
+    }
+}
+
+/// Whether a read's outcome came from a broker's answer (rather than from no answer in time).
+fn broker_answered<T>(result: &Result<T, ReadError>) -> bool {
+    match result {
+        Ok(_) => true,
+        Err(error) => matches!(
+            error,
+            ReadError::Retention { .. }
+                | ReadError::NotYetWritten { .. }
+                | ReadError::UnknownTopic { .. }
+                | ReadError::UnknownPartition { .. }
+                | ReadError::Undecodable { .. }
+        ),
     }
 }
 
@@ -349,10 +448,26 @@ impl Inner {
         }
     }
 
+    /// Serves the events queued on idle consumers without a partition (statistics, logs, errors).
+    /// librdkafka hands them over only when a consumer is polled: an idle consumer would otherwise hold
+    /// back its logs and errors, and its queue would grow by one statistics report a second for as long
+    /// as it stays idle. Consumers still assigned are left alone (a poll could take a message from their
+    /// queue); they are served by their next read or once parked.
+    fn serve_idle_events(&self) {
+        let idle = lock(&self.idle);
+        for pooled in idle.iter().filter(|pooled| pooled.cursor.is_none()) {
+            serve_events(&pooled.consumer);
+        }
+    }
+
     fn create_consumer(&self) -> Result<BaseConsumer, Error> {
+        let context = CourierContext::new(
+            Arc::clone(&self.outages),
+            Some(ClientTraffic::new(Arc::clone(&self.traffic))),
+        );
         self.config
             .reader_client_config()
-            .create_with_context::<_, BaseConsumer>(ReaderContext)
+            .create_with_context::<_, BaseConsumer>(context)
             .map_err(Error::Config)
     }
 
@@ -480,29 +595,66 @@ impl Inner {
         }
     }
 
+    /// One metadata request for the partitions, then one ListOffsets request per side (per partition
+    /// leader) for all of them: the cost does not grow with the partition count.
     fn high_watermarks(&self, topic: &str) -> Result<Vec<PartitionWatermarks>, Error> {
         let deadline = Instant::now() + self.config.read_timeout;
         let consumer = self.checkout_any()?;
         let count = self.refresh_partition_count(&consumer, topic, deadline)?;
-        (0..count)
-            .map(|partition| {
-                let (low, high) = consumer
-                    .fetch_watermarks(topic, partition, remaining(deadline))
-                    .map_err(|e| {
+        let low = self.list_offsets(&consumer, topic, count, RdOffset::Beginning, deadline)?;
+        let high = self.list_offsets(&consumer, topic, count, RdOffset::End, deadline)?;
+        Ok((0..count)
+            .zip(low.into_iter().zip(high))
+            .map(|(partition, (low, high))| PartitionWatermarks {
+                partition,
+                low,
+                high,
+            })
+            .collect())
+    }
+
+    /// The earliest ([`RdOffset::Beginning`]) or latest ([`RdOffset::End`]) offset of partitions
+    /// `0..count` of `topic`, by partition. librdkafka's `offsets_for_times` with these sentinels as
+    /// timestamps sends one ListOffsets request per partition leader for all the partitions it leads;
+    /// "latest" honours `isolation.level` (the last stable offset under read_committed), like
+    /// `fetch_watermarks`.
+    ///
+    /// A leader that moved (or is not elected yet, on a new topic) fails the whole query; librdkafka
+    /// has already dropped its stale metadata by then, so the query is asked again after a short pause,
+    /// within the deadline.
+    fn list_offsets(
+        &self,
+        consumer: &BaseConsumer,
+        topic: &str,
+        count: i32,
+        side: RdOffset,
+        deadline: Instant,
+    ) -> Result<Vec<Offset>, Error> {
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match query_offsets(consumer, topic, count, side, remaining(deadline)) {
+                Err(error) if is_leader_change(&error) && remaining(deadline) > pause => {
+                    debug!(%topic, %error, "A partition leader moved while listing offsets; asking again.");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                result => {
+                    return result.map_err(|source| {
+                        let which = if side == RdOffset::Beginning {
+                            "earliest"
+                        } else {
+                            "latest"
+                        };
                         Error::kafka(
-                            format!("fetching the watermarks of {topic}/{partition}"),
+                            format!("listing the {which} offsets of the partitions of {topic:?}"),
                             &self.config.brokers,
                             self.config.read_timeout,
-                            e,
+                            source,
                         )
-                    })?;
-                Ok(PartitionWatermarks {
-                    partition,
-                    low,
-                    high,
-                })
-            })
-            .collect()
+                    })
+                }
+            }
+        }
     }
 
     fn read(
@@ -726,6 +878,17 @@ impl RangeRead<'_> {
                 )?;
                 Err(self.kafka_error("fetching", error))
             }
+            Some(code) if is_undecodable(code) => Err(ReadError::Undecodable {
+                topic: self.topic.to_owned(),
+                partition: self.partition,
+                range: self.range,
+                offset: self.next,
+                cause: self
+                    .consumer
+                    .context()
+                    .take_undecodable()
+                    .unwrap_or_else(|| error.to_string()),
+            }),
             Some(RDKafkaErrorCode::TopicAuthorizationFailed) => {
                 Err(self.kafka_error("fetching (not authorized to read the topic)", error))
             }

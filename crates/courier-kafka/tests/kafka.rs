@@ -10,6 +10,7 @@ use courier_kafka::{
     create_topic, create_topic_with_config, delete_records_before, Delivered, Error, KafkaConfig,
     PartitionWatermarks, Producer, RangeReader, ReadError,
 };
+use rdkafka::consumer::Consumer as _;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
 use rdkafka::ClientConfig;
 
@@ -392,6 +393,70 @@ async fn watermarks_and_partition_counts_for_the_planner() {
     .await;
 }
 
+/// The whole topic's watermarks at once (one ListOffsets request per side), including partitions whose
+/// log start was moved, agree with librdkafka's per-partition query.
+#[tokio::test]
+async fn watermarks_of_every_partition_at_once_follow_deleted_records() {
+    bounded(async {
+        let topic =
+            topic_with_messages("all-watermarks", 5, &[(0, 30), (2, 7), (3, 12), (4, 1)]).await;
+        assert_eq!(
+            delete_records_before(&config(), &topic, 0, 20)
+                .await
+                .expect("delete"),
+            20
+        );
+        assert_eq!(
+            delete_records_before(&config(), &topic, 3, 12)
+                .await
+                .expect("delete all"),
+            12
+        );
+        let reader = RangeReader::connect(config()).await.expect("reader");
+        let watermarks = reader.high_watermarks(&topic).await.expect("watermarks");
+        let summary: Vec<_> = watermarks
+            .iter()
+            .map(|w| (w.partition, w.low, w.high))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![(0, 20, 30), (1, 0, 0), (2, 0, 7), (3, 12, 12), (4, 0, 1)]
+        );
+
+        // The per-partition query the planner used before, under the same isolation level.
+        let name = topic.clone();
+        let one_by_one = tokio::task::spawn_blocking(move || {
+            let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", brokers())
+                .set("isolation.level", "read_committed")
+                .create()
+                .expect("consumer");
+            (0..5)
+                .map(|partition| {
+                    let (low, high) = consumer
+                        .fetch_watermarks(&name, partition, Duration::from_secs(20))
+                        .expect("fetch_watermarks");
+                    (partition, low, high)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .expect("per-partition query");
+        assert_eq!(summary, one_by_one);
+
+        // Right after a topic is created, leaders may not be known everywhere yet: still an answer.
+        let fresh = unique_topic("fresh-watermarks");
+        create_topic(&brokers(), &fresh, 16).await.expect("create");
+        let watermarks = reader.high_watermarks(&fresh).await.expect("watermarks");
+        assert_eq!(watermarks.len(), 16);
+        assert!(
+            watermarks.iter().all(|w| (w.low, w.high) == (0, 0)),
+            "{watermarks:?}"
+        );
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn the_producer_reports_where_each_message_landed() {
     bounded(async {
@@ -620,6 +685,92 @@ async fn transaction_markers_and_aborted_records_leave_gaps_that_end_the_read() 
         tokio::task::spawn_blocking(move || drop(producer))
             .await
             .expect("close the producer");
+    })
+    .await;
+}
+
+/// The bytes received, from librdkafka's statistics, cover at least the payloads read.
+#[tokio::test]
+async fn counts_the_bytes_received_from_the_brokers() {
+    bounded(async {
+        const COUNT: usize = 2_000;
+        const SIZE: usize = 1_000;
+        let topic = unique_topic("bytes");
+        create_topic(&brokers(), &topic, 1).await.expect("create");
+        let producer = Producer::connect(config()).await.expect("producer");
+        // Random bytes, so that no compression can make the wire smaller than the payloads.
+        let payloads: Vec<Vec<u8>> = (0..COUNT)
+            .map(|_| (0..SIZE).map(|_| rand::random::<u8>()).collect())
+            .collect();
+        producer
+            .send_batch(&topic, payloads.iter().map(|p| (Some(0), None, p.clone())))
+            .await
+            .expect("produce");
+        let reader = RangeReader::connect(config()).await.expect("reader");
+        assert_eq!(reader.bytes_received(), 0, "nothing read yet");
+        let messages = reader
+            .read(&topic, 0, range(0, COUNT as i64))
+            .await
+            .expect("read");
+        assert_eq!(messages.len(), COUNT);
+        let payload_bytes = (COUNT * SIZE) as u64;
+        // Statistics are periodic: the figure covers the read once the consumer has reported after it
+        // (within a second while reading, or once parked when idle). `bounded` limits the wait.
+        while reader.bytes_received() < payload_bytes {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(reader.bytes_received() >= payload_bytes);
+    })
+    .await;
+}
+
+/// Batches of every codec, mixed in one partition, read back intact and in order in one range.
+#[tokio::test]
+async fn reads_batches_of_every_compression_codec_mixed_in_one_partition() {
+    bounded(async {
+        const CODECS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
+        const ROUNDS: usize = 3;
+        const PER_BATCH: usize = 40;
+        let topic = unique_topic("codecs");
+        create_topic(&brokers(), &topic, 1).await.expect("create");
+        let mut producers = Vec::new();
+        for codec in CODECS {
+            let producer = Producer::connect(config().with_extra("compression.codec", codec))
+                .await
+                .unwrap_or_else(|e| panic!("a producer compressing with {codec}: {e}"));
+            producers.push((codec, producer));
+        }
+        // Compressible payloads, so that every codec really compresses its batch.
+        let payload = |codec: &str, round: usize, i: usize| {
+            format!("{codec}-{round}-{i}-{}", "courier ".repeat(40)).into_bytes()
+        };
+        let mut expected = Vec::new();
+        for round in 0..ROUNDS {
+            for (codec, producer) in &producers {
+                let batch: Vec<Vec<u8>> =
+                    (0..PER_BATCH).map(|i| payload(codec, round, i)).collect();
+                producer
+                    .send_batch(&topic, batch.iter().map(|p| (Some(0), None, p.clone())))
+                    .await
+                    .unwrap_or_else(|e| panic!("produce a {codec} batch: {e}"));
+                expected.extend(batch);
+            }
+        }
+        let reader = RangeReader::connect(config()).await.expect("reader");
+        let total = expected.len() as i64;
+        let messages = reader
+            .read(&topic, 0, range(0, total))
+            .await
+            .expect("read every codec");
+        assert_eq!(offsets(&messages), (0..total).collect::<Vec<_>>());
+        let payloads: Vec<Vec<u8>> = messages
+            .into_iter()
+            .map(|m| m.payload.unwrap_or_default())
+            .collect();
+        assert!(
+            payloads == expected,
+            "payloads differ from what was produced"
+        );
     })
     .await;
 }
