@@ -6,6 +6,9 @@
 //! dropped at the end, and is judged on messages in, delivered, duplicates (explained by an interrupted
 //! range or not), lost, longest stall and time to recover. Workers are real `courier run` processes of
 //! this executable. Exit status 1 when any invariant or check fails.
+//!
+//! `--soak DURATION [--seed N]` runs the randomized fault soak instead (`courier_chaos::soak`), on a
+//! PostgreSQL cluster and Kafka broker of its own that it restarts; it prints its seed first.
 
 use std::process::ExitCode;
 use std::time::Instant;

@@ -49,6 +49,15 @@ impl Fleet {
             .ok_or_else(|| ChaosError::Setup(format!("no worker slot {slot} (of {count})")))
     }
 
+    /// The `lease_owner` pattern of the slot's worker, if it has one.
+    pub fn owner(&self, slot: usize) -> Option<String> {
+        self.slots
+            .get(slot)?
+            .worker
+            .as_ref()
+            .map(WorkerHandle::owner_like)
+    }
+
     /// SIGKILLs the slot's worker and leaves the slot empty; returns what was killed.
     pub async fn kill(&mut self, slot: usize) -> Result<String, ChaosError> {
         let Some(mut worker) = self.slot(slot)?.worker.take() else {

@@ -17,7 +17,8 @@ use super::fleet::Fleet;
 use super::schedule::{Fault, FaultKind};
 use super::services::SoakServices;
 use crate::pg_faults::terminate_courier_connections;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{poll, Pipeline};
+use crate::report::fmt_duration;
 use crate::ChaosError;
 
 /// What the faults hit.
@@ -46,6 +47,8 @@ pub struct Injected {
     /// From its end to the first message first delivered after it (filled in by the judge).
     #[serde(with = "crate::report::opt_secs")]
     pub recovery: Option<Duration>,
+    /// Another fault was active during that recovery, so it measures both (filled in by the judge).
+    pub masked_by: Option<FaultKind>,
 }
 
 impl Injected {
@@ -64,16 +67,28 @@ pub async fn inject(target: Arc<Target>, fault: Fault, started_after: Duration) 
         FaultKind::PgTerminate => pg_terminate(&target, fault.duration).await,
         FaultKind::PgRestart => pg_restart(&target, fault.duration).await,
         FaultKind::KafkaRestart => kafka_restart(&target, fault.duration).await,
-        FaultKind::Http5xx => destination(&target, Behaviour::Status(503), fault.duration).await,
-        FaultKind::Http429 => {
+        FaultKind::Http5xx => {
             destination(
                 &target,
-                Behaviour::StatusWithRetryAfter(429, 1),
+                Behaviour::Status(503),
+                "answered 503",
                 fault.duration,
             )
             .await
         }
-        FaultKind::Hang => destination(&target, Behaviour::Hang, fault.duration).await,
+        FaultKind::Http429 => {
+            let storm = Behaviour::StatusWithRetryAfter(429, 1);
+            destination(
+                &target,
+                storm,
+                "answered 429 Retry-After: 1",
+                fault.duration,
+            )
+            .await
+        }
+        FaultKind::Hang => {
+            destination(&target, Behaviour::Hang, "never answered", fault.duration).await
+        }
         FaultKind::Dns => dns(&target, fault.duration).await,
     };
     let (detail, error) = match outcome {
@@ -88,6 +103,7 @@ pub async fn inject(target: Arc<Target>, fault: Fault, started_after: Duration) 
         detail,
         error,
         recovery: None,
+        masked_by: None,
     }
 }
 
@@ -119,7 +135,29 @@ fn slot(fault: Fault) -> usize {
     fault.worker.unwrap_or(0)
 }
 
+/// How long a worker fault waits for its worker to hold a lease, so it interrupts a delivery.
+const AIM_FOR: Duration = Duration::from_secs(10);
+
+/// Waits (at most [`AIM_FOR`]) until the slot's worker holds a lease; says how many it held.
+async fn aim(target: &Target, fault: Fault) -> String {
+    let Some(owner) = target.fleet.lock().await.owner(slot(fault)) else {
+        return "no worker in the slot".to_owned();
+    };
+    let held = poll(AIM_FOR, || async {
+        held_leases(&target.harness, &owner)
+            .await
+            .ok()
+            .filter(|held| !held.is_empty())
+    })
+    .await;
+    match held {
+        Some(held) => format!("holding {} lease(s)", held.len()),
+        None => format!("holding no lease within {}", fmt_duration(AIM_FOR)),
+    }
+}
+
 async fn worker_kill(target: &Target, fault: Fault) -> Outcome {
+    let aimed = aim(target, fault).await;
     let killed = target.fleet.lock().await.kill(slot(fault)).await;
     hold(fault.duration).await;
     let restarted = target
@@ -129,12 +167,17 @@ async fn worker_kill(target: &Target, fault: Fault) -> Outcome {
         .restart(&target.pipeline, slot(fault))
         .await;
     match killed {
-        Ok(what) => both(format!("SIGKILL {what}, restarted"), Ok(()), restarted),
+        Ok(what) => both(
+            format!("SIGKILL {what} ({aimed}), restarted"),
+            Ok(()),
+            restarted,
+        ),
         Err(e) => both(String::new(), Err(e), restarted),
     }
 }
 
 async fn worker_stop(target: &Target, fault: Fault) -> Outcome {
+    aim(target, fault).await;
     let owner = match target.fleet.lock().await.freeze(slot(fault), true).await {
         Ok(owner) => owner,
         Err(e) => return Err((String::new(), format!("injecting: {e}"))),
@@ -246,15 +289,19 @@ async fn kafka_restart(target: &Target, down: Duration) -> Outcome {
     )
 }
 
-async fn destination(target: &Target, behaviour: Behaviour, duration: Duration) -> Outcome {
+async fn destination(
+    target: &Target,
+    behaviour: Behaviour,
+    how: &str,
+    duration: Duration,
+) -> Outcome {
     let sink = &target.pipeline.sink;
     let before = sink.stats().requests;
-    sink.set_behaviour(behaviour.clone());
+    sink.set_behaviour(behaviour);
     hold(duration).await;
     sink.set_behaviour(Behaviour::Ok);
     Ok(format!(
-        "destination {behaviour:?} for {:.1} s: {} request(s) answered so",
-        duration.as_secs_f64(),
+        "the destination {how} {} request(s)",
         sink.stats().requests.saturating_sub(before)
     ))
 }

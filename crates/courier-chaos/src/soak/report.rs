@@ -22,6 +22,9 @@ pub struct KindFigures {
     pub errors: usize,
     #[serde(with = "crate::report::secs")]
     pub longest: Duration,
+    /// Recoveries another fault overlapped, left out of p50 and max.
+    pub masked: usize,
+    /// Over the recoveries no other fault overlapped.
     #[serde(with = "crate::report::opt_secs")]
     pub recovery_p50: Option<Duration>,
     #[serde(with = "crate::report::opt_secs")]
@@ -59,13 +62,17 @@ impl SoakReport {
                     .iter()
                     .filter(|f| f.fault.kind == kind)
                     .collect();
-                let mut recoveries: Vec<Duration> =
-                    of_kind.iter().filter_map(|f| f.recovery).collect();
+                let mut recoveries: Vec<Duration> = of_kind
+                    .iter()
+                    .filter(|f| f.masked_by.is_none())
+                    .filter_map(|f| f.recovery)
+                    .collect();
                 recoveries.sort_unstable();
                 KindFigures {
                     kind,
                     injected: of_kind.len(),
                     errors: of_kind.iter().filter(|f| f.error.is_some()).count(),
+                    masked: of_kind.iter().filter(|f| f.masked_by.is_some()).count(),
                     longest: of_kind.iter().map(|f| f.lasted()).max().unwrap_or_default(),
                     recovery_p50: recoveries
                         .get(recoveries.len().saturating_sub(1) / 2)
@@ -89,15 +96,22 @@ impl SoakReport {
             humantime::format_duration(self.length),
             self.seed
         );
-        let _ = writeln!(out, "faults as injected (start, kind, lasted, recovery):");
+        let _ = writeln!(
+            out,
+            "faults as injected (start, kind, lasted, recovery: from its end to the next message delivered):"
+        );
+        let secs = |d: Option<Duration>| d.map_or_else(|| "-".to_owned(), fmt_duration);
         for f in &self.faults {
             let _ = writeln!(
                 out,
-                "  +{:>7} {:<13} {:>6} recovered {:>6}  {}{}",
+                "  +{:>6} {:<13} {:>6} recovered {:>6}{}  {}{}",
                 fmt_duration(f.started_after),
                 f.fault.kind.name(),
                 fmt_duration(f.lasted()),
-                f.recovery.map_or_else(|| "-".to_owned(), fmt_duration),
+                secs(f.recovery),
+                f.masked_by
+                    .map(|k| format!(" (with {})", k.name()))
+                    .unwrap_or_default(),
                 f.detail,
                 f.error
                     .as_ref()
@@ -108,36 +122,31 @@ impl SoakReport {
         if self.not_injected > 0 {
             let _ = writeln!(
                 out,
-                "  ({} planned fault(s) not started: the run was ending)",
+                "  ({} planned fault(s) not started: the run was ending, or had stalled)",
                 self.not_injected
             );
         }
-        let _ = writeln!(
-            out,
-            "\n| fault kind    | injected | failed | longest | recovery p50 | recovery max |"
+        out.push_str(
+            "\nRecovery p50 / max over the faults no other fault overlapped while they recovered (\"masked\": the others).\n",
         );
-        let _ = writeln!(
-            out,
-            "|---------------|----------|--------|---------|--------------|--------------|"
-        );
+        out.push_str("| fault kind    | injected | failed | masked | longest | recovery p50 | recovery max |\n");
+        out.push_str("|---------------|----------|--------|--------|---------|--------------|--------------|\n");
         let mut total = 0;
         for k in self.by_kind() {
             total += k.injected;
             let _ = writeln!(
                 out,
-                "| {:<13} | {:>8} | {:>6} | {:>7} | {:>12} | {:>12} |",
+                "| {:<13} | {:>8} | {:>6} | {:>6} | {:>7} | {:>12} | {:>12} |",
                 k.kind.name(),
                 k.injected,
                 k.errors,
+                k.masked,
                 fmt_duration(k.longest),
-                k.recovery_p50.map_or_else(|| "-".to_owned(), fmt_duration),
-                k.recovery_max.map_or_else(|| "-".to_owned(), fmt_duration),
+                secs(k.recovery_p50),
+                secs(k.recovery_max),
             );
         }
-        let _ = writeln!(
-            out,
-            "| all           | {total:>8} |        |         |              |              |\n"
-        );
+        let _ = writeln!(out, "| all           | {total:>8} |\n");
         out.push_str(&render(std::slice::from_ref(&self.scenario)));
         out
     }

@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Mutex;
 use tokio::task::JoinSet;
@@ -319,6 +319,21 @@ async fn judge(
     let (judgement, timeline) = p.judge_with_timeline(None).await?;
     for fault in &mut faults {
         fault.recovery = first_progress_after(&timeline, fault.ended);
+    }
+    let windows: Vec<(FaultKind, SystemTime, SystemTime)> = faults
+        .iter()
+        .map(|f| (f.fault.kind, f.started, f.ended))
+        .collect();
+    for fault in &mut faults {
+        let recovered = fault.ended + fault.recovery.unwrap_or(DRAIN_BOUND);
+        fault.masked_by = windows
+            .iter()
+            .find(|(_, started, ended)| {
+                (*started, *ended) != (fault.started, fault.ended)
+                    && *started < recovered
+                    && *ended > fault.ended
+            })
+            .map(|(kind, _, _)| *kind);
     }
     report.check(
         "every message delivered",

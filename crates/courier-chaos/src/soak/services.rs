@@ -59,7 +59,14 @@ impl SoakServices {
             }
             Ok(port)
         };
-        let kafka_dir = scripts.join("../target/kafka-soak");
+        // Canonical: kafka.sh recognises its broker by the properties path on the JVM's command line.
+        let scripts = scripts
+            .canonicalize()
+            .map_err(|e| ChaosError::Setup(format!("cannot resolve {}: {e}", scripts.display())))?;
+        let kafka_dir = scripts
+            .parent()
+            .unwrap_or(&scripts)
+            .join("target/kafka-soak");
         Ok(Self {
             pg_port: port("COURIER_SOAK_PG_PORT", PG_PORT)?,
             kafka_port: port("COURIER_SOAK_KAFKA_PORT", KAFKA_PORT)?,
