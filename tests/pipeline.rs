@@ -384,3 +384,76 @@ async fn a_route_to_a_missing_topic_is_refused_at_startup_naming_the_route() {
         "{message}"
     );
 }
+
+/// Produces `count` messages `{"id": "<label>-<seq>"}` to `topic`/`partition` with a fresh producer (a
+/// producer made before partitions were added would not know them yet).
+async fn produce_labelled(topic: &str, partition: i32, label: &str, count: usize) -> Vec<String> {
+    let producer = courier_kafka::Producer::connect(KafkaConfig::new(kafka_brokers()))
+        .await
+        .expect("producer");
+    let ids: Vec<String> = (0..count).map(|seq| format!("{label}-{seq}")).collect();
+    let records = ids.iter().map(|id| {
+        let body = serde_json::json!({ "id": id });
+        (Some(partition), None, body.to_string().into_bytes())
+    });
+    producer.send_batch(topic, records).await.expect("produce");
+    ids
+}
+
+async fn grow(topic: &str, partitions: i32) {
+    courier_kafka::add_partitions(&KafkaConfig::new(kafka_brokers()), topic, partitions)
+        .await
+        .expect("add partitions");
+}
+
+/// `start` decides only where a route begins. Partitions added to its topic later, while a worker runs
+/// or while none does, are delivered from their first message whatever `start` says.
+async fn partitions_added_later_are_delivered_from_their_first_message(start: StartFrom) {
+    let db = TestDb::migrated().await;
+    let store = db.store().await;
+    let topic = common::topic_with("grow", 1, 0).await;
+    let before = produce_labelled(&topic, 0, "before-start", 30).await;
+    let destination = common::sink().await;
+    let destinations =
+        BTreeMap::from([("d".to_owned(), DestinationConfig::new(destination.url()))]);
+    let routes = vec![RouteConfig {
+        start,
+        ..route("grow", &topic, "d", Ordering::None, 50)
+    }];
+    let mut expected: Vec<String> = match start {
+        StartFrom::Earliest => before,
+        StartFrom::Latest => Vec::new(),
+    };
+
+    // Worker::new records the route and its first partitions (where `start` says) before it returns.
+    let worker = start_worker(&store, &destinations, routes.clone(), fast_worker()).await;
+    expected.extend(produce_labelled(&topic, 0, "live", 40).await);
+    grow(&topic, 2).await;
+    expected.extend(produce_labelled(&topic, 1, "added-while-running", 200).await);
+    wait_for_all(&destination, expected.len()).await;
+    worker.stop().await;
+
+    grow(&topic, 3).await;
+    expected.extend(produce_labelled(&topic, 2, "added-while-stopped", 200).await);
+    let worker = start_worker(&store, &destinations, routes, fast_worker()).await;
+    let counts = wait_for_all(&destination, expected.len()).await;
+    worker.stop().await;
+
+    let mut delivered: Vec<String> = counts.into_keys().collect();
+    delivered.sort();
+    expected.sort();
+    assert_eq!(
+        delivered, expected,
+        "exactly the messages written after the route began, every one of the added partitions"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_added_later_are_delivered_from_their_first_message_with_start_latest() {
+    partitions_added_later_are_delivered_from_their_first_message(StartFrom::Latest).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_added_later_are_delivered_from_their_first_message_with_start_earliest() {
+    partitions_added_later_are_delivered_from_their_first_message(StartFrom::Earliest).await;
+}

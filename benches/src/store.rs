@@ -29,11 +29,14 @@ pub async fn capacity(
     Migrator::embedded().run(&config).await?;
     let store = Store::connect(&config).await?;
     store
-        .ensure_route(&RouteSpec {
-            name: "cap".into(),
-            topic: "t".into(),
-            destination: "d".into(),
-        })
+        .ensure_route(
+            &RouteSpec {
+                name: "cap".into(),
+                topic: "t".into(),
+                destination: "d".into(),
+            },
+            &[],
+        )
         .await?;
     let partitions: Vec<(i32, i64)> = (0..16).map(|p| (p, 0)).collect();
     store.ensure_partitions("cap", &partitions).await?;

@@ -1,10 +1,14 @@
-//! Fifty workers booting at once against a fresh database (incident 8's "suddenly very high amounts").
+//! Fifty workers booting at once against a fresh database that is slow to accept connections
+//! (incident 8's "suddenly very high amounts").
 //!
 //! Every worker boots the way `courier run --migrate` does: the migration runner, then the store, then
 //! the worker. In-process in the tests; real `courier run --migrate` processes in `courier gameday`.
-//! Checks: no boot fails, the migrations are applied exactly once in all (the others wait on the
-//! advisory lock or find the schema current; none touches a table lock), then every message is
-//! delivered with nothing lost.
+//! They reach PostgreSQL through a [`SlowDoor`] that turns every connection away while the herd
+//! arrives and is slow after that, so every first attempt fails on purpose and the boot must wait
+//! politely (backoff with jitter until `worker.boot_timeout`) rather than crash.
+//! Checks: the door really was slow, no boot fails, the migrations are applied exactly once in all
+//! (the others wait on the advisory lock or find the schema current; none touches a table lock), then
+//! every message is delivered with nothing lost.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +19,7 @@ use tokio::sync::Barrier;
 
 use crate::pipeline::{fast_worker_config, Pipeline, PipelineSpec};
 use crate::report::ScenarioReport;
+use crate::slow_door::SlowDoor;
 use crate::workers::{Launcher, WorkerHandle};
 use crate::{ChaosError, Options};
 
@@ -57,6 +62,13 @@ async fn drive(
     p.produce(options.length.pick(2000, 10_000)).await?;
     let mut spec = p.worker_spec(&p.good_url());
     spec.migrate = true;
+    let client_limit = spec.store.timeouts.pool_create;
+    // The herd arrives within this window (the workers wait on a barrier): all of it is turned away.
+    let stall = options
+        .length
+        .pick(Duration::from_secs(5), Duration::from_secs(10));
+    let door = SlowDoor::open(server_address(&spec.store.url).await?, stall, client_limit).await?;
+    spec.store.url = courier_store::url::with_address(&spec.store.url, &door.address().to_string());
 
     let booting = Instant::now();
     let barrier = Arc::new(Barrier::new(WORKERS));
@@ -149,6 +161,15 @@ async fn drive(
         report.evidence.push(failure.clone());
     }
     report.check(
+        "the store was slow to accept on purpose",
+        door.held_past_limit() > 0,
+        format!(
+            "{} of {} connection(s) turned away unanswered past the client's connect limit ({client_limit:?})",
+            door.held_past_limit(),
+            door.connections()
+        ),
+    );
+    report.check(
         "no boot failed",
         failures.is_empty(),
         format!("{} of {WORKERS} failed", failures.len()),
@@ -168,4 +189,21 @@ async fn drive(
     );
     report.judgement = Some(judgement);
     Ok(())
+}
+
+/// The server's `host:port` from a PostgreSQL URL, resolved.
+async fn server_address(url: &str) -> Result<std::net::SocketAddr, ChaosError> {
+    let config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| ChaosError::Setup(format!("boot storm: cannot parse the store URL: {e}")))?;
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        _ => "127.0.0.1".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .ok()
+        .and_then(|mut addresses| addresses.next())
+        .ok_or_else(|| ChaosError::Setup(format!("boot storm: cannot resolve {host}:{port}")))
 }

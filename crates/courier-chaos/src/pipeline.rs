@@ -50,6 +50,7 @@ pub fn fast_worker_config() -> WorkerConfig {
         drain_timeout: Duration::from_secs(3),
         heartbeat_every: Duration::from_secs(1),
         compact_every: Duration::from_secs(3600),
+        boot_timeout: Duration::from_secs(60),
         retry_base: Duration::from_millis(50),
         retry_cap: Duration::from_secs(1),
     }

@@ -6,6 +6,12 @@
 //! plus a margin (liveness), duplicates fall only in those interrupted ranges (the judge), nothing is
 //! lost. `courier gameday` kills real `courier run` processes with SIGKILL; the tests abort an
 //! in-process worker's task (see `workers`).
+//!
+//! "What a worker held when it died" is read only once the server has no session of it left: a
+//! statement the worker sent just before the kill still runs to its commit on the server (a checkpoint
+//! settling a range, a lease taking one), and a snapshot taken before that commit would wait for ranges
+//! that were never abandoned. Each worker runs under its own `application_name` to tell its sessions
+//! apart.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -15,7 +21,7 @@ use courier_store::{Store, StoreError};
 use crate::judge::FaultWindow;
 use crate::pipeline::{poll, Pipeline, PipelineSpec};
 use crate::report::ScenarioReport;
-use crate::workers::WorkerHandle;
+use crate::workers::{Started, WorkerHandle};
 use crate::{ChaosError, Options};
 
 const RATE: usize = 100;
@@ -33,16 +39,62 @@ pub async fn run(options: &Options) -> Result<ScenarioReport, ChaosError> {
     let kills = options.length.pick(3, 10);
     p.produce(options.length.pick(1000, 4000)).await?;
     p.start_trickle(RATE, RATE * 600);
-    let mut workers = vec![
-        p.start_worker(&p.good_url()).await?,
-        p.start_worker(&p.good_url()).await?,
-    ];
+    let mut workers = vec![start_named(&p, 0).await?.0, start_named(&p, 1).await?.0];
     let outcome = drive(options, &mut p, &mut workers, &mut report, kills).await;
     let finished = p.finish(workers).await;
     outcome?;
     finished?;
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// Starts worker number `n` under the `application_name` `courier-kill-{n}`, returned with it.
+async fn start_named(p: &Pipeline, n: usize) -> Result<(WorkerHandle, String), ChaosError> {
+    let mut spec = p.worker_spec(&p.good_url());
+    let app = format!("courier-kill-{n}");
+    spec.store.application_name = app.clone();
+    let Started { handle, .. } = WorkerHandle::start(&p.launcher, &spec).await?;
+    Ok((handle, app))
+}
+
+/// How many server sessions named `app` remain.
+async fn sessions_of(store: &Store, app: &str) -> Result<i64, ChaosError> {
+    let app = app.to_owned();
+    store
+        .run("chaos: sessions", move |c| {
+            Box::pin(async move {
+                let row = c
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1",
+                        &[&app],
+                    )
+                    .await
+                    .map_err(|e| StoreError::from_db("chaos: sessions", e))?;
+                Ok(row.get(0))
+            })
+        })
+        .await
+        .map_err(|e| ChaosError::Setup(format!("reading pg_stat_activity: {e}")))
+}
+
+/// Whether a worker matching `owner_like` has recorded its heartbeat (it booted and runs).
+async fn has_booted(store: &Store, owner_like: &str) -> Result<bool, ChaosError> {
+    let owner = owner_like.to_owned();
+    store
+        .run("chaos: booted", move |c| {
+            Box::pin(async move {
+                let row = c
+                    .query_one(
+                        "SELECT count(*) FROM courier_workers WHERE id LIKE $1 AND stopped_at IS NULL",
+                        &[&owner],
+                    )
+                    .await
+                    .map_err(|e| StoreError::from_db("chaos: booted", e))?;
+                Ok(row.get::<_, i64>(0) > 0)
+            })
+        })
+        .await
+        .map_err(|e| ChaosError::Setup(format!("reading courier_workers: {e}")))
 }
 
 /// The ranges `owner_like` holds right now, with their epochs.
@@ -109,8 +161,31 @@ async fn drive(
     let (mut first_kill, mut last_kill) = (None, SystemTime::now());
     let mut slowest_release = Duration::ZERO;
     let mut held_total = 0;
+    let mut apps: Vec<String> = (0..workers.len())
+        .map(|n| format!("courier-kill-{n}"))
+        .collect();
     for k in 0..kills {
         let slot = k % workers.len();
+        // Someone must be left to take over: every other worker is up and has booted.
+        for (i, other) in workers.iter_mut().enumerate().filter(|(i, _)| *i != slot) {
+            if let Some(how) = other.exited() {
+                return Err(ChaosError::Stuck(format!(
+                    "before kill {}: worker {i} is gone ({how}), so nobody could take over",
+                    k + 1
+                )));
+            }
+            let owner = other.owner_like();
+            poll(bound, || async {
+                has_booted(&store, &owner).await.ok().filter(|b| *b)
+            })
+            .await
+            .ok_or_else(|| {
+                ChaosError::Stuck(format!(
+                    "{} never recorded a heartbeat within {bound:?}",
+                    other.describe()
+                ))
+            })?;
+        }
         // Kill it while it holds a lease, mid-delivery.
         let owner = workers[slot].owner_like();
         poll(bound, || async {
@@ -130,11 +205,24 @@ async fn drive(
         let killed_at = Instant::now();
         last_kill = SystemTime::now();
         first_kill.get_or_insert(last_kill);
-        // What it held when it died (it may have settled a range between the check and the kill);
-        // nothing but expiry and another worker's lease changes these rows now.
+        // Its last statements may still be running on the server: wait for its sessions to end, then
+        // read what it held when it died. Nothing but expiry and another worker's lease changes these
+        // rows now.
+        let app = apps[slot].clone();
+        poll(bound, || async {
+            sessions_of(&store, &app).await.ok().filter(|n| *n == 0)
+        })
+        .await
+        .ok_or_else(|| {
+            ChaosError::Stuck(format!(
+                "sessions of the killed worker ({app}) outlived it by {bound:?}"
+            ))
+        })?;
         let held = held_by(&store, &owner).await?;
         held_total += held.len();
-        workers[slot] = p.start_worker(&p.good_url()).await?;
+        let (replacement, app) = start_named(p, workers.len() + k).await?;
+        workers[slot] = replacement;
+        apps[slot] = app;
         if held.is_empty() {
             report.note(format!(
                 "kill {} landed between two ranges: it interrupted nothing",

@@ -18,8 +18,12 @@ use std::time::Duration;
 use courier_core::Ordering;
 use courier_http::DestinationConfig;
 use courier_kafka::KafkaConfig;
-use courier_store::{MigrationReport, Migrator, Store, StoreConfig};
-use courier_worker::{RouteConfig, StartFrom, Worker, WorkerConfig, WorkerError, WorkerStats};
+use courier_store::{MigrationReport, StoreConfig};
+use courier_worker::{
+    open_store, BootRetry, RouteConfig, Schema, StartFrom, Worker, WorkerConfig, WorkerError,
+    WorkerStats,
+};
+use futures::FutureExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -108,6 +112,7 @@ ranges_ahead = {ahead}
 drain_timeout = {drain}
 heartbeat_every = {heartbeat}
 compact_every = {compact}
+boot_timeout = {boot_timeout}
 retry_base = {retry_base}
 retry_cap = {retry_cap}
 [destinations.{dest}]
@@ -148,6 +153,7 @@ max_attempts = 100000
             drain = ms(w.drain_timeout),
             heartbeat = ms(w.heartbeat_every),
             compact = ms(w.compact_every),
+            boot_timeout = ms(w.boot_timeout),
             retry_base = ms(w.retry_base),
             retry_cap = ms(w.retry_cap),
             dest = crate::pipeline::DESTINATION,
@@ -215,19 +221,19 @@ impl WorkerHandle {
     async fn start_in_process(spec: &WorkerSpec) -> Result<Started, ChaosError> {
         let boot =
             |what: &str, e: &dyn std::fmt::Display| ChaosError::WorkerBoot(format!("{what}: {e}"));
-        let migration = if spec.migrate {
-            Some(
-                Migrator::embedded()
-                    .run(&spec.store)
-                    .await
-                    .map_err(|e| boot("migrate", &e))?,
-            )
+        // The same boot as `courier run`: a slow or restarting store is waited for, politely.
+        let schema = if spec.migrate {
+            Schema::Migrate
         } else {
-            None
+            Schema::Check
         };
-        let store = Store::connect(&spec.store)
-            .await
-            .map_err(|e| boot("connect to the store", &e))?;
+        let (store, migration) = open_store(
+            &spec.store,
+            schema,
+            &BootRetry::new(spec.worker.boot_timeout),
+        )
+        .await
+        .map_err(|e| boot("open the store", &e))?;
         let worker = Worker::new(
             store,
             KafkaConfig::new(spec.brokers.clone()),
@@ -416,7 +422,14 @@ impl WorkerHandle {
         match &mut self.kind {
             Kind::InProcess { task, id, .. } => match task {
                 Some(running) if running.is_finished() => {
-                    Some(format!("worker {id} stopped on its own"))
+                    // Finished, so the result is ready: say how it ended.
+                    let how = match task.take().and_then(FutureExt::now_or_never) {
+                        Some(Ok(Ok(_))) => "returned".to_owned(),
+                        Some(Ok(Err(error))) => format!("failed: {error}"),
+                        Some(Err(join)) => format!("panicked or was cancelled: {join}"),
+                        None => "ended".to_owned(),
+                    };
+                    Some(format!("worker {id} stopped on its own ({how})"))
                 }
                 _ => None,
             },

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use courier_core::{Offset, Partition};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Offset as RdOffset, TopicPartitionList};
@@ -190,4 +190,33 @@ pub async fn delete_records_before(
             )),
         }),
     }
+}
+
+/// Grows `topic` to `total` partitions (Kafka never shrinks a topic) and waits until every one has a
+/// leader. For tests and game days: partitions added to a live topic must be delivered from their first
+/// offset.
+pub async fn add_partitions(config: &KafkaConfig, topic: &str, total: i32) -> Result<(), Error> {
+    let operation = format!("growing topic {topic:?} to {total} partition(s)");
+    let timeout = config.read_timeout;
+    let deadline = Instant::now() + timeout;
+    let admin = admin_client(config).await?;
+    let grow = NewPartitions::new(topic, usize::try_from(total).unwrap_or(0));
+    let created = match admin.create_partitions([&grow], &options(timeout)).await {
+        Ok(results) => results.into_iter().try_for_each(|result| match result {
+            Ok(_) => Ok(()),
+            Err((_, code)) => Err(Error::kafka(
+                &operation,
+                &config.brokers,
+                timeout,
+                KafkaError::AdminOp(code),
+            )),
+        }),
+        Err(error) => Err(Error::kafka(&operation, &config.brokers, timeout, error)),
+    };
+    let ready = match created {
+        Ok(()) => wait_for_partitions(&admin, config, topic, total, deadline).await,
+        Err(error) => Err(error),
+    };
+    close(admin).await;
+    ready
 }

@@ -22,7 +22,7 @@ pub mod error;
 pub mod producer;
 pub mod reader;
 
-pub use admin::{create_topic, create_topic_with_config, delete_records_before};
+pub use admin::{add_partitions, create_topic, create_topic_with_config, delete_records_before};
 pub use config::KafkaConfig;
 pub use error::{Error, ReadError};
 pub use producer::{Delivered, Producer, Record};

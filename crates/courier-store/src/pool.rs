@@ -2,10 +2,12 @@
 //!
 //! Every pooled connection is opened with the server-side limits of [`Timeouts`] as connection
 //! `options`, so they hold from the first statement and show as `source = client` in `pg_settings`.
-//! Every call runs under the client deadline; a call that outlives it loses its connection (it is
-//! detached from the pool and closed), so a connection stuck behind a lock or inside an abandoned
-//! transaction is never handed to the next caller. Returned connections are recycled with a `ROLLBACK`,
-//! so none is ever handed out inside a transaction, broken or not.
+//! Every call runs under the client deadline. A call that does not finish (it outlived the deadline, or
+//! its caller stopped waiting for it) loses its connection: the connection is detached from the pool and
+//! closed, so one stuck behind a lock or left inside a transaction is never handed to the next caller.
+//! A call that finishes has closed its transaction (committed, or rolled back when its `Transaction`
+//! was dropped), so connections go back to the pool as they are: no `ROLLBACK` round trip per checkout
+//! (that cost a transaction and a server warning on every call).
 
 use std::time::{Duration, Instant};
 
@@ -47,9 +49,9 @@ impl Store {
             pg_config.clone(),
             NoTls,
             ManagerConfig {
-                // A ROLLBACK on every checkout: whatever a cancelled caller left open is closed before the
-                // connection is handed out again. Outside a transaction it is a no-op with a warning.
-                recycling_method: RecyclingMethod::Custom("ROLLBACK".into()),
+                // Only a closed connection is replaced on checkout; one a call did not finish with never
+                // comes back (see `run`).
+                recycling_method: RecyclingMethod::Fast,
             },
         );
         let pool = Pool::builder(manager)
@@ -100,7 +102,7 @@ impl Store {
     {
         let deadline = self.timeouts.client_deadline;
         let started = Instant::now();
-        let mut client = match tokio::time::timeout(deadline, self.pool.get()).await {
+        let client = match tokio::time::timeout(deadline, self.pool.get()).await {
             Ok(Ok(client)) => client,
             Ok(Err(error)) => return Err(self.pool_error(operation, error)),
             Err(_) => {
@@ -111,20 +113,21 @@ impl Store {
             }
         };
         let remaining = deadline.saturating_sub(started.elapsed());
-        let outcome = tokio::time::timeout(remaining, call(&mut client)).await;
+        let mut checkout = Checkout(Some(client));
+        let Some(client) = checkout.0.as_mut() else {
+            unreachable!("a checkout holds its connection until it is finished or dropped")
+        };
+        let outcome = tokio::time::timeout(remaining, call(client)).await;
         match outcome {
-            Ok(Err(error)) if connection_is_suspect(&error) => {
-                drop(Object::take(client));
-                Err(error)
+            Ok(Err(error)) if connection_is_suspect(&error) => Err(error),
+            Ok(result) => {
+                checkout.finished();
+                result
             }
-            Ok(result) => result,
-            Err(_) => {
-                drop(Object::take(client));
-                Err(StoreError::Deadline {
-                    operation,
-                    deadline,
-                })
-            }
+            Err(_) => Err(StoreError::Deadline {
+                operation,
+                deadline,
+            }),
         }
     }
 
@@ -148,6 +151,26 @@ impl Store {
                 target: self.target.clone(),
                 detail: other.to_string(),
             },
+        }
+    }
+}
+
+/// A pooled connection lent to one call. Unless the call finished cleanly, dropping the checkout
+/// detaches the connection from the pool and closes it: a caller that gave up (deadline, or its own
+/// future dropped mid-call) may have left a statement running or a transaction open.
+struct Checkout(Option<Object>);
+
+impl Checkout {
+    /// The call finished and closed its transaction: the connection may serve the next caller.
+    fn finished(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            drop(Object::take(client));
         }
     }
 }
@@ -240,13 +263,11 @@ pub(crate) fn connect_error(target: &str, error: tokio_postgres::Error) -> Store
                 detail: db_message(&error),
             }
         }
-        Some(code) if *code == SqlState::INVALID_CATALOG_NAME => StoreError::Unreachable {
-            target,
-            detail: format!(
-                "{} (create it, or fix the database name in the URL)",
-                db_message(&error)
-            ),
-        },
+        // A database that does not exist will not appear by waiting: a configuration error, not an outage.
+        Some(code) if *code == SqlState::INVALID_CATALOG_NAME => StoreError::Config(format!(
+            "{target}: {} (create it, or fix the database name in DATABASE_URL / store.url)",
+            db_message(&error)
+        )),
         _ => StoreError::Unreachable {
             target,
             detail: db_message(&error),

@@ -146,23 +146,42 @@ fn epoch_outcome(rows: u64) -> CheckpointOutcome {
 impl Store {
     /// Records a route, or checks that the recorded one still reads the same topic. Progress is offsets
     /// of one topic: pointing an existing route at another topic would deliver the wrong messages.
-    pub async fn ensure_route(&self, route: &RouteSpec) -> Result<()> {
+    ///
+    /// `first_partitions` are where a **new** route starts (its `start` setting applied to the partitions
+    /// the topic has now), registered in the same statement as the route itself, so no other worker can
+    /// see the route without them. For a route already recorded they are ignored: `start` decides only
+    /// where a route begins, and partitions added to the topic later start at their log start offset
+    /// ([`Store::ensure_partitions`]). Returns whether this call created the route.
+    pub async fn ensure_route(
+        &self,
+        route: &RouteSpec,
+        first_partitions: &[(Partition, Offset)],
+    ) -> Result<bool> {
+        const OP: &str = "ensure route";
         let route = route.clone();
-        self.run("ensure route", move |c| {
+        let (partitions, offsets) = partition_offsets(OP, first_partitions)?;
+        self.run(OP, move |c| {
             Box::pin(async move {
                 let row = c
                     .query_one(
-                        "INSERT INTO courier_routes (name, topic, destination) VALUES ($1, $2, $3)
-                         ON CONFLICT (name) DO UPDATE SET destination = EXCLUDED.destination
-                         RETURNING topic",
-                        &[&route.name, &route.topic, &route.destination],
+                        "WITH route AS (
+                             INSERT INTO courier_routes (name, topic, destination) VALUES ($1, $2, $3)
+                             ON CONFLICT (name) DO UPDATE SET destination = EXCLUDED.destination
+                             RETURNING topic, (xmax = 0) AS created),
+                         first AS (
+                             INSERT INTO courier_partitions (route, partition, initial_offset, frontier, watermark)
+                             SELECT $1, p, o, o, o FROM unnest($4::int[], $5::bigint[]) AS t (p, o)
+                             WHERE (SELECT created FROM route)
+                             ON CONFLICT (route, partition) DO NOTHING)
+                         SELECT topic, created FROM route",
+                        &[&route.name, &route.topic, &route.destination, &partitions, &offsets],
                     )
                     .await
-                    .map_err(db("ensure route"))?;
+                    .map_err(db(OP))?;
                 let recorded: String = row.get(0);
                 if recorded != route.topic {
                     return Err(invalid(
-                        "ensure route",
+                        OP,
                         format!(
                             "route {:?} is recorded with topic {recorded:?} but configured with topic {:?}; its progress is \
                              offsets of {recorded:?} and would be wrong for another topic. Give the new pairing a new route name.",
@@ -170,7 +189,7 @@ impl Store {
                         ),
                     ));
                 }
-                Ok(())
+                Ok(row.get(1))
             })
         })
         .await
@@ -184,14 +203,7 @@ impl Store {
         initial: &[(Partition, Offset)],
     ) -> Result<()> {
         let route = route.to_owned();
-        let partitions: Vec<i32> = initial.iter().map(|(p, _)| *p).collect();
-        let offsets: Vec<i64> = initial.iter().map(|(_, o)| *o).collect();
-        if let Some(offset) = offsets.iter().find(|o| **o < 0) {
-            return Err(invalid(
-                "ensure partitions",
-                format!("initial offset {offset} is negative"),
-            ));
-        }
+        let (partitions, offsets) = partition_offsets("ensure partitions", initial)?;
         self.run("ensure partitions", move |c| {
             Box::pin(async move {
                 c.execute(
@@ -800,6 +812,20 @@ async fn insert_audit(
         .await
         .map_err(db("record replay"))?;
     Ok(row.get(0))
+}
+
+/// `(partition, offset)` pairs as the two arrays an `unnest` takes; a negative offset is refused.
+fn partition_offsets(
+    operation: &'static str,
+    pairs: &[(Partition, Offset)],
+) -> Result<(Vec<i32>, Vec<i64>)> {
+    if let Some((partition, offset)) = pairs.iter().find(|(_, o)| *o < 0) {
+        return Err(invalid(
+            operation,
+            format!("partition {partition}: initial offset {offset} is negative"),
+        ));
+    }
+    Ok(pairs.iter().copied().unzip())
 }
 
 /// A `(partition, initial_offset, frontier, watermark, expired_leases)` row.

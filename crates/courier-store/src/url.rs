@@ -30,6 +30,22 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// `url` pointed at `address` (`host:port`) instead of its own host and port, credentials, database and
+/// query kept: how the chaos harness puts a proxy between courier and the server.
+pub fn with_address(url: &str, address: &str) -> String {
+    let authority_start = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[authority_start..];
+    let authority_len = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..authority_len];
+    let host_start = authority.rfind('@').map_or(0, |at| at + 1);
+    format!(
+        "{}{}{address}{}",
+        &url[..authority_start],
+        &authority[..host_start],
+        &rest[authority_len..]
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,6 +63,22 @@ mod tests {
         assert_eq!(
             with_database("postgres://u:p@h:1/x?sslmode=disable", "t1"),
             "postgres://u:p@h:1/t1?sslmode=disable"
+        );
+    }
+
+    #[test]
+    fn replaces_the_host_and_port_only() {
+        assert_eq!(
+            with_address("postgres://u:p@h:1/db?sslmode=disable", "127.0.0.1:9"),
+            "postgres://u:p@127.0.0.1:9/db?sslmode=disable"
+        );
+        assert_eq!(
+            with_address("postgres://h:1/db", "127.0.0.1:9"),
+            "postgres://127.0.0.1:9/db"
+        );
+        assert_eq!(
+            with_address("postgres://u@h", "127.0.0.1:9"),
+            "postgres://u@127.0.0.1:9"
         );
     }
 

@@ -21,11 +21,14 @@ async fn thirty_two_tasks_settle_every_range_exactly_once() {
         .await
         .expect("connect");
     store
-        .ensure_route(&RouteSpec {
-            name: "r".into(),
-            topic: "t".into(),
-            destination: "d".into(),
-        })
+        .ensure_route(
+            &RouteSpec {
+                name: "r".into(),
+                topic: "t".into(),
+                destination: "d".into(),
+            },
+            &[],
+        )
         .await
         .expect("route");
     store

@@ -685,7 +685,7 @@ proptest! {
         let store = store();
         runtime().block_on(async {
             let route = courier_testkit::unique_name("model");
-            store.ensure_route(&RouteSpec { name: route.clone(), topic: "t".into(), destination: "d".into() }).await.expect("route");
+            store.ensure_route(&RouteSpec { name: route.clone(), topic: "t".into(), destination: "d".into() }, &[]).await.expect("route");
             let initial: Vec<(i32, i64)> = (0..PARTITIONS).map(|p| (p, 0)).collect();
             store.ensure_partitions(&route, &initial).await.expect("partitions");
             let mut model = Model {

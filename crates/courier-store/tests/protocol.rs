@@ -12,11 +12,14 @@ use courier_testkit::TestDb;
 
 async fn route(store: &Store, name: &str, partitions: i32) {
     store
-        .ensure_route(&RouteSpec {
-            name: name.into(),
-            topic: format!("{name}-topic"),
-            destination: "d".into(),
-        })
+        .ensure_route(
+            &RouteSpec {
+                name: name.into(),
+                topic: format!("{name}-topic"),
+                destination: "d".into(),
+            },
+            &[],
+        )
         .await
         .expect("route");
     let initial: Vec<(i32, i64)> = (0..partitions).map(|p| (p, 0)).collect();
@@ -376,11 +379,14 @@ async fn a_route_cannot_silently_change_topic() {
     let store = db.store().await;
     route(&store, "r", 1).await;
     let err = store
-        .ensure_route(&RouteSpec {
-            name: "r".into(),
-            topic: "other".into(),
-            destination: "d".into(),
-        })
+        .ensure_route(
+            &RouteSpec {
+                name: "r".into(),
+                topic: "other".into(),
+                destination: "d".into(),
+            },
+            &[],
+        )
         .await
         .expect_err("topic change");
     assert!(err.to_string().contains("new route name"), "{err}");

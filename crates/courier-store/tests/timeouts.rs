@@ -32,7 +32,7 @@ async fn store_with_ranges(db: &TestDb, config: &StoreConfig) -> Store {
         topic: "t".into(),
         destination: "d".into(),
     };
-    store.ensure_route(&route).await.expect("route");
+    store.ensure_route(&route, &[]).await.expect("route");
     store
         .ensure_partitions("r", &[(0, 0)])
         .await
@@ -408,11 +408,14 @@ async fn no_connection_is_handed_out_inside_a_transaction_broken_or_abandoned() 
     );
     // The abandoned connection was closed, so its locks are gone at once: leases are not blocked.
     store
-        .ensure_route(&RouteSpec {
-            name: "r".into(),
-            topic: "t".into(),
-            destination: "d".into(),
-        })
+        .ensure_route(
+            &RouteSpec {
+                name: "r".into(),
+                topic: "t".into(),
+                destination: "d".into(),
+            },
+            &[],
+        )
         .await
         .expect("route");
 }

@@ -48,6 +48,10 @@ pub struct WorkerConfig {
     /// How often settled ranges below the watermark are deleted from the store.
     #[serde(with = "humantime_serde")]
     pub compact_every: Duration,
+    /// How long a booting process (`run`, `migrate`, `status`, `replay`, `probe`) keeps retrying, with
+    /// backoff and jitter, to reach the store and Kafka before it gives up and exits non-zero.
+    #[serde(with = "humantime_serde")]
+    pub boot_timeout: Duration,
     /// First retry delay of a failed range (exponential with full jitter from here).
     #[serde(with = "humantime_serde")]
     pub retry_base: Duration,
@@ -72,6 +76,7 @@ impl Default for WorkerConfig {
             drain_timeout: Duration::from_secs(15),
             heartbeat_every: Duration::from_secs(5),
             compact_every: Duration::from_secs(10),
+            boot_timeout: Duration::from_secs(60),
             retry_base: Duration::from_millis(500),
             retry_cap: Duration::from_secs(300),
         }

@@ -12,6 +12,7 @@
 //! open while Kafka or a destination is being talked to.
 //!
 //! # Layout
+//! - `boot`: reaching the store and Kafka at start, retried with backoff until `worker.boot_timeout`.
 //! - [`config`]: [`WorkerConfig`] and [`RouteConfig`].
 //! - [`metrics`]: every metric name, in one place.
 //! - `delivery`: lease → read → deliver → checkpoint for one range.
@@ -19,6 +20,7 @@
 
 #![forbid(unsafe_code)]
 
+mod boot;
 pub mod config;
 mod delivery;
 pub mod metrics;
@@ -36,6 +38,7 @@ use courier_store::{RouteSpec, Store, StoreError};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+pub use boot::{open_store, BootError, BootRetry, GaveUp, Schema, Service};
 pub use config::{RouteConfig, StartFrom, WorkerConfig};
 
 /// The version recorded in `courier_workers`, shown by `courier status`.
@@ -50,6 +53,17 @@ pub enum WorkerError {
     Store(#[from] StoreError),
     #[error("cannot reach Kafka: {0}")]
     Kafka(#[from] courier_kafka::Error),
+    #[error(transparent)]
+    GaveUp(#[from] GaveUp),
+}
+
+impl<E: Into<WorkerError>> From<BootError<E>> for WorkerError {
+    fn from(error: BootError<E>) -> Self {
+        match error {
+            BootError::Permanent(error) => error.into(),
+            BootError::GaveUp(gave_up) => Self::GaveUp(gave_up),
+        }
+    }
 }
 
 /// One route as the runtime sees it: its settings and the deliverer of its destination (shared with every
@@ -143,26 +157,51 @@ impl Worker {
                 deliverer,
             });
         }
+        let boot = BootRetry::new(config.boot_timeout);
+        let brokers = kafka.brokers.clone();
         let reader = RangeReader::connect(kafka).await?;
         for route in &runtime_routes {
-            // A route to a topic that does not exist is a configuration error: say so now, not every tick.
-            reader
-                .partition_count(&route.config.topic)
-                .await
-                .map_err(|e| {
-                    WorkerError::Config(format!(
-                        "routes.{}: topic {:?}: {e}",
-                        route.config.name, route.config.topic
-                    ))
-                })?;
             let route = &route.config;
-            store
-                .ensure_route(&RouteSpec {
-                    name: route.name.clone(),
-                    topic: route.topic.clone(),
-                    destination: route.destination.clone(),
+            // A route to a topic that does not exist is a configuration error: say so now, not every
+            // tick. A broker that does not answer yet is waited for, politely, until the boot deadline.
+            let what = format!("read the watermarks of topic {:?}", route.topic);
+            let marks = boot
+                .run(
+                    Service::Kafka,
+                    &what,
+                    &brokers,
+                    courier_kafka::Error::is_retryable,
+                    || watermarks(&reader, &route.topic, &brokers, boot.remaining()),
+                )
+                .await
+                .map_err(|error| match error {
+                    BootError::Permanent(e) => WorkerError::Config(format!(
+                        "routes.{}: topic {:?}: {e}",
+                        route.name, route.topic
+                    )),
+                    BootError::GaveUp(gave_up) => WorkerError::GaveUp(gave_up),
+                })?;
+            let spec = RouteSpec {
+                name: route.name.clone(),
+                topic: route.topic.clone(),
+                destination: route.destination.clone(),
+            };
+            // Where the route begins, should it be new: `start` decides only this.
+            let first: Vec<(i32, i64)> = marks
+                .iter()
+                .map(|m| match route.start {
+                    StartFrom::Earliest => (m.partition, m.low),
+                    StartFrom::Latest => (m.partition, m.high),
                 })
-                .await?;
+                .collect();
+            boot.run(
+                Service::Store,
+                "record the route",
+                store.target(),
+                StoreError::is_transient,
+                || store.ensure_route(&spec, &first),
+            )
+            .await?;
         }
         let host = gethostname::gethostname().to_string_lossy().into_owned();
         let id = format!(
@@ -202,9 +241,16 @@ impl Worker {
     ) -> Result<Arc<WorkerStats>, WorkerError> {
         let ctx = self.context;
         let host = gethostname::gethostname().to_string_lossy().into_owned();
-        ctx.store
+        // A store that is slow right now must not stop a worker that booted: the heartbeat task
+        // records it on its next tick.
+        if let Err(error) = ctx
+            .store
             .heartbeat(&ctx.id, &host, std::process::id(), VERSION)
-            .await?;
+            .await
+        {
+            metrics::store_error("heartbeat");
+            tracing::warn!(worker = %ctx.id, %error, "Could not record this worker's first heartbeat; retrying every heartbeat_every.");
+        }
         tracing::info!(worker = %ctx.id, routes = ctx.routes.len(), tasks = ctx.config.delivery_tasks, "Worker started.");
 
         let (stop_leasing, leasing_stopped) = watch::channel(false);
@@ -262,6 +308,28 @@ impl Worker {
         Ok(Arc::clone(&ctx.stats))
     }
 }
+
+/// One boot attempt at `topic`'s watermarks, bounded by what is left of the boot deadline (and at most
+/// [`KAFKA_BOOT_ATTEMPT`], so a broker that is away is asked again rather than waited on once).
+async fn watermarks(
+    reader: &RangeReader,
+    topic: &str,
+    brokers: &str,
+    remaining: Duration,
+) -> Result<Vec<courier_kafka::PartitionWatermarks>, courier_kafka::Error> {
+    let bound = remaining.min(KAFKA_BOOT_ATTEMPT);
+    match tokio::time::timeout(bound, reader.high_watermarks(topic)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(courier_kafka::Error::Timeout {
+            operation: format!("reading the watermarks of topic {topic:?}"),
+            brokers: brokers.to_owned(),
+            after: bound,
+        }),
+    }
+}
+
+/// Longest single attempt at Kafka's metadata during boot.
+const KAFKA_BOOT_ATTEMPT: Duration = Duration::from_secs(5);
 
 /// Resolves once `signal` turns true or its sender is gone. (The guard `wait_for` returns is not `Send`,
 /// so it is dropped here, inside.)

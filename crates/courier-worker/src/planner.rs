@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use courier_store::PlanRequest;
 use tokio::sync::watch;
 
-use crate::config::StartFrom;
 use crate::{metrics, Context, Route, Throttle};
 
 pub(crate) async fn run(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
@@ -65,19 +64,13 @@ async fn plan_route(
             metrics::kafka_error(name, "high_watermarks");
             e.to_string()
         })?;
+    // A partition the route has not seen was added to the topic after the route began (the route's
+    // own first partitions were registered with it, where `start` said): it starts at its log start, so
+    // nothing written to it is skipped. Registering is idempotent; known partitions keep their progress.
     let new: Vec<(i32, i64)> = marks
         .iter()
         .filter(|m| !known.contains(&m.partition))
-        .map(|m| {
-            (
-                m.partition,
-                if route.config.start == StartFrom::Latest {
-                    m.high
-                } else {
-                    m.low
-                },
-            )
-        })
+        .map(|m| (m.partition, m.low))
         .collect();
     if !new.is_empty() {
         ctx.store

@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use courier_store::{Migrator, StoreConfig};
+use courier_store::{Migrator, StoreConfig, StoreError};
+use courier_worker::{BootRetry, Service, WorkerConfig};
 
 use crate::config::Config;
 
@@ -10,14 +11,29 @@ use crate::config::Config;
 pub const LOCAL_DATABASE_URL: &str = "postgres://courier:courier@127.0.0.1:54329/courier";
 
 pub async fn run(config: Option<&Path>) -> anyhow::Result<()> {
-    let store = match config {
-        Some(path) => Config::load(path)?.store,
-        None => StoreConfig::new(
-            std::env::var("DATABASE_URL").unwrap_or_else(|_| LOCAL_DATABASE_URL.to_owned()),
+    let (store, boot_timeout) = match config {
+        Some(path) => {
+            let config = Config::load(path)?;
+            (config.store, config.worker.boot_timeout)
+        }
+        None => (
+            StoreConfig::new(
+                std::env::var("DATABASE_URL").unwrap_or_else(|_| LOCAL_DATABASE_URL.to_owned()),
+            ),
+            WorkerConfig::default().boot_timeout,
         ),
     };
     let migrator = Migrator::embedded();
-    let report = migrator.run(&store).await?;
+    let target = courier_store::url::redact(&store.url);
+    let report = BootRetry::new(boot_timeout)
+        .run(
+            Service::Store,
+            "apply migrations",
+            &target,
+            StoreError::is_transient,
+            || migrator.run(&store),
+        )
+        .await?;
     if report.already_current {
         println!(
             "Schema is current (version {}); nothing to do.",

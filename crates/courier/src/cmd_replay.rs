@@ -10,7 +10,8 @@ use anyhow::{bail, Context as _};
 use courier_core::OffsetRange;
 use courier_kafka::RangeReader;
 use courier_store::protocol::ReplayAudit;
-use courier_store::{Migrator, ReplayFilter, ReplayOutcome, Store};
+use courier_store::{ReplayFilter, ReplayOutcome, Store};
+use courier_worker::{open_store, BootRetry, Schema};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::Config;
@@ -70,8 +71,8 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
             config.routes.keys().cloned().collect::<Vec<_>>().join(", ")
         );
     };
-    Migrator::embedded().check(&config.store).await?;
-    let store = Store::connect(&config.store).await?;
+    let boot = BootRetry::new(config.worker.boot_timeout);
+    let (store, _) = open_store(&config.store, Schema::Check, &boot).await?;
     let audit = ReplayAudit {
         requested_by: args.by.clone().unwrap_or_else(requested_by),
         reason: args.reason.clone(),

@@ -3,8 +3,7 @@
 use std::path::Path;
 
 use anyhow::Context as _;
-use courier_store::{Migrator, Store};
-use courier_worker::{Worker, WorkerStats};
+use courier_worker::{open_store, BootRetry, Schema, Worker, WorkerStats};
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -15,13 +14,13 @@ pub async fn run(path: &Path, migrate: bool) -> anyhow::Result<()> {
     if let Some(metrics) = &config.metrics {
         telemetry::install_metrics(metrics)?;
     }
-    let migrator = Migrator::embedded();
-    if migrate {
-        migrator.run(&config.store).await?;
+    let boot = BootRetry::new(config.worker.boot_timeout);
+    let schema = if migrate {
+        Schema::Migrate
     } else {
-        migrator.check(&config.store).await?;
-    }
-    let store = Store::connect(&config.store).await?;
+        Schema::Check
+    };
+    let (store, _) = open_store(&config.store, schema, &boot).await?;
     let worker = Worker::new(
         store,
         config.kafka.clone(),

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use courier_core::OffsetRange;
 use courier_kafka::RangeReader;
 use courier_store::status::Snapshot;
-use courier_store::{Migrator, Store};
+use courier_worker::{open_store, BootRetry, Schema};
 use serde_json::json;
 
 use crate::config::Config;
@@ -48,8 +48,8 @@ struct PartitionView {
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config)?;
     // A database without the schema, or behind it, is a clear message rather than a query error.
-    Migrator::embedded().check(&config.store).await?;
-    let store = Store::connect(&config.store).await?;
+    let boot = BootRetry::new(config.worker.boot_timeout);
+    let (store, _) = open_store(&config.store, Schema::Check, &boot).await?;
     let snapshot = store.snapshot().await?;
     let reader = RangeReader::connect(config.kafka.clone()).await.ok();
 

@@ -500,11 +500,14 @@ async fn plan_everything(p: &Pipeline, store: &Store) -> Result<(), ChaosError> 
     let setup =
         |e: courier_store::StoreError| ChaosError::Setup(format!("planning the backlog: {e}"));
     store
-        .ensure_route(&RouteSpec {
-            name: ROUTE.to_owned(),
-            topic: p.topic.clone(),
-            destination: DESTINATION.to_owned(),
-        })
+        .ensure_route(
+            &RouteSpec {
+                name: ROUTE.to_owned(),
+                topic: p.topic.clone(),
+                destination: DESTINATION.to_owned(),
+            },
+            &[],
+        )
         .await
         .map_err(setup)?;
     let mut high: HashMap<i32, i64> = HashMap::new();
