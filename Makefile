@@ -26,6 +26,18 @@ test: services ## Run the whole test suite against real PostgreSQL, Kafka and HT
 chaos: services ## Full chaos gameday (~7 min): incident 8 naive vs courier, and the other faults of that day
 	$(CARGO) run --release -p courier -- gameday --all --full
 
+.PHONY: soak
+soak: ## Randomized fault soak, one hour, on its own PostgreSQL (:54339) and Kafka (:9192) that it restarts; prints its seed
+	$(CARGO) build --release -p courier
+	env -u DATABASE_URL -u KAFKA_BROKERS COURIER_PG_CLUSTER=courier_soak COURIER_PG_PORT=54339 scripts/postgres.sh start >/dev/null
+	env -u DATABASE_URL -u KAFKA_BROKERS COURIER_KAFKA_DIR=target/kafka-soak COURIER_KAFKA_PORT=9192 COURIER_KAFKA_CONTROLLER_PORT=9193 scripts/kafka.sh start
+	RUST_LOG=$${RUST_LOG:-warn,courier=info,librdkafka=off} target/release/courier gameday --soak $${SOAK:-1h} $${SEED:+--seed $$SEED}
+
+.PHONY: soak-stop
+soak-stop: ## Stop the soak's own PostgreSQL cluster and Kafka broker
+	env -u DATABASE_URL -u KAFKA_BROKERS COURIER_KAFKA_DIR=target/kafka-soak COURIER_KAFKA_PORT=9192 COURIER_KAFKA_CONTROLLER_PORT=9193 scripts/kafka.sh stop
+	env -u DATABASE_URL -u KAFKA_BROKERS COURIER_PG_CLUSTER=courier_soak COURIER_PG_PORT=54339 scripts/postgres.sh stop
+
 .PHONY: bench
 bench: services ## Benchmarks against the raw pipe, a naive forwarder and pgbench, as ratios measured in one run
 	$(CARGO) run --release -p courier-bench -- --out target/bench/report.md

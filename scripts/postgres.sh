@@ -2,19 +2,21 @@
 # Starts the PostgreSQL that courier's tests and demo use, idempotently.
 #
 #   scripts/postgres.sh start   install Debian's postgresql if missing, create and start a cluster named
-#                               "courier" on 127.0.0.1:${COURIER_PG_PORT:-54329}, create the courier role and
-#                               database; prints the DATABASE_URL on stdout
+#                               ${COURIER_PG_CLUSTER:-courier} on 127.0.0.1:${COURIER_PG_PORT:-54329}, create
+#                               the courier role and database; prints the DATABASE_URL on stdout
 #   scripts/postgres.sh stop    stop that cluster
 #   scripts/postgres.sh url     print the DATABASE_URL
 #   scripts/postgres.sh status  exit 0 when the server answers (DATABASE_URL) or the cluster is online
 #   scripts/postgres.sh clean-test-databases   drop databases left by earlier test runs
 #
 # With DATABASE_URL set, nothing is installed or started: the script only checks the server answers.
+# COURIER_PG_CLUSTER and COURIER_PG_PORT together run a second cluster next to the first (the soak's,
+# which it restarts: `courier gameday --soak` uses COURIER_PG_CLUSTER=courier_soak COURIER_PG_PORT=54339).
 # Safe to run twice, as root on a bare machine, and while the server already runs.
 set -euo pipefail
 
 PORT="${COURIER_PG_PORT:-54329}"
-CLUSTER=courier
+CLUSTER="${COURIER_PG_CLUSTER:-courier}"
 URL="postgres://courier:courier@127.0.0.1:${PORT}/courier"
 
 say() { echo "postgres: $*" >&2; }

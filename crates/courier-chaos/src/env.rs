@@ -81,6 +81,39 @@ fn find_scripts_dir() -> Option<PathBuf> {
     has_scripts(&built_from).then(|| built_from.join("scripts"))
 }
 
+/// Runs `scripts/<script> <action>` with `env` (and without `DATABASE_URL` and `KAFKA_BROKERS`, which
+/// would make the scripts check someone else's service instead of managing their own), for at most
+/// `bound`.
+pub async fn run_script(
+    scripts: &Path,
+    script: &str,
+    action: &str,
+    env: &[(&str, String)],
+    bound: Duration,
+) -> Result<(), ChaosError> {
+    let run = tokio::process::Command::new("bash")
+        .arg(scripts.join(script))
+        .arg(action)
+        .env_remove("DATABASE_URL")
+        .env_remove("KAFKA_BROKERS")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(bound, run)
+        .await
+        .map_err(|_| ChaosError::Stuck(format!("scripts/{script} {action} took over {bound:?}")))?
+        .map_err(|e| ChaosError::Setup(format!("cannot run scripts/{script} {action}: {e}")))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(ChaosError::Setup(format!(
+            "scripts/{script} {action} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))
+    }
+}
+
 /// A unique, lowercase name for a topic, route or database: `prefix_<pid>_<random>`.
 pub fn unique_name(prefix: &str) -> String {
     let suffix: u32 = rand::random();

@@ -140,6 +140,12 @@ pub fn element_id(element: &Value) -> Option<String> {
 
 /// Judges one run.
 pub fn judge(evidence: &Evidence<'_>) -> Judgement {
+    judge_with_timeline(evidence).0
+}
+
+/// [`judge`], and the timeline it measured on: when each delivered message was first delivered, sorted
+/// (a long run measures the recovery of every one of its faults on it, with [`first_progress_after`]).
+pub fn judge_with_timeline(evidence: &Evidence<'_>) -> (Judgement, Vec<SystemTime>) {
     let mut out = Judgement {
         messages_in: evidence.produced.len(),
         ..Judgement::default()
@@ -256,10 +262,7 @@ pub fn judge(evidence: &Evidence<'_>) -> Judgement {
     out.longest_stall = longest_stall(&produced_at, &delivered_at, evidence.judged_at);
 
     if let Some(fault) = evidence.fault {
-        out.first_progress_after_fault = delivered_at
-            .iter()
-            .find(|at| **at >= fault.ended)
-            .map(|at| since(fault.ended, *at));
+        out.first_progress_after_fault = first_progress_after(&delivered_at, fault.ended);
         let mut latest = Some(fault.ended);
         for produced in evidence.produced.iter().filter(|p| p.at <= fault.ended) {
             match (first_delivery.get(produced.id.as_str()), latest) {
@@ -269,7 +272,14 @@ pub fn judge(evidence: &Evidence<'_>) -> Judgement {
         }
         out.recovered_after_fault = latest.map(|at| since(fault.ended, at));
     }
-    out
+    (out, delivered_at)
+}
+
+/// From `ended` to the first message first delivered at or after it, on a sorted timeline of first
+/// deliveries; `None` when nothing was delivered since.
+pub fn first_progress_after(delivered_at: &[SystemTime], ended: SystemTime) -> Option<Duration> {
+    let first = delivered_at.partition_point(|at| *at < ended);
+    delivered_at.get(first).map(|at| since(ended, *at))
 }
 
 fn since(from: SystemTime, to: SystemTime) -> Duration {

@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::env::run_script;
 use crate::judge::FaultWindow;
 use crate::pg_faults::restart_refused;
 use crate::pipeline::{Pipeline, PipelineSpec};
@@ -31,23 +32,7 @@ fn broker_is_ours(scripts: &Path) -> bool {
 }
 
 async fn kafka_sh(scripts: &Path, action: &str, bound: Duration) -> Result<(), ChaosError> {
-    let run = tokio::process::Command::new("bash")
-        .arg(scripts.join("kafka.sh"))
-        .arg(action)
-        .env_remove("KAFKA_BROKERS")
-        .output();
-    let output = tokio::time::timeout(bound, run)
-        .await
-        .map_err(|_| ChaosError::Stuck(format!("scripts/kafka.sh {action} took over {bound:?}")))?
-        .map_err(|e| ChaosError::Setup(format!("cannot run scripts/kafka.sh {action}: {e}")))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(ChaosError::Setup(format!(
-            "scripts/kafka.sh {action} failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        )))
-    }
+    run_script(scripts, "kafka.sh", action, &[], bound).await
 }
 
 pub async fn run(options: &Options) -> Result<ScenarioReport, ChaosError> {

@@ -15,6 +15,7 @@
 //! - [`incident8`]: deadlock, pile-up stall, orphan amplification; naive vs courier.
 //! - one module per other scenario: [`dns`], [`rate_limit`], [`worker_kill`], [`pg_faults`],
 //!   [`kafka_restart`], [`hang`], [`boot_storm`] (behind a [`slow_door`]).
+//! - [`soak`]: the randomized fault soak, on services of its own that it restarts.
 
 #![forbid(unsafe_code)]
 
@@ -30,6 +31,7 @@ pub mod pipeline;
 pub mod rate_limit;
 pub mod report;
 pub mod slow_door;
+pub mod soak;
 pub mod worker_kill;
 pub mod workers;
 

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use courier_store::StoreError;
+use courier_store::{Store, StoreError};
 
 use crate::judge::FaultWindow;
 use crate::pipeline::{Pipeline, PipelineSpec};
@@ -41,9 +41,12 @@ pub async fn terminate(options: &Options) -> Result<ScenarioReport, ChaosError> 
     Ok(report)
 }
 
-async fn terminate_courier_connections(p: &mut Pipeline) -> Result<i64, ChaosError> {
-    let store = p.harness().await?;
-    let database = p.db.name.clone();
+/// Ends every courier connection to `database` (not the harness's); returns how many.
+pub(crate) async fn terminate_courier_connections(
+    store: &Store,
+    database: &str,
+) -> Result<i64, ChaosError> {
+    let database = database.to_owned();
     store
         .run("chaos: terminate", move |c| {
             Box::pin(async move {
@@ -82,7 +85,7 @@ async fn drive_terminate(
     let mut ended = Vec::new();
     let mut slowest = Duration::ZERO;
     for _ in 0..rounds {
-        let count = terminate_courier_connections(p).await?;
+        let count = terminate_courier_connections(&p.harness().await?, &p.db.name).await?;
         let at = Instant::now();
         last = SystemTime::now();
         first.get_or_insert(last);

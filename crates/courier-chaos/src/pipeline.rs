@@ -22,7 +22,8 @@ use tokio::task::JoinHandle;
 
 use crate::env::{unique_name, ScratchDb, Services};
 use crate::judge::{
-    element_id, judge, Evidence, FaultWindow, Judgement, PartitionBounds, Produced, RangeRecord,
+    element_id, judge_with_timeline, Evidence, FaultWindow, Judgement, PartitionBounds, Produced,
+    RangeRecord,
 };
 use crate::workers::{Launcher, Started, WorkerHandle, WorkerSpec};
 use crate::ChaosError;
@@ -423,10 +424,19 @@ impl Pipeline {
 
     /// Judges the run so far. `fault` is the window the judge measures recovery from.
     pub async fn judge(&mut self, fault: Option<FaultWindow>) -> Result<Judgement, ChaosError> {
+        Ok(self.judge_with_timeline(fault).await?.0)
+    }
+
+    /// [`Pipeline::judge`], with the sorted first-delivery times it measured on (see
+    /// [`judge_with_timeline`]).
+    pub async fn judge_with_timeline(
+        &mut self,
+        fault: Option<FaultWindow>,
+    ) -> Result<(Judgement, Vec<SystemTime>), ChaosError> {
         let (ranges, partitions) = self.store_evidence().await?;
         let produced = self.produce.snapshot();
         let delivered = self.sink.received();
-        Ok(judge(&Evidence {
+        Ok(judge_with_timeline(&Evidence {
             produced: &produced,
             delivered: &delivered,
             ranges: &ranges,

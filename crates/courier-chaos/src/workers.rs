@@ -342,6 +342,29 @@ impl WorkerHandle {
         }
     }
 
+    /// SIGSTOP (`frozen`) or SIGCONT: the process stops running without noticing, as in a long GC
+    /// pause or a frozen VM, and its leases expire under it. Process workers only.
+    pub async fn freeze(&self, frozen: bool) -> Result<(), String> {
+        let Kind::Process { pid, .. } = &self.kind else {
+            return Err("SIGSTOP needs a worker process; run without --in-process".to_owned());
+        };
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = tokio::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .map_err(|e| format!("cannot run kill {signal} {pid}: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "kill {signal} {pid} failed ({status}): has the worker exited?"
+            ))
+        }
+    }
+
     /// A graceful stop (SIGTERM / the shutdown signal): drain, release, exit, within `bound`, after
     /// which it is killed. Returns an error describing how it ended when that was not cleanly.
     pub async fn stop(&mut self, bound: Duration) -> Result<(), String> {

@@ -6,12 +6,16 @@
 //! dropped at the end, and is judged on messages in, delivered, duplicates (explained by an interrupted
 //! range or not), lost, longest stall and time to recover. Workers are real `courier run` processes of
 //! this executable. Exit status 1 when any invariant or check fails.
+//!
+//! `--soak DURATION [--seed N]` runs the randomized fault soak instead (`courier_chaos::soak`), on a
+//! PostgreSQL cluster and Kafka broker of its own that it restarts; it prints its seed first.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use courier_chaos::report::fmt_duration;
+use courier_chaos::soak::SoakOptions;
 use courier_chaos::{render, Launcher, Length, Options, Scenario, Services};
 use serde_json::json;
 
@@ -36,9 +40,29 @@ pub struct GamedayArgs {
     /// Run workers as tasks inside this process instead of `courier run` processes.
     #[arg(long)]
     in_process: bool,
+    /// The randomized fault soak for this long (e.g. `5m`, `1h`): steady production through several
+    /// `courier run` workers while random faults hit the pipeline, on a PostgreSQL cluster and Kafka
+    /// broker of its own (started with scripts/, and restarted), then every message judged.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
+          conflicts_with_all = ["scenarios", "all", "full", "in_process", "list"])]
+    soak: Option<std::time::Duration>,
+    /// The soak's seed (printed first; the same seed replays the same faults). Random when absent.
+    #[arg(long, requires = "soak")]
+    seed: Option<u64>,
+    /// The soak's production rate, messages per second.
+    #[arg(long, requires = "soak", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=1000))]
+    rate: u64,
+    /// The soak's number of workers.
+    #[arg(long, requires = "soak", default_value_t = 3,
+          value_parser = clap::value_parser!(u64).range(2..=16))]
+    workers: u64,
 }
 
 pub async fn run(args: GamedayArgs) -> anyhow::Result<ExitCode> {
+    if let Some(length) = args.soak {
+        return soak(&args, length).await;
+    }
     if args.list {
         for scenario in Scenario::ALL {
             println!("{:<14} {}", scenario.name(), scenario.about());
@@ -173,4 +197,50 @@ pub async fn run(args: GamedayArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `courier gameday --soak`: prints the seed first, runs, prints the report; exit 1 when it failed.
+async fn soak(args: &GamedayArgs, length: std::time::Duration) -> anyhow::Result<ExitCode> {
+    let seed = args.seed.unwrap_or_else(rand::random);
+    eprintln!(
+        "soak: seed {seed} (replay with: courier gameday --soak {} --seed {seed})",
+        humantime::format_duration(length)
+    );
+    let exe = std::env::current_exe()
+        .context("gameday: cannot locate the courier executable to start worker processes from")?;
+    let options = SoakOptions {
+        seed,
+        length,
+        rate: usize::try_from(args.rate).context("gameday: --rate")?,
+        workers: usize::try_from(args.workers).context("gameday: --workers")?,
+        exe,
+    };
+    let say = |line: &str| eprintln!("soak: {line}");
+    let report = courier_chaos::soak::run(&options, &say)
+        .await
+        .with_context(|| format!("soak (seed {seed}) could not be carried out"))?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "passed": report.passed(),
+                "by_kind": report.by_kind(),
+                "soak": report,
+            }))
+            .context("gameday: encoding the report")?
+        );
+    } else {
+        println!("{}", report.render());
+    }
+    let verdict = if report.passed() {
+        "every invariant held"
+    } else {
+        "FAILED"
+    };
+    eprintln!("soak: seed {seed}: {verdict}");
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
