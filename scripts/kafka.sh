@@ -22,7 +22,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 POM="$ROOT/scripts/kafka/pom.xml"
-KDIR=${COURIER_KAFKA_DIR:-$ROOT/target/kafka}
+# Absolute, so Maven (which resolves paths against the POM) and the pid checks see the same folder.
+KDIR=$(realpath -m "${COURIER_KAFKA_DIR:-$ROOT/target/kafka}")
 LIBS="$KDIR/libs"
 STAMP="$KDIR/libs.stamp"
 DATA="$KDIR/data"

@@ -150,7 +150,7 @@ impl BootRetry {
                 attempt,
                 next_wait = ?wait,
                 left = ?self.remaining(),
-                "Boot: cannot {what} yet: {error}. Retrying."
+                "Boot: cannot {what} yet; retrying. {error}"
             );
             tokio::time::sleep(wait).await;
         }

@@ -1,10 +1,10 @@
 //! The planner: Kafka's high watermarks in, ranges carved ahead of delivery, watermarks advanced.
 //!
 //! Its cost follows the work, not the configuration:
-//! - **one planner per route**: every worker claims the planning of its routes every
-//!   [`CLAIM_EVERY`] ([`Store::claim_planning`](courier_store::Store::claim_planning)); a route is
-//!   planned by one worker at a time, and a dead planner's routes move to another worker within
-//!   [`PLANNER_TTL`];
+//! - **one planner per route**: every worker claims the planning of its routes every third of the
+//!   planner TTL ([`Store::claim_planning`](courier_store::Store::claim_planning)); a route is planned by
+//!   one worker at a time, and a dead planner's routes move to another worker within that TTL
+//!   ([`planner_ttl`]: the lease TTL, at most [`MAX_PLANNER_TTL`]);
 //! - **Kafka once per topic**: the watermarks of every partition of a topic are fetched once per tick,
 //!   for every route reading it;
 //! - **one store transaction per round**, and only when there is something to do: a partition whose high
@@ -26,10 +26,15 @@ use tokio::sync::watch;
 
 use crate::{metrics, Context, Throttle};
 
-/// How long a claim on planning a route lasts without renewal.
-pub(crate) const PLANNER_TTL: Duration = Duration::from_secs(6);
-/// How often a worker renews (or takes up) the planning of its routes.
-const CLAIM_EVERY: Duration = Duration::from_secs(2);
+/// Longest a claim on planning a route lasts without renewal: new messages of a dead planner's routes
+/// wait at most about this long to be carved.
+const MAX_PLANNER_TTL: Duration = Duration::from_secs(6);
+
+/// How long a claim on planning a route lasts without renewal: no longer than a lease, so a dead
+/// worker's planning moves as soon as its ranges do.
+fn planner_ttl(config: &crate::WorkerConfig) -> Duration {
+    config.lease_ttl.min(MAX_PLANNER_TTL)
+}
 /// Longest time between two rounds of a planner with nothing new to carve.
 const ADVANCE_EVERY: Duration = Duration::from_secs(1);
 /// How often every destination's shared `Retry-After` is read.
@@ -71,7 +76,7 @@ pub(crate) async fn run(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
 }
 
 async fn tick(ctx: &Context, state: &mut State, throttle: &Throttle) {
-    if due(state.last_claim, CLAIM_EVERY) {
+    if due(state.last_claim, planner_ttl(&ctx.config) / 3) {
         claim(ctx, state, throttle).await;
     }
     if !state.owned.is_empty() {
@@ -89,7 +94,8 @@ fn due(last: Option<Instant>, every: Duration) -> bool {
 
 async fn claim(ctx: &Context, state: &mut State, throttle: &Throttle) {
     let names: Vec<String> = ctx.routes.iter().map(|r| r.config.name.clone()).collect();
-    match ctx.store.claim_planning(&names, &ctx.id, PLANNER_TTL).await {
+    let ttl = planner_ttl(&ctx.config);
+    match ctx.store.claim_planning(&names, &ctx.id, ttl).await {
         Ok(owned) => {
             state.last_claim = Some(Instant::now());
             if owned != state.owned {
@@ -106,10 +112,7 @@ async fn claim(ctx: &Context, state: &mut State, throttle: &Throttle) {
                 tracing::warn!(%error, "Could not claim the planning of routes; retrying.");
             }
             // Keep planning what was claimed until its claim would have lapsed.
-            if state
-                .last_claim
-                .is_some_and(|at| at.elapsed() >= PLANNER_TTL)
-            {
+            if state.last_claim.is_some_and(|at| at.elapsed() >= ttl) {
                 state.owned.clear();
             }
         }

@@ -92,6 +92,9 @@ fn main() -> ExitCode {
             Command::Gameday(args) => cmd_gameday::run(args).await,
         }
     });
+    // Blocking calls still running (a librdkafka metadata request to a broker that is away waits out
+    // its own timeout) must not hold the exit: the outcome is decided.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match outcome {
         Ok(code) => code,
         Err(error) => {
