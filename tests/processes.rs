@@ -217,21 +217,38 @@ fn a_bad_configuration_ends_with_one_clear_line_and_a_failure_exit() {
 }
 
 #[tokio::test]
-async fn an_unreachable_store_or_wrong_password_is_one_clear_line_naming_the_fix() {
-    let output = courier(&["migrate"])
+async fn an_unreachable_store_is_retried_until_the_boot_timeout_then_named_and_a_wrong_password_fails_at_once(
+) {
+    // A store that does not answer is waited for, politely, until the boot timeout: one line per
+    // attempt, then one error naming the store, the timeout and the runbook.
+    let output = courier(&["migrate", "--boot-timeout", "3s"])
         .env(
             "DATABASE_URL",
             "postgres://courier:courier@127.0.0.1:1/courier",
         )
+        .env("NO_COLOR", "1")
         .output()
         .expect("run");
     assert!(!output.status.success());
     let stderr = stderr_of(&output);
-    assert!(
-        stderr.contains("cannot reach the store") && stderr.contains("make postgres"),
-        "{stderr}"
-    );
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let retries = stderr
+        .lines()
+        .filter(|l| l.contains("Boot: cannot apply migrations yet; retrying"))
+        .count();
+    assert!(retries >= 2, "several attempts, each logged: {stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("courier: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    for needle in [
+        "could not reach the store (PostgreSQL) at postgres://courier:***@127.0.0.1:1/courier",
+        "within the boot timeout (3s",
+        "make postgres",
+        "docs/runbooks/store-unavailable.md",
+    ] {
+        assert!(errors[0].contains(needle), "{needle:?} missing: {stderr}");
+    }
 
     let db = TestDb::create().await;
     let wrong = db.url.replacen("courier:courier@", "courier:wrong@", 1);

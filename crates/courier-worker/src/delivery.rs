@@ -4,6 +4,7 @@
 //! report (checkpoint, fail or release). Kafka reads and HTTP requests happen with no store
 //! transaction open.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -11,7 +12,6 @@ use courier_core::{CheckpointOutcome, Disposition, Lease, OffsetRange, RangeKind
 use courier_http::{batches, Batch, CircuitState};
 use courier_kafka::ReadError;
 use courier_store::{FailOutcome, Failure, LeaseRequest};
-use std::collections::VecDeque;
 use tokio::sync::watch;
 
 use crate::{metrics, Context, Route, Throttle, WorkerStats};

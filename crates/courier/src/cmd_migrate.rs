@@ -1,6 +1,7 @@
 //! `courier migrate`: the only way courier's schema changes.
 
 use std::path::Path;
+use std::time::Duration;
 
 use courier_store::{Migrator, StoreConfig, StoreError};
 use courier_worker::{BootRetry, Service, WorkerConfig};
@@ -10,7 +11,7 @@ use crate::config::Config;
 /// The development cluster `make postgres` starts, used when neither a file nor DATABASE_URL says otherwise.
 pub const LOCAL_DATABASE_URL: &str = "postgres://courier:courier@127.0.0.1:54329/courier";
 
-pub async fn run(config: Option<&Path>) -> anyhow::Result<()> {
+pub async fn run(config: Option<&Path>, flag: Option<Duration>) -> anyhow::Result<()> {
     let (store, boot_timeout) = match config {
         Some(path) => {
             let config = Config::load(path)?;
@@ -25,7 +26,7 @@ pub async fn run(config: Option<&Path>) -> anyhow::Result<()> {
     };
     let migrator = Migrator::embedded();
     let target = courier_store::url::redact(&store.url);
-    let report = BootRetry::new(boot_timeout)
+    let report = BootRetry::new(flag.unwrap_or(boot_timeout))
         .run(
             Service::Store,
             "apply migrations",

@@ -48,6 +48,10 @@ enum Command {
         /// cluster) with default timeouts.
         #[arg(long, short, env = "COURIER_CONFIG")]
         config: Option<PathBuf>,
+        /// How long to keep retrying a store that cannot be reached yet (default: worker.boot_timeout
+        /// of the file, or 60s), e.g. `10s`, `2m`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        boot_timeout: Option<std::time::Duration>,
     },
     /// Check a configuration file and print what it would run, without connecting to anything.
     CheckConfig {
@@ -83,7 +87,10 @@ fn main() -> ExitCode {
         let done = |result: anyhow::Result<()>| result.map(|()| ExitCode::SUCCESS);
         match cli.command {
             Command::Run { config, migrate } => done(cmd_run::run(&config, migrate).await),
-            Command::Migrate { config } => done(cmd_migrate::run(config.as_deref()).await),
+            Command::Migrate {
+                config,
+                boot_timeout,
+            } => done(cmd_migrate::run(config.as_deref(), boot_timeout).await),
             Command::CheckConfig { config } => done(cmd_run::check_config(&config)),
             Command::Status(args) => cmd_status::run(args).await,
             Command::Replay(args) => done(cmd_replay::run(args).await),
