@@ -56,7 +56,7 @@ fn lease_all(owner: &str) -> LeaseRequest {
     LeaseRequest::one_route(
         "r",
         Ordering::None,
-        &owner,
+        owner,
         100,
         Duration::from_secs(30),
         RangeKind::Live,
