@@ -108,6 +108,10 @@ pub struct Pipe<'a> {
     pub in_flight: usize,
 }
 
+/// How long the pipe holds a partial batch for more messages (the naive forwarder flushes after the
+/// log has been quiet for as long).
+const LINGER: Duration = Duration::from_millis(10);
+
 /// librdkafka's statistics interval, the same as courier's range readers use.
 const STATISTICS_MS: u64 = 1_000;
 
@@ -150,23 +154,33 @@ impl Pipe<'_> {
                 assignment.add_partition_offset(&topic, p, Offset::Beginning)?;
             }
             consumer.assign(&assignment)?;
-            let mut batches: BTreeMap<i32, Vec<Message>> = BTreeMap::new();
+            // Per partition: the batch being filled and when its first message came.
+            let mut batches: BTreeMap<i32, (Vec<Message>, Instant)> = BTreeMap::new();
             let mut read = 0u64;
             while read < total {
-                let Some(result) = consumer.poll(Duration::from_millis(100)) else {
-                    continue;
-                };
-                let message = result?;
-                read += 1;
-                let batch = batches.entry(message.partition()).or_default();
-                batch.push(to_message(&message));
-                if batch.len() >= BATCH {
-                    let full = std::mem::take(batch);
-                    tx.blocking_send(full).context("sender gone")?;
+                let polled = consumer.poll(LINGER / 2);
+                let now = Instant::now();
+                if let Some(result) = polled {
+                    let message = result?;
+                    read += 1;
+                    let (batch, since) = batches
+                        .entry(message.partition())
+                        .or_insert_with(|| (Vec::new(), now));
+                    if batch.is_empty() {
+                        *since = now;
+                    }
+                    batch.push(to_message(&message));
                 }
-            }
-            for (_, batch) in batches.into_iter().filter(|(_, b)| !b.is_empty()) {
-                tx.blocking_send(batch).context("sender gone")?;
+                // Full batches, and partial ones that waited `LINGER` (a trickle is not held back).
+                for (batch, since) in batches.values_mut() {
+                    let due = batch.len() >= BATCH
+                        || (!batch.is_empty()
+                            && (now.duration_since(*since) >= LINGER || read >= total));
+                    if due {
+                        tx.blocking_send(std::mem::take(batch))
+                            .context("sender gone")?;
+                    }
+                }
             }
             drop(tx);
             if last_statistics {

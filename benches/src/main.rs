@@ -73,6 +73,9 @@ pub struct Args {
     /// Messages per route for more than 100 routes.
     #[arg(long, default_value_t = 200)]
     messages_per_route_over_100: u64,
+    /// How long the routes section waits for every copy before giving up on a route count, seconds.
+    #[arg(long, default_value_t = 300)]
+    deliver_limit_seconds: u64,
     /// Length of the idle window after delivery, seconds.
     #[arg(long, default_value_t = 20)]
     idle_seconds: u64,
