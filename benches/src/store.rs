@@ -9,8 +9,11 @@ use anyhow::Context as _;
 use courier_core::{Ordering, RangeKind};
 use courier_store::{LeaseRequest, Migrator, PlanRequest, RouteSpec, Store, StoreConfig};
 
-use crate::report::{percentile, Report};
+use crate::report::{cells, percentile, Goal, Report};
 use crate::Bench;
+
+/// Lease latency target, with up to 64 contending tasks.
+const LEASE_P99_MS: f64 = 5.0;
 
 pub async fn section(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
     let seconds = bench.args.seconds;
@@ -23,18 +26,24 @@ pub async fn section(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
         "store txns/s",
         "lease p50 ms",
         "lease p99 ms",
+        "target",
+        "met",
     ]);
     let mut best_round_trips: f64 = 0.0;
     for tasks in [1usize, 8, 32, 64] {
         eprintln!("bench: store capacity with {tasks} task(s)");
         let capacity = capacity(&bench.server, tasks, Duration::from_secs(seconds)).await?;
         best_round_trips = best_round_trips.max(capacity.round_trips_per_second);
+        let [target, met] =
+            cells(&[Goal::AtMost(LEASE_P99_MS).check(capacity.lease_p99_ms, " ms lease p99")]);
         report.row(&[
             capacity.tasks.to_string(),
             format!("{:.0}", capacity.round_trips_per_second),
             format!("{:.0}", capacity.round_trips_per_second * 2.0),
             format!("{:.2}", capacity.lease_p50_ms),
             format!("{:.2}", capacity.lease_p99_ms),
+            target,
+            met,
         ]);
     }
     match pgbench(&bench.server, 8, seconds).await {
