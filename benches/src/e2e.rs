@@ -1,8 +1,11 @@
 //! End-to-end variants over the same topic and the same sink: the raw pipe (the ceiling), a naive
-//! consumer-group forwarder (what users would write), and courier.
+//! consumer-group forwarder (what users would write), and courier in this process.
+//!
+//! Owns: [`Pipe`], [`naive`], [`CourierSetup`] (a worker's settings: defaults, or tuned for draining)
+//! and [`CourierRun`] (a running worker on its own scratch database, and the store transactions it ran).
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -10,9 +13,11 @@ use courier_core::{Message, Ordering};
 use courier_http::{DestinationConfig, Format};
 use courier_kafka::KafkaConfig;
 use courier_store::{Migrator, Store, StoreConfig};
-use courier_worker::{RouteConfig, StartFrom, Worker, WorkerConfig};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use courier_worker::{RouteConfig, Worker, WorkerConfig};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::Message as _;
+use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::{watch, Semaphore};
 
@@ -60,69 +65,151 @@ async fn post(client: &reqwest::Client, url: &str, batch: &[Message]) -> anyhow:
     Ok(())
 }
 
-/// The ceiling: read every partition from the start with a tuned consumer, POST the same batches with
-/// `in_flight` requests at once. No store, no progress kept: not something to run in production.
-pub async fn pipe(
-    brokers: &str,
-    topic: &str,
-    partitions: i32,
-    url: &str,
-    in_flight: usize,
-    counters: &Counters,
-    total: u64,
-) -> anyhow::Result<()> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Message>>(in_flight * 2);
-    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
-    let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", "bench-pipe")
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "10")
-            .set("fetch.queue.backoff.ms", "10")
-            .create()?;
-        let mut assignment = TopicPartitionList::new();
-        for p in 0..partitions {
-            assignment.add_partition_offset(&topic, p, Offset::Beginning)?;
+/// The pipe consumer's context: bytes received from the brokers, from librdkafka's statistics
+/// (`rxbytes` per broker connection, cumulative), counted the way courier's range reader counts them.
+#[derive(Default)]
+struct ReceivedBytes {
+    per_broker: Mutex<HashMap<String, u64>>,
+}
+
+impl ReceivedBytes {
+    fn total(&self) -> u64 {
+        self.per_broker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .sum()
+    }
+}
+
+impl ClientContext for ReceivedBytes {
+    fn stats(&self, statistics: Statistics) {
+        let mut per_broker = self
+            .per_broker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Cumulative per connection; a connection that leaves the report keeps what it had received.
+        for (name, broker) in statistics.brokers {
+            let seen = per_broker.entry(name).or_insert(0);
+            *seen = (*seen).max(broker.rxbytes);
         }
-        consumer.assign(&assignment)?;
-        let mut batches: BTreeMap<i32, Vec<Message>> = BTreeMap::new();
-        let mut read = 0u64;
-        while read < total {
-            let Some(result) = consumer.poll(Duration::from_millis(100)) else {
-                continue;
-            };
-            let message = result?;
-            read += 1;
-            let batch = batches.entry(message.partition()).or_default();
-            batch.push(to_message(&message));
-            if batch.len() >= BATCH {
-                let full = std::mem::take(batch);
-                tx.blocking_send(full).context("sender gone")?;
+    }
+}
+
+impl ConsumerContext for ReceivedBytes {}
+
+/// The ceiling: one tuned consumer assigned every partition from the start, the same batches POSTed
+/// with `in_flight` requests at once. No store, no progress kept: not something to run in production.
+pub struct Pipe<'a> {
+    pub brokers: &'a str,
+    pub topic: &'a str,
+    pub partitions: i32,
+    pub url: &'a str,
+    pub in_flight: usize,
+}
+
+/// How long the pipe holds a partial batch for more messages (the naive forwarder flushes after the
+/// log has been quiet for as long).
+const LINGER: Duration = Duration::from_millis(10);
+
+/// librdkafka's statistics interval, the same as courier's range readers use.
+const STATISTICS_MS: u64 = 1_000;
+
+impl Pipe<'_> {
+    /// Delivers the first `total` messages of the topic and returns once the sink has them all.
+    pub async fn run(&self, counters: &Counters, total: u64) -> anyhow::Result<()> {
+        self.drain(counters, total, false).await.map(|_| ())
+    }
+
+    /// Like [`run`](Self::run), then keeps the consumer polling past one more statistics report and
+    /// returns the bytes it received from the brokers (so not for timing).
+    pub async fn run_counting_bytes(&self, counters: &Counters, total: u64) -> anyhow::Result<u64> {
+        self.drain(counters, total, true).await
+    }
+
+    async fn drain(
+        &self,
+        counters: &Counters,
+        total: u64,
+        last_statistics: bool,
+    ) -> anyhow::Result<u64> {
+        let in_flight = self.in_flight;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Message>>(in_flight * 2);
+        let (brokers, topic, partitions) = (
+            self.brokers.to_owned(),
+            self.topic.to_owned(),
+            self.partitions,
+        );
+        let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+            let consumer: BaseConsumer<ReceivedBytes> = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("group.id", "bench-pipe")
+                .set("enable.auto.commit", "false")
+                .set("fetch.wait.max.ms", "10")
+                .set("fetch.queue.backoff.ms", "10")
+                .set("statistics.interval.ms", STATISTICS_MS.to_string())
+                .create_with_context(ReceivedBytes::default())?;
+            let mut assignment = TopicPartitionList::new();
+            for p in 0..partitions {
+                assignment.add_partition_offset(&topic, p, Offset::Beginning)?;
             }
-        }
-        for (_, batch) in batches.into_iter().filter(|(_, b)| !b.is_empty()) {
-            tx.blocking_send(batch).context("sender gone")?;
-        }
-        Ok(())
-    });
-    let client = reqwest::Client::new();
-    let slots = Arc::new(Semaphore::new(in_flight));
-    let mut sends = tokio::task::JoinSet::new();
-    while let Some(batch) = rx.recv().await {
-        let permit = Arc::clone(&slots).acquire_owned().await?;
-        let (client, url) = (client.clone(), url.to_owned());
-        sends.spawn(async move {
-            let result = post(&client, &url, &batch).await;
-            drop(permit);
-            result
+            consumer.assign(&assignment)?;
+            // Per partition: the batch being filled and when its first message came.
+            let mut batches: BTreeMap<i32, (Vec<Message>, Instant)> = BTreeMap::new();
+            let mut read = 0u64;
+            while read < total {
+                let polled = consumer.poll(LINGER / 2);
+                let now = Instant::now();
+                if let Some(result) = polled {
+                    let message = result?;
+                    read += 1;
+                    let (batch, since) = batches
+                        .entry(message.partition())
+                        .or_insert_with(|| (Vec::new(), now));
+                    if batch.is_empty() {
+                        *since = now;
+                    }
+                    batch.push(to_message(&message));
+                }
+                // Full batches, and partial ones that waited `LINGER` (a trickle is not held back).
+                for (batch, since) in batches.values_mut() {
+                    let due = batch.len() >= BATCH
+                        || (!batch.is_empty()
+                            && (now.duration_since(*since) >= LINGER || read >= total));
+                    if due {
+                        tx.blocking_send(std::mem::take(batch))
+                            .context("sender gone")?;
+                    }
+                }
+            }
+            drop(tx);
+            if last_statistics {
+                // Statistics are served by poll; wait for one report past the last message.
+                let until = Instant::now() + Duration::from_millis(STATISTICS_MS * 3 / 2);
+                while Instant::now() < until {
+                    let _ = consumer.poll(Duration::from_millis(50));
+                }
+            }
+            Ok(consumer.context().total())
         });
+        let client = reqwest::Client::new();
+        let slots = Arc::new(Semaphore::new(in_flight));
+        let mut sends = tokio::task::JoinSet::new();
+        while let Some(batch) = rx.recv().await {
+            let permit = Arc::clone(&slots).acquire_owned().await?;
+            let (client, url) = (client.clone(), self.url.to_owned());
+            sends.spawn(async move {
+                let result = post(&client, &url, &batch).await;
+                drop(permit);
+                result
+            });
+        }
+        while let Some(result) = sends.join_next().await {
+            result??;
+        }
+        wait_for(counters, total, Duration::from_secs(600)).await?;
+        reader.await?
     }
-    reader.await??;
-    while let Some(result) = sends.join_next().await {
-        result??;
-    }
-    wait_for(counters, total, Duration::from_secs(600)).await
 }
 
 /// What a user would write: a consumer group, POST each batch, commit offsets after each batch.
@@ -132,7 +219,6 @@ pub async fn naive(
     url: &str,
     counters: &Counters,
     total: u64,
-    stop: Option<watch::Receiver<bool>>,
 ) -> anyhow::Result<()> {
     let group = format!("bench-naive-{}", rand::random::<u32>());
     let consumer: StreamConsumer = ClientConfig::new()
@@ -145,7 +231,7 @@ pub async fn naive(
     let client = reqwest::Client::new();
     let mut batch = Vec::with_capacity(BATCH);
     loop {
-        if counters.messages() >= total || stop.as_ref().is_some_and(|s| *s.borrow()) {
+        if counters.messages() >= total {
             return Ok(());
         }
         // A full batch, or a partial one once the log has nothing more for 10 ms.
@@ -165,103 +251,156 @@ pub async fn naive(
     }
 }
 
-/// A courier worker in this process, on its own fresh database.
+/// A courier worker's settings: routes, destinations, `[worker]` and the store's pool size.
+pub struct CourierSetup {
+    pub worker: WorkerConfig,
+    pub routes: Vec<RouteConfig>,
+    pub destinations: BTreeMap<String, DestinationConfig>,
+    /// `None`: the store's default.
+    pub pool_size: Option<usize>,
+}
+
+/// A route with every setting at its configuration-file default (read through the same deserializer as
+/// `courier.toml`, so a changed default shows up here).
+pub fn default_route(name: &str, topic: &str, destination: &str) -> anyhow::Result<RouteConfig> {
+    let mut route: RouteConfig =
+        serde_json::from_value(serde_json::json!({ "topic": topic, "destination": destination }))
+            .context("a route with only topic and destination")?;
+    route.name = name.to_owned();
+    Ok(route)
+}
+
+impl CourierSetup {
+    /// What `courier run` does with nothing but a route and a destination configured.
+    pub fn defaults(topic: &str, url: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            worker: WorkerConfig::default(),
+            routes: vec![default_route("bench", topic, "sink")?],
+            destinations: BTreeMap::from([("sink".to_owned(), DestinationConfig::new(url))]),
+            pool_size: None,
+        })
+    }
+
+    /// Tuned for draining a backlog fast (the settings of the throughput matrix): planning every 100 ms,
+    /// 64 ranges ahead per partition, idle tasks polling every 10 ms, one request in flight per task.
+    pub fn tuned(topic: &str, url: &str, tasks: usize, range_size: u32) -> anyhow::Result<Self> {
+        let mut route = default_route("bench", topic, "sink")?;
+        route.range_size = range_size;
+        route.ordering = Ordering::None;
+        Ok(Self {
+            worker: WorkerConfig {
+                delivery_tasks: tasks,
+                replay_tasks: 0,
+                plan_interval: Duration::from_millis(100),
+                max_tail_age: Duration::from_millis(50),
+                poll_interval: Duration::from_millis(10),
+                ranges_ahead: 64,
+                ..WorkerConfig::default()
+            },
+            routes: vec![route],
+            destinations: BTreeMap::from([(
+                "sink".to_owned(),
+                DestinationConfig {
+                    max_batch_messages: BATCH,
+                    max_in_flight: tasks.max(1),
+                    ..DestinationConfig::new(url)
+                },
+            )]),
+            pool_size: Some(tasks + 4),
+        })
+    }
+
+    /// Creates a scratch database, migrates it and starts a worker on it.
+    pub async fn start(self, server: &str, brokers: &str) -> anyhow::Result<CourierRun> {
+        let database = crate::db::fresh(server, "bench").await?;
+        match self.start_on(server, brokers, &database).await {
+            Ok(run) => Ok(run),
+            Err(error) => {
+                crate::db::discard(server, &database).await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn start_on(
+        self,
+        server: &str,
+        brokers: &str,
+        database: &str,
+    ) -> anyhow::Result<CourierRun> {
+        let mut config = StoreConfig::new(crate::db::with_database(server, database));
+        if let Some(pool_size) = self.pool_size {
+            config.pool_size = pool_size;
+        }
+        Migrator::embedded().run(&config).await?;
+        let store = Store::connect(&config).await?;
+        let started = Instant::now();
+        let worker = Worker::new(
+            store.clone(),
+            KafkaConfig::new(brokers),
+            &self.destinations,
+            self.routes,
+            self.worker,
+        )
+        .await?;
+        let startup = started.elapsed();
+        let before = crate::db::transactions(server, database).await?;
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(worker.run(stopped));
+        Ok(CourierRun {
+            store,
+            server: server.to_owned(),
+            database: database.to_owned(),
+            before,
+            startup,
+            stop,
+            task,
+        })
+    }
+}
+
+/// A courier worker in this process, on its own scratch database.
 pub struct CourierRun {
-    pub store: Store,
-    pub database: String,
+    store: Store,
+    server: String,
+    database: String,
+    /// The database's transactions when the worker started (after migrations and `Worker::new`).
+    before: i64,
+    /// How long `Worker::new` took (validation, Kafka metadata per route, recording the routes).
+    pub startup: Duration,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<
         Result<Arc<courier_worker::WorkerStats>, courier_worker::WorkerError>,
     >,
 }
 
-pub async fn start_courier(
-    server_url: &str,
-    brokers: &str,
-    topic: &str,
-    url: &str,
-    tasks: usize,
-    range_size: u32,
-) -> anyhow::Result<CourierRun> {
-    let database = crate::fresh_database(server_url, "bench").await?;
-    let config = StoreConfig {
-        pool_size: tasks + 4,
-        ..StoreConfig::new(crate::with_database(server_url, &database))
-    };
-    Migrator::embedded().run(&config).await?;
-    let store = Store::connect(&config).await?;
-    let destinations = BTreeMap::from([(
-        "sink".to_owned(),
-        DestinationConfig {
-            max_batch_messages: BATCH,
-            max_in_flight: tasks.max(1),
-            ..DestinationConfig::new(url)
-        },
-    )]);
-    let routes = vec![RouteConfig {
-        name: "bench".into(),
-        topic: topic.into(),
-        destination: "sink".into(),
-        ordering: Ordering::None,
-        range_size,
-        max_attempts: 10,
-        start: StartFrom::Earliest,
-    }];
-    let worker_config = WorkerConfig {
-        delivery_tasks: tasks,
-        replay_tasks: 0,
-        plan_interval: Duration::from_millis(100),
-        max_tail_age: Duration::from_millis(50),
-        poll_interval: Duration::from_millis(10),
-        ranges_ahead: 64,
-        ..WorkerConfig::default()
-    };
-    let worker = Worker::new(
-        store.clone(),
-        KafkaConfig::new(brokers),
-        &destinations,
-        routes,
-        worker_config,
-    )
-    .await?;
-    let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(worker.run(stopped));
-    Ok(CourierRun {
-        store,
-        database,
-        stop,
-        task,
-    })
-}
-
 impl CourierRun {
-    pub async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(true);
-        self.task.await??;
-        Ok(())
-    }
-
-    /// Committed plus rolled-back transactions of this run's database so far.
+    /// Store transactions since the worker started, as published so far (see [`crate::db`]: lags by up
+    /// to ~10 s while the worker runs).
     pub async fn transactions(&self) -> anyhow::Result<i64> {
-        transactions(&self.store, &self.database).await
+        Ok(crate::db::transactions(&self.server, &self.database).await? - self.before)
     }
-}
 
-/// Committed plus rolled-back transactions of `database` so far (PostgreSQL publishes them at most
-/// once a second).
-pub async fn transactions(store: &Store, database: &str) -> anyhow::Result<i64> {
-    let database = database.to_owned();
-    {
-        Ok(store
-            .run("bench: transactions", move |c| {
-                Box::pin(async move {
-                    let row = c
-                        .query_one("SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database WHERE datname = $1", &[&database])
-                        .await
-                        .map_err(|e| courier_store::StoreError::from_db("bench", e))?;
-                    Ok(row.get::<_, i64>(0))
-                })
-            })
-            .await?)
+    /// Stops the worker (drain), closes its store and drops its database; returns the exact number of
+    /// store transactions it ran since it started, shutdown included.
+    pub async fn finish(self) -> anyhow::Result<i64> {
+        let Self {
+            store,
+            server,
+            database,
+            before,
+            stop,
+            task,
+            ..
+        } = self;
+        let _ = stop.send(true);
+        let stopped = task.await;
+        // The worker dropped its clones of the store when it stopped; this closes the pool's connections,
+        // and each backend publishes its counts as it exits.
+        drop(store);
+        let counted = crate::db::transactions_after_close(&server, &database).await;
+        crate::db::discard(&server, &database).await;
+        stopped??;
+        Ok(counted? - before)
     }
 }

@@ -43,6 +43,10 @@ impl Counters {
         self.messages.load(Ordering::SeqCst)
     }
 
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::SeqCst)
+    }
+
     pub fn take_latencies(&self) -> Vec<u64> {
         std::mem::take(
             &mut *self
@@ -62,6 +66,8 @@ pub async fn start() -> anyhow::Result<BenchSink> {
     let counters = Arc::new(Counters::default());
     let app = Router::new()
         .route("/", post(receive))
+        // Any path: the routes section gives each route its own destination on this one sink.
+        .route("/{*path}", post(receive))
         .with_state(Arc::clone(&counters));
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let url = format!("http://{}/", listener.local_addr()?);

@@ -1,12 +1,61 @@
-//! Store capacity: lease + checkpoint round trips per second and lease latency under contention,
-//! against pgbench's simple-update on the same server as the physical limit.
+//! Section 5: store capacity. Lease + checkpoint round trips per second and lease latency under
+//! contention, against pgbench's simple-update on the same server as the physical limit.
+//!
+//! Owns: the section, [`capacity`] and [`pgbench`].
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use courier_core::{Ordering, RangeKind};
 use courier_store::{LeaseRequest, Migrator, PlanRequest, RouteSpec, Store, StoreConfig};
+
+use crate::report::{cells, percentile, Goal, Report};
+use crate::Bench;
+
+/// Lease latency target, with up to 64 contending tasks.
+const LEASE_P99_MS: f64 = 5.0;
+
+pub async fn section(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
+    let seconds = bench.args.seconds;
+    report.line(format_args!(
+        "## Store capacity: lease(1) + checkpoint round trips, {seconds} s per run\n"
+    ));
+    report.header(&[
+        "contending tasks",
+        "round trips/s",
+        "store txns/s",
+        "lease p50 ms",
+        "lease p99 ms",
+        "target",
+        "met",
+    ]);
+    let mut best_round_trips: f64 = 0.0;
+    for tasks in [1usize, 8, 32, 64] {
+        eprintln!("bench: store capacity with {tasks} task(s)");
+        let capacity = capacity(&bench.server, tasks, Duration::from_secs(seconds)).await?;
+        best_round_trips = best_round_trips.max(capacity.round_trips_per_second);
+        let [target, met] =
+            cells(&[Goal::AtMost(LEASE_P99_MS).check(capacity.lease_p99_ms, " ms lease p99")]);
+        report.row(&[
+            capacity.tasks.to_string(),
+            format!("{:.0}", capacity.round_trips_per_second),
+            format!("{:.0}", capacity.round_trips_per_second * 2.0),
+            format!("{:.2}", capacity.lease_p50_ms),
+            format!("{:.2}", capacity.lease_p99_ms),
+            target,
+            met,
+        ]);
+    }
+    match pgbench(&bench.server, 8, seconds).await {
+        Ok(tps) => report.line(format_args!(
+            "\npgbench simple-update (-N), 8 clients, same server: {tps:.0} tps. courier's best: {:.0} store txns/s = {:.2}x pgbench.\n",
+            best_round_trips * 2.0,
+            best_round_trips * 2.0 / tps
+        )),
+        Err(error) => report.line(format_args!("\npgbench could not run: {error:#}\n")),
+    }
+    Ok(())
+}
 
 pub struct Capacity {
     pub tasks: usize,
@@ -21,10 +70,10 @@ pub async fn capacity(
     tasks: usize,
     duration: Duration,
 ) -> anyhow::Result<Capacity> {
-    let database = crate::fresh_database(server_url, "bench_store").await?;
+    let database = crate::db::fresh(server_url, "bench_store").await?;
     let config = StoreConfig {
         pool_size: tasks,
-        ..StoreConfig::new(crate::with_database(server_url, &database))
+        ..StoreConfig::new(crate::db::with_database(server_url, &database))
     };
     Migrator::embedded().run(&config).await?;
     let store = Store::connect(&config).await?;
@@ -88,14 +137,13 @@ pub async fn capacity(
     }
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort_by(f64::total_cmp);
-    let store = Arc::new(store);
     drop(store);
-    crate::drop_database(server_url, &database).await;
+    crate::db::discard(server_url, &database).await;
     Ok(Capacity {
         tasks,
         round_trips_per_second: round_trips as f64 / elapsed,
-        lease_p50_ms: crate::percentile_f64(&latencies, 0.50),
-        lease_p99_ms: crate::percentile_f64(&latencies, 0.99),
+        lease_p50_ms: percentile(&latencies, 0.50),
+        lease_p99_ms: percentile(&latencies, 0.99),
     })
 }
 
@@ -104,8 +152,8 @@ pub async fn pgbench(server_url: &str, clients: usize, seconds: u64) -> anyhow::
     let binary = pgbench_binary().context(
         "pgbench not found (Debian's postgresql package ships it under /usr/lib/postgresql/*/bin)",
     )?;
-    let database = crate::fresh_database(server_url, "bench_pgbench").await?;
-    let url = crate::with_database(server_url, &database);
+    let database = crate::db::fresh(server_url, "bench_pgbench").await?;
+    let url = crate::db::with_database(server_url, &database);
     let init = tokio::process::Command::new(&binary)
         .args(["-i", "-q", "-s", "10", &url])
         .output()
@@ -136,7 +184,7 @@ pub async fn pgbench(server_url: &str, clients: usize, seconds: u64) -> anyhow::
         String::from_utf8_lossy(&run.stderr)
     );
     let stdout = String::from_utf8_lossy(&run.stdout);
-    crate::drop_database(server_url, &database).await;
+    crate::db::discard(server_url, &database).await;
     stdout
         .lines()
         .find(|l| l.starts_with("tps ="))
