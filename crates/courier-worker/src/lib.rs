@@ -205,8 +205,15 @@ impl Worker {
         let boot = BootRetry::new(config.boot_timeout);
         let brokers = kafka.brokers.clone();
         let reader = RangeReader::connect(kafka).await?;
+        // Watermarks once per topic, however many routes read it.
+        let mut topics: HashMap<String, Vec<courier_kafka::PartitionWatermarks>> = HashMap::new();
         for route in &runtime_routes {
             let route = &route.config;
+            if let Some(marks) = topics.get(&route.topic) {
+                let first = first_partitions(marks, route.start);
+                record_route(&boot, &store, route, &first).await?;
+                continue;
+            }
             // A route to a topic that does not exist is a configuration error: say so now, not every
             // tick. A broker that does not answer yet is waited for, politely, until the boot deadline.
             let what = format!("read the watermarks of topic {:?}", route.topic);
@@ -226,27 +233,9 @@ impl Worker {
                     )),
                     BootError::GaveUp(gave_up) => WorkerError::GaveUp(gave_up),
                 })?;
-            let spec = RouteSpec {
-                name: route.name.clone(),
-                topic: route.topic.clone(),
-                destination: route.destination.clone(),
-            };
-            // Where the route begins, should it be new: `start` decides only this.
-            let first: Vec<(i32, i64)> = marks
-                .iter()
-                .map(|m| match route.start {
-                    StartFrom::Earliest => (m.partition, m.low),
-                    StartFrom::Latest => (m.partition, m.high),
-                })
-                .collect();
-            boot.run(
-                Service::Store,
-                "record the route",
-                store.target(),
-                StoreError::is_transient,
-                || store.ensure_route(&spec, &first),
-            )
-            .await?;
+            let first = first_partitions(&marks, route.start);
+            record_route(&boot, &store, route, &first).await?;
+            topics.insert(route.topic.clone(), marks);
         }
         let route_index = runtime_routes
             .iter()
@@ -356,6 +345,44 @@ impl Worker {
         tracing::info!(worker = %ctx.id, "Worker stopped.");
         Ok(Arc::clone(&ctx.stats))
     }
+}
+
+/// Where a route begins, should it be new: `start` decides only this.
+fn first_partitions(
+    marks: &[courier_kafka::PartitionWatermarks],
+    start: StartFrom,
+) -> Vec<(i32, i64)> {
+    marks
+        .iter()
+        .map(|m| match start {
+            StartFrom::Earliest => (m.partition, m.low),
+            StartFrom::Latest => (m.partition, m.high),
+        })
+        .collect()
+}
+
+/// Records `route` in the store (with its first partitions, if it is new), retried until the boot
+/// deadline while the store is unreachable.
+async fn record_route(
+    boot: &BootRetry,
+    store: &Store,
+    route: &RouteConfig,
+    first: &[(i32, i64)],
+) -> Result<(), WorkerError> {
+    let spec = RouteSpec {
+        name: route.name.clone(),
+        topic: route.topic.clone(),
+        destination: route.destination.clone(),
+    };
+    boot.run(
+        Service::Store,
+        "record the route",
+        store.target(),
+        StoreError::is_transient,
+        || store.ensure_route(&spec, first),
+    )
+    .await?;
+    Ok(())
 }
 
 /// One boot attempt at `topic`'s watermarks, bounded by what is left of the boot deadline (and at most

@@ -9,8 +9,10 @@
 //!   for every route reading it;
 //! - **one store transaction per round**, and only when there is something to do: a partition whose high
 //!   watermark moved past its frontier is carved, and the watermarks of every planned route advance, in
-//!   one [`Store::plan_round`](courier_store::Store::plan_round); with nothing new, a round runs at most
-//!   every [`ADVANCE_EVERY`] to move watermarks over settled ranges.
+//!   one [`Store::plan_round`](courier_store::Store::plan_round), every tick while some partition has
+//!   messages not carved yet (its backlog refills as delivery drains it); with nothing new, a round runs
+//!   at most every [`ADVANCE_EVERY`] to move watermarks over settled ranges, and a tick whose watermarks
+//!   did not move costs no store call and no work per route.
 //!
 //! A partition's short tail is carved at once when nothing of it is in flight (the destination is
 //! keeping up: latency matters), and after `max_tail_age` otherwise (full ranges while behind: store
@@ -52,6 +54,10 @@ struct State {
     last_retry_after: Option<Instant>,
     /// Where every partition of the owned routes stood after the last round.
     progress: HashMap<(String, i32), PartitionProgress>,
+    /// At the last tick some partition had messages not carved yet.
+    uncarved: bool,
+    /// Kafka's watermarks of every planned topic at the last tick.
+    last_marks: HashMap<String, Vec<PartitionWatermarks>>,
     /// Ticks a partition's high watermark stayed below its frontier.
     behind_ticks: BTreeMap<(String, i32), u32>,
 }
@@ -143,8 +149,24 @@ async fn plan_owned(ctx: &Context, state: &mut State, throttle: &Throttle) {
         }
     }
 
+    // Nothing moved in Kafka and no round is due: nothing to do this tick (an idle worker's ticks cost
+    // one watermark request per topic, and no CPU per route).
+    let unchanged = marks.len() == state.last_marks.len()
+        && marks
+            .iter()
+            .all(|(topic, found)| state.last_marks.get(*topic) == Some(found));
+    if unchanged && !state.uncarved && !due(state.last_round, ADVANCE_EVERY) {
+        return;
+    }
+    state.last_marks = marks
+        .iter()
+        .map(|(topic, found)| ((*topic).to_owned(), found.clone()))
+        .collect();
     let fresh = state.last_round.is_some();
     let mut requests = Vec::new();
+    // Some partition has messages not carved yet (its backlog is full, or its tail waits): rounds go
+    // on every tick, so watermarks advance and the backlog refills as fast as delivery drains it.
+    let mut uncarved = false;
     for route in &owned {
         let Some(marks) = marks.get(route.config.topic.as_str()) else {
             continue;
@@ -172,13 +194,15 @@ async fn plan_owned(ctx: &Context, state: &mut State, throttle: &Throttle) {
                 continue;
             };
             let behind = state.behind_ticks.entry(key).or_default();
+            uncarved |= mark.high > progress.frontier;
             if let Some(request) = plan_request(ctx, route, mark, &progress, behind, throttle) {
                 requests.push(request);
             }
         }
     }
 
-    if requests.is_empty() && !due(state.last_round, ADVANCE_EVERY) {
+    state.uncarved = uncarved;
+    if requests.is_empty() && !uncarved && !due(state.last_round, ADVANCE_EVERY) {
         report_lag(&owned, &marks, state);
         return;
     }
