@@ -99,20 +99,8 @@ async fn has_booted(store: &Store, owner_like: &str) -> Result<bool, ChaosError>
 
 /// The ranges `owner_like` holds right now, with their epochs.
 async fn held_by(store: &Store, owner_like: &str) -> Result<Vec<(i64, i64)>, ChaosError> {
-    let owner = owner_like.to_owned();
     store
-        .run("chaos: held ranges", move |c| {
-            Box::pin(async move {
-                let rows = c
-                    .query(
-                        "SELECT id, epoch FROM courier_ranges WHERE state = 'leased' AND lease_owner LIKE $1",
-                        &[&owner],
-                    )
-                    .await
-                    .map_err(|e| StoreError::from_db("chaos: held ranges", e))?;
-                Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-            })
-        })
+        .leases_held_by(owner_like)
         .await
         .map_err(|e| ChaosError::Setup(format!("reading leases: {e}")))
 }

@@ -307,12 +307,6 @@ impl Store {
             })
             .collect())
     }
-
-    /// How long every worker must still hold off `destination`, if at all.
-    pub async fn destination_wait(&self, destination: &str) -> Result<Option<Duration>> {
-        let waits = self.destination_waits(&[destination.to_owned()]).await?;
-        Ok(waits.into_iter().next().map(|(_, wait)| wait))
-    }
 }
 
 /// Advance the watermarks of routes `$1` and return every partition of them as it stands afterwards:

@@ -79,6 +79,26 @@ fn db(operation: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreErr
 }
 
 impl Store {
+    /// `(id, epoch)` of the ranges leased now by owners matching the SQL `LIKE` pattern `owner_like`:
+    /// evidence for chaos runs and tests ("what did this worker hold when it died?").
+    pub async fn leases_held_by(&self, owner_like: &str) -> Result<Vec<(i64, i64)>> {
+        const OP: &str = "read leases held";
+        let owner = owner_like.to_owned();
+        self.run(OP, move |c| {
+            Box::pin(async move {
+                let rows = c
+                    .query(
+                        "SELECT id, epoch FROM courier_ranges WHERE state = 'leased' AND lease_owner LIKE $1",
+                        &[&owner],
+                    )
+                    .await
+                    .map_err(db(OP))?;
+                Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+            })
+        })
+        .await
+    }
+
     /// Reads the whole status snapshot.
     pub async fn snapshot(&self) -> Result<Snapshot> {
         const OP: &str = "status";

@@ -396,7 +396,12 @@ async fn a_route_cannot_silently_change_topic() {
 async fn retry_after_is_shared_and_never_shortened() {
     let db = TestDb::migrated().await;
     let store = db.store().await;
-    assert_eq!(store.destination_wait("hooks").await.expect("wait"), None);
+    let hooks = ["hooks".to_owned()];
+    assert!(store
+        .destination_waits(&hooks)
+        .await
+        .expect("wait")
+        .is_empty());
     store
         .defer_destination("hooks", Duration::from_secs(120), "429")
         .await
@@ -406,11 +411,12 @@ async fn retry_after_is_shared_and_never_shortened() {
         .await
         .expect("defer");
     let other_worker = db.store().await;
-    let wait = other_worker
-        .destination_wait("hooks")
-        .await
-        .expect("wait")
-        .expect("still deferred");
+    let waits = other_worker.destination_waits(&hooks).await.expect("wait");
+    let [(name, wait)] = waits.as_slice() else {
+        panic!("one destination still deferred: {waits:?}");
+    };
+    assert_eq!(name, "hooks");
+    let wait = *wait;
     assert!(
         wait > Duration::from_secs(60),
         "a shorter Retry-After must not cut a longer one: {wait:?}"

@@ -201,20 +201,8 @@ async fn worker_stop(target: &Target, fault: Fault) -> Outcome {
 
 /// `(id, epoch)` of the ranges `owner_like` holds.
 async fn held_leases(store: &Store, owner_like: &str) -> Result<Vec<(i64, i64)>, String> {
-    let owner = owner_like.to_owned();
     store
-        .run("soak: held leases", move |c| {
-            Box::pin(async move {
-                let rows = c
-                    .query(
-                        "SELECT id, epoch FROM courier_ranges WHERE state = 'leased' AND lease_owner LIKE $1",
-                        &[&owner],
-                    )
-                    .await
-                    .map_err(|e| StoreError::from_db("soak: held leases", e))?;
-                Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-            })
-        })
+        .leases_held_by(owner_like)
         .await
         .map_err(|e| e.to_string())
 }
