@@ -281,8 +281,8 @@ impl CourierSetup {
         })
     }
 
-    /// Tuned for draining a backlog fast (the settings of the throughput matrix): planning every 100 ms,
-    /// 64 ranges ahead per partition, idle tasks polling every 10 ms, one request in flight per task.
+    /// Tuned for draining a backlog fast (the settings of the throughput matrix): 64 ranges ahead per
+    /// partition, idle tasks polling every 10 ms, up to `tasks` requests in flight to the destination.
     pub fn tuned(topic: &str, url: &str, tasks: usize, range_size: u32) -> anyhow::Result<Self> {
         let mut route = default_route("bench", topic, "sink")?;
         route.range_size = range_size;
@@ -291,7 +291,6 @@ impl CourierSetup {
             worker: WorkerConfig {
                 delivery_tasks: tasks,
                 replay_tasks: 0,
-                plan_interval: Duration::from_millis(100),
                 max_tail_age: Duration::from_millis(50),
                 poll_interval: Duration::from_millis(10),
                 ranges_ahead: 64,

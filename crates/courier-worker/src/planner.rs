@@ -11,8 +11,8 @@
 //!   watermark moved past its frontier is carved, and the watermarks of every planned route advance, in
 //!   one [`Store::plan_round`](courier_store::Store::plan_round), every tick while some partition has
 //!   messages not carved yet (its backlog refills as delivery drains it); with nothing new, a round runs
-//!   at most every [`ADVANCE_EVERY`] to move watermarks over settled ranges, and a tick whose watermarks
-//!   did not move costs no store call and no work per route.
+//!   at most every [`ADVANCE_EVERY`] to move watermarks over settled ranges while some are carved and not
+//!   passed yet, and a tick whose watermarks did not move costs no store call and no work per route.
 //!
 //! A partition's short tail is carved at once when nothing of it is in flight (the destination is
 //! keeping up: latency matters), and after `max_tail_age` otherwise (full ranges while behind: store
@@ -171,7 +171,16 @@ async fn plan_owned(ctx: &Context, state: &mut State, throttle: &Throttle) -> bo
         && marks
             .iter()
             .all(|(topic, found)| state.last_marks.get(*topic) == Some(found));
-    if unchanged && !state.uncarved && !due(state.last_round, ADVANCE_EVERY) {
+    // Watermarks to move over ranges settled since the last round: only while some partition has
+    // ranges carved and not yet passed (a fully settled worker runs no rounds at all), or to read the
+    // progress of routes just claimed.
+    let settling = state
+        .progress
+        .values()
+        .any(|p| p.watermark < p.frontier || p.expired_leases > 0);
+    let round_due =
+        state.last_round.is_none() || (settling && due(state.last_round, ADVANCE_EVERY));
+    if unchanged && !state.uncarved && !round_due {
         return false;
     }
     state.last_marks = marks
@@ -219,7 +228,7 @@ async fn plan_owned(ctx: &Context, state: &mut State, throttle: &Throttle) -> bo
 
     state.uncarved = uncarved;
     let moved = uncarved || !unchanged;
-    if requests.is_empty() && !uncarved && !due(state.last_round, ADVANCE_EVERY) {
+    if requests.is_empty() && !uncarved && !round_due && state.last_round.is_some() {
         report_lag(&owned, &marks, state);
         return moved;
     }
