@@ -61,6 +61,8 @@ fn route(
         range_size,
         max_attempts: 50,
         start: StartFrom::Earliest,
+        on_poison: courier_worker::OnPoison::Quarantine,
+        dead_letter_topic: None,
     }
 }
 

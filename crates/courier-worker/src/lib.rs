@@ -18,6 +18,7 @@
 //! - [`metrics`]: every metric name, in one place.
 //! - `delivery`: lease → read → deliver → checkpoint for one range.
 //! - `idle`: idle delivery tasks take turns polling; the planner wakes one per range it carves.
+//! - `isolate`: bisecting a batch the destination refused for good, to quarantine only the bad messages.
 //! - `planner`: the planner tick.
 
 #![forbid(unsafe_code)]
@@ -26,6 +27,7 @@ mod boot;
 pub mod config;
 mod delivery;
 mod idle;
+mod isolate;
 pub mod metrics;
 mod planner;
 
@@ -42,7 +44,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 pub use boot::{open_store, BootError, BootRetry, GaveUp, Schema, Service};
-pub use config::{RouteConfig, StartFrom, WorkerConfig};
+pub use config::{OnPoison, RouteConfig, StartFrom, WorkerConfig};
 
 /// The version recorded in `courier_workers`, shown by `courier status`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
