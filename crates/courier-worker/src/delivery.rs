@@ -14,7 +14,8 @@ use courier_kafka::ReadError;
 use courier_store::{FailOutcome, Failure, LeaseRequest};
 use tokio::sync::watch;
 
-use crate::{metrics, Context, Route, Throttle, WorkerStats};
+use crate::isolate::{self, Isolation, Refused};
+use crate::{dead_letter, metrics, Context, Route, Throttle, WorkerStats};
 
 /// How a range ended for this task.
 enum Outcome {
@@ -206,6 +207,7 @@ async fn deliver(ctx: &Context, route: &Route, lease: &Lease) -> Outcome {
     };
     let config = route.deliverer.config();
     let mut delivered_to = None;
+    let mut quarantined: Vec<Refused> = Vec::new();
     let mut batch_start = to_read.start();
     let chunks: Vec<_> =
         batches(&messages, config.max_batch_messages, config.max_batch_bytes).collect();
@@ -229,7 +231,10 @@ async fn deliver(ctx: &Context, route: &Route, lease: &Lease) -> Outcome {
                 if let Some(oldest) = chunk.iter().filter_map(|m| m.timestamp_ms).min() {
                     metrics::end_to_end_latency(name, since_unix_millis(oldest));
                 }
-                delivered_to = Some(batch_end);
+                // A retry must not resume past a message quarantined but not yet recorded.
+                if quarantined.is_empty() {
+                    delivered_to = Some(batch_end);
+                }
                 batch_start = batch_end;
             }
             Disposition::Retry {
@@ -267,8 +272,34 @@ async fn deliver(ctx: &Context, route: &Route, lease: &Lease) -> Outcome {
                 let reason = format!("destination {destination:?} (route {name:?}): {reason}");
                 return fail(ctx, route, lease, reason, false, backoff, delivered_to).await;
             }
-            Disposition::Permanent { reason } => {
+            Disposition::Permanent { .. } => {
                 metrics::delivery_attempt(name, destination, "permanent", delivery.elapsed);
+                let policy = isolate::Policy::of(route);
+                let reason = match isolate::isolate(&route.deliverer, &batch, &delivery, &policy)
+                    .await
+                {
+                    Isolation::Isolated {
+                        quarantined: refused,
+                    } => {
+                        quarantined.extend(refused);
+                        batch_start = batch_end;
+                        continue;
+                    }
+                    Isolation::Retry {
+                        reason,
+                        retry_after,
+                    } => {
+                        let backoff = ctx.config.backoff().honour_retry_after(
+                            u32::try_from(lease.attempts).unwrap_or(0),
+                            rand::random::<f64>(),
+                            retry_after,
+                        );
+                        let reason =
+                            format!("destination {destination:?} (route {name:?}): {reason}");
+                        return fail(ctx, route, lease, reason, false, backoff, delivered_to).await;
+                    }
+                    Isolation::Failed { reason } => reason,
+                };
                 let reason = format!(
                     "destination {destination:?} (route {name:?}) refused the batch: {reason}"
                 );
@@ -285,8 +316,72 @@ async fn deliver(ctx: &Context, route: &Route, lease: &Lease) -> Outcome {
             }
         }
     }
+    if !quarantined.is_empty() {
+        let delivered = messages.len() - quarantined.len();
+        return checkpoint_quarantined(ctx, route, lease, delivered, &quarantined).await;
+    }
     Outcome::Delivered {
         messages: messages.len(),
+    }
+}
+
+/// Writes the dead letters, if the route has a dead-letter topic, then settles the range and records its
+/// quarantined messages in one store transaction.
+async fn checkpoint_quarantined(
+    ctx: &Context,
+    route: &Route,
+    lease: &Lease,
+    messages: usize,
+    refused: &[Refused],
+) -> Outcome {
+    let config = &route.config;
+    let topic = config.dead_letter_topic.as_deref();
+    if let (Some(topic), Some(producer)) = (topic, &ctx.dead_letters) {
+        let records: Vec<_> = refused
+            .iter()
+            .map(|r| {
+                dead_letter::record(
+                    &config.name,
+                    &config.destination,
+                    &config.topic,
+                    lease.partition,
+                    r,
+                )
+            })
+            .collect();
+        if let Err(reason) = dead_letter::write(producer, topic, &records).await {
+            metrics::kafka_error(&config.name, "dead letter");
+            let backoff = ctx.config.backoff().delay(
+                u32::try_from(lease.attempts).unwrap_or(0),
+                rand::random::<f64>(),
+            );
+            return fail(ctx, route, lease, reason, false, backoff, None).await;
+        }
+        metrics::dead_letters(&config.name, records.len());
+    }
+    let quarantined: Vec<courier_store::Quarantined> = refused
+        .iter()
+        .map(|r| courier_store::Quarantined {
+            offset: r.message.offset,
+            status: r.status,
+            reason: r.reason.clone(),
+            dead_letter_topic: topic.map(str::to_owned),
+        })
+        .collect();
+    let outcome = with_retries(ctx, "checkpoint", || {
+        ctx.store.checkpoint_with_quarantine(lease, &quarantined)
+    })
+    .await;
+    match outcome {
+        Some(CheckpointOutcome::Applied) => {
+            metrics::messages_quarantined(&config.name, quarantined.len());
+            Outcome::Checkpointed { messages }
+        }
+        Some(CheckpointOutcome::Fenced) => {
+            tracing::info!(%lease, "Checkpoint fenced: the lease was lost before the range was settled; another worker delivers it (and isolates its refused messages again).");
+            Outcome::Fenced
+        }
+        None => Outcome::Abandoned,
     }
 }
 

@@ -10,7 +10,12 @@
 //!
 //! Sub-batches are named by their offsets like any batch (`route/partition/first-end`): the split points
 //! are message offsets, decided by the messages alone, so a retry of the range sends the same
-//! sub-batches under the same idempotency keys. A retryable answer (5xx, 429, timeout, circuit open)
+//! sub-batches under the same idempotency keys.
+//!
+//! Nothing is quarantined when the answer is about the request rather than its messages (3xx, 401, 403,
+//! 404, 405, 407, 410, 501: credentials or URL), nor when every message of the batch is refused on its
+//! own: the destination then refuses the route's data as a whole and the range fails as before, with
+//! that reason. A retryable answer (5xx, 429, timeout, circuit open)
 //! ends the isolation at once: the range is retried as usual and nothing is quarantined on a transient
 //! error.
 
@@ -47,6 +52,18 @@ pub(crate) struct Policy<'a> {
     pub max_extra_requests: usize,
 }
 
+impl<'a> Policy<'a> {
+    pub(crate) fn of(route: &'a crate::Route) -> Self {
+        Self {
+            route: &route.config.name,
+            destination: &route.config.destination,
+            on_poison: route.config.on_poison,
+            too_large_statuses: &route.deliverer.config().too_large_statuses,
+            max_extra_requests: MAX_EXTRA_REQUESTS,
+        }
+    }
+}
+
 /// One message the destination refused on its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Refused {
@@ -60,21 +77,14 @@ pub(crate) struct Refused {
 #[derive(Debug)]
 pub(crate) enum Isolation {
     /// Every message of the batch was delivered, except `quarantined`.
-    Isolated {
-        quarantined: Vec<Refused>,
-        extra_requests: usize,
-    },
+    Isolated { quarantined: Vec<Refused> },
     /// A transient answer: retry the range as today.
     Retry {
         reason: String,
         retry_after: Option<Duration>,
-        extra_requests: usize,
     },
     /// The range fails: the route keeps order (`fail-range`), or isolation ran out of requests.
-    Failed {
-        reason: String,
-        extra_requests: usize,
-    },
+    Failed { reason: String },
 }
 
 /// Isolates the messages of `batch` that the destination refuses; `refusal` is its answer to the whole
@@ -90,14 +100,19 @@ pub(crate) async fn isolate<D: Destination>(
             .status
             .is_some_and(|status| policy.too_large_statuses.contains(&status))
     };
-    if policy.on_poison == OnPoison::FailRange && !too_large(refusal) {
+    // An answer about the request rather than its messages (credentials, URL, a redirect) would refuse
+    // every half too: bisecting it would only quarantine good messages.
+    let about_the_request = refusal
+        .status
+        .is_none_or(|status| matches!(status, 300..=399 | 401 | 403 | 404 | 405 | 407 | 410 | 501));
+    if about_the_request || (policy.on_poison == OnPoison::FailRange && !too_large(refusal)) {
         return Isolation::Failed {
             reason: refusal.reason.clone(),
-            extra_requests: 0,
         };
     }
     let mut quarantined = Vec::new();
     let mut extra_requests = 0usize;
+    let mut accepted = 0usize;
     // Sub-batches still to send as (first index, end index, first offset, end offset), the leftmost on
     // top. The whole batch was refused already: start from its halves (or its single message).
     let mut todo = Vec::new();
@@ -118,19 +133,8 @@ pub(crate) async fn isolate<D: Destination>(
                         "the message at offset {} is refused even alone ({}); on_poison = \"fail-range\" fails the range",
                         message.offset, answer.reason
                     ),
-                    extra_requests,
                 };
             }
-            tracing::warn!(
-                route = policy.route,
-                destination = policy.destination,
-                partition = batch.partition,
-                offset = message.offset,
-                answer = %answer.reason,
-                "The destination refuses this message for good: quarantined, the rest of its range is delivered. \
-                 `courier status` lists it; replay it with `courier replay --quarantined` once the cause is fixed. \
-                 Runbook: docs/runbooks/quarantined-messages.md"
-            );
             quarantined.push(Refused {
                 message: message.clone(),
                 reason: answer.reason,
@@ -146,11 +150,18 @@ pub(crate) async fn isolate<D: Destination>(
         // Send sub-batches until one is refused for good (or all are done).
         refused = loop {
             let Some((first, end, first_offset, end_offset)) = todo.pop() else {
+                if accepted == 0 && batch.messages.len() > 1 {
+                    return Isolation::Failed {
+                        reason: format!(
+                            "every message of batch {}-{} was refused on its own ({extra_requests} extra requests): the destination \
+                             refuses this route's data as a whole (a schema change, credentials), not a few bad messages, so \
+                             nothing was quarantined ({})",
+                            batch.first_offset, batch.end_offset, refusal.reason
+                        ),
+                    };
+                }
                 log_done(policy, batch, &quarantined, extra_requests);
-                return Isolation::Isolated {
-                    quarantined,
-                    extra_requests,
-                };
+                return Isolation::Isolated { quarantined };
             };
             if extra_requests >= policy.max_extra_requests {
                 return Isolation::Failed {
@@ -163,7 +174,6 @@ pub(crate) async fn isolate<D: Destination>(
                         quarantined.len(),
                         refusal.reason
                     ),
-                    extra_requests,
                 };
             }
             let part = Batch {
@@ -177,6 +187,7 @@ pub(crate) async fn isolate<D: Destination>(
             metrics::isolation_request(policy.route, policy.destination);
             match &answer.disposition {
                 Disposition::Success => {
+                    accepted += end - first;
                     metrics::delivery_attempt(
                         policy.route,
                         policy.destination,
@@ -201,7 +212,6 @@ pub(crate) async fn isolate<D: Destination>(
                             batch.first_offset, batch.end_offset
                         ),
                         retry_after: *retry_after,
-                        extra_requests,
                     };
                 }
                 Disposition::Permanent { .. } => {
@@ -214,7 +224,6 @@ pub(crate) async fn isolate<D: Destination>(
                     if policy.on_poison == OnPoison::FailRange && !too_large(&answer) {
                         return Isolation::Failed {
                             reason: answer.reason,
-                            extra_requests,
                         };
                     }
                     break (answer, first, end, first_offset, end_offset);
@@ -225,6 +234,18 @@ pub(crate) async fn isolate<D: Destination>(
 }
 
 fn log_done(policy: &Policy<'_>, batch: &Batch<'_>, quarantined: &[Refused], extra: usize) {
+    for refused in quarantined {
+        tracing::warn!(
+            route = policy.route,
+            destination = policy.destination,
+            partition = batch.partition,
+            offset = refused.message.offset,
+            answer = %refused.reason,
+            "The destination refuses this message on its own: quarantined, the rest of its range is delivered. \
+             `courier status` lists it; once the cause is fixed replay it with `courier replay --quarantined`. \
+             Runbook: docs/runbooks/quarantined-messages.md"
+        );
+    }
     tracing::info!(
         route = policy.route,
         partition = batch.partition,
@@ -348,7 +369,6 @@ mod tests {
         if refusal.disposition.is_success() {
             return Isolation::Isolated {
                 quarantined: Vec::new(),
-                extra_requests: 0,
             };
         }
         block_on(isolate(destination, &batch, &refusal, &policy))
@@ -379,15 +399,12 @@ mod tests {
         assert_eq!(quarantined_offsets(&isolation), [73]);
         let expected: BTreeSet<Offset> = (50..100).filter(|o| *o != 73).collect();
         assert_eq!(destination.accepted(), expected);
-        let Isolation::Isolated {
-            extra_requests,
-            quarantined,
-        } = isolation
-        else {
+        let Isolation::Isolated { quarantined } = isolation else {
             unreachable!()
         };
         assert_eq!(quarantined[0].status, Some(400));
         // 2 per halving: 50 messages halve 6 times.
+        let extra_requests = destination.sent.borrow().len() - 1;
         assert!(extra_requests <= 12, "{extra_requests} extra requests");
     }
 
@@ -414,7 +431,11 @@ mod tests {
         );
         assert_eq!(first[0].0, 0);
         assert_eq!(first[0].1, 40);
-        assert_eq!((first[1].0, first[1].1), (0, 11), "left half first, split at a message offset");
+        assert_eq!(
+            (first[1].0, first[1].1),
+            (0, 11),
+            "left half first, split at a message offset"
+        );
         for (start, end, offsets) in &first {
             assert!(
                 offsets.iter().all(|o| start <= o && o < end),
@@ -474,13 +495,7 @@ mod tests {
             policy(OnPoison::FailRange),
         );
         assert!(
-            matches!(
-                isolation,
-                Isolation::Failed {
-                    extra_requests: 0,
-                    ..
-                }
-            ),
+            matches!(isolation, Isolation::Failed { .. }),
             "{isolation:?}"
         );
         assert_eq!(destination.sent.borrow().len(), 1);
@@ -504,6 +519,47 @@ mod tests {
     }
 
     #[test]
+    fn a_destination_refusing_everything_quarantines_nothing() {
+        let destination = Scripted::new(0..8);
+        let isolation = run(
+            &destination,
+            &messages(0..8),
+            0,
+            8,
+            policy(OnPoison::Quarantine),
+        );
+        assert!(
+            matches!(&isolation, Isolation::Failed { reason } if reason.contains("refuses this route's data as a whole")),
+            "{isolation:?}"
+        );
+        // Credentials or URL: not even bisected.
+        let refusal = Delivery {
+            status: Some(401),
+            ..answer(401)
+        };
+        let batch = messages(0..8);
+        let batch = Batch {
+            route: "r",
+            partition: 0,
+            first_offset: 0,
+            end_offset: 8,
+            messages: &batch,
+        };
+        let unused = Scripted::new([]);
+        let isolation = block_on(isolate(
+            &unused,
+            &batch,
+            &refusal,
+            &policy(OnPoison::Quarantine),
+        ));
+        assert!(
+            matches!(isolation, Isolation::Failed { .. }),
+            "{isolation:?}"
+        );
+        assert!(unused.sent.borrow().is_empty());
+    }
+
+    #[test]
     fn past_the_cap_the_range_fails_with_the_reason() {
         let destination = Scripted::new(0..100);
         let policy = Policy {
@@ -512,32 +568,36 @@ mod tests {
         };
         let isolation = run(&destination, &messages(0..100), 0, 100, policy);
         assert!(
-            matches!(&isolation, Isolation::Failed { reason, extra_requests: 10 } if reason.contains("the most allowed")),
+            matches!(&isolation, Isolation::Failed { reason } if reason.contains("took 10 extra requests, the most allowed")),
             "{isolation:?}"
         );
         assert_eq!(destination.sent.borrow().len(), 11);
     }
 
     proptest! {
-        #[test]
-        fn every_bad_message_and_only_those_are_quarantined_within_the_bound(
-            n in 1usize..300,
-            bad in proptest::collection::btree_set(0i64..300, 0..6),
-        ) {
-            let bad: BTreeSet<Offset> = bad.into_iter().filter(|o| (*o as usize) < n).collect();
-            let destination = Scripted::new(bad.iter().copied());
-            let policy = Policy { max_extra_requests: usize::MAX, ..policy(OnPoison::Quarantine) };
-            let isolation = run(&destination, &messages(0..n as Offset), 0, n as Offset, policy);
-            let Isolation::Isolated { quarantined, extra_requests } = isolation else {
-                panic!("not isolated");
-            };
-            let found: BTreeSet<Offset> = quarantined.iter().map(|r| r.message.offset).collect();
-            prop_assert_eq!(&found, &bad);
-            let good: BTreeSet<Offset> = (0..n as Offset).filter(|o| !bad.contains(o)).collect();
-            prop_assert_eq!(destination.accepted(), good);
-            let depth = usize::BITS - (n.max(2) - 1).leading_zeros();
-            prop_assert!(extra_requests <= 2 * bad.len().max(1) * depth as usize,
-                "{} requests for {} bad of {}", extra_requests, bad.len(), n);
+            #[test]
+            fn every_bad_message_and_only_those_are_quarantined_within_the_bound(
+                n in 1usize..300,
+                bad in proptest::collection::btree_set(0i64..300, 0..6),
+            ) {
+                let bad: BTreeSet<Offset> = bad.into_iter().filter(|o| (*o as usize) < n).collect();
+            // All refused is the "refuses everything" case, tested on its own.
+            prop_assume!(n == 1 || bad.len() < n);
+                let destination = Scripted::new(bad.iter().copied());
+                let policy = Policy { max_extra_requests: usize::MAX, ..policy(OnPoison::Quarantine) };
+                let isolation = run(&destination, &messages(0..n as Offset), 0, n as Offset, policy);
+                let Isolation::Isolated { quarantined
+    } = isolation else {
+                    panic!("not isolated");
+                };
+                let found: BTreeSet<Offset> = quarantined.iter().map(|r| r.message.offset).collect();
+                prop_assert_eq!(&found, &bad);
+                let good: BTreeSet<Offset> = (0..n as Offset).filter(|o| !bad.contains(o)).collect();
+                prop_assert_eq!(destination.accepted(), good);
+                let depth = usize::BITS - (n.max(2) - 1).leading_zeros();
+                let extra_requests = destination.sent.borrow().len() - 1;
+                prop_assert!(extra_requests <= 2 * bad.len().max(1) * depth as usize,
+                    "{} requests for {} bad of {}", extra_requests, bad.len(), n);
+            }
         }
-    }
 }

@@ -13,6 +13,7 @@
 //! open while Kafka or a destination is being talked to.
 //!
 //! # Layout
+//! - `dead_letter`: writing quarantined messages to a route's dead-letter topic, with Connect's headers.
 //! - `boot`: reaching the store and Kafka at start, retried with backoff until `worker.boot_timeout`.
 //! - [`config`]: [`WorkerConfig`] and [`RouteConfig`].
 //! - [`metrics`]: every metric name, in one place.
@@ -25,6 +26,7 @@
 
 mod boot;
 pub mod config;
+mod dead_letter;
 mod delivery;
 mod idle;
 mod isolate;
@@ -104,6 +106,8 @@ pub(crate) struct Context {
     pub id: String,
     pub store: Store,
     pub reader: RangeReader,
+    /// Writes dead letters; only when some route names a `dead_letter_topic`.
+    pub dead_letters: Option<courier_kafka::Producer>,
     pub routes: Vec<Route>,
     pub config: WorkerConfig,
     pub stats: Arc<WorkerStats>,
@@ -206,6 +210,14 @@ impl Worker {
         }
         let boot = BootRetry::new(config.boot_timeout);
         let brokers = kafka.brokers.clone();
+        let dead_letters = if runtime_routes
+            .iter()
+            .any(|route| route.config.dead_letter_topic.is_some())
+        {
+            Some(courier_kafka::Producer::connect(kafka.clone()).await?)
+        } else {
+            None
+        };
         let reader = RangeReader::connect(kafka).await?;
         // Watermarks once per topic, however many routes read it.
         let mut topics: HashMap<String, Vec<courier_kafka::PartitionWatermarks>> = HashMap::new();
@@ -255,6 +267,7 @@ impl Worker {
                 id,
                 store,
                 reader,
+                dead_letters,
                 routes: runtime_routes,
                 config,
                 stats: Arc::default(),
