@@ -119,6 +119,27 @@ fn quarantined(status: &Value) -> BTreeSet<(i32, i64)> {
         .collect()
 }
 
+/// Reads StatsD lines until one starting with each of `wanted` has arrived.
+async fn wait_for_metrics(udp: &tokio::net::UdpSocket, wanted: &[&str]) {
+    let mut seen: Vec<String> = Vec::new();
+    let mut buffer = vec![0u8; 65_536];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !wanted
+        .iter()
+        .all(|w| seen.iter().any(|line| line.starts_with(w)))
+    {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Ok(Ok(n)) = tokio::time::timeout(left, udp.recv(&mut buffer)).await else {
+            panic!("metrics {wanted:?} never all arrived; seen {seen:?}");
+        };
+        seen.extend(
+            String::from_utf8_lossy(&buffer[..n])
+                .lines()
+                .map(str::to_owned),
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_are_quarantined_dead_lettered_listed_and_replayed_while_the_rest_flows() {
     const PER_PARTITION: usize = 500;
@@ -182,6 +203,19 @@ async fn poison_messages_are_quarantined_dead_lettered_listed_and_replayed_while
         attention.contains("20 message(s) quarantined")
             && attention.contains("docs/runbooks/quarantined-messages.md"),
         "{attention}"
+    );
+
+    let output = courier(&["status", "--config", config])
+        .output()
+        .expect("status");
+    let text = stdout_of(&output);
+    assert!(
+        text.contains("QUARANTINED")
+            && text.contains(&format!(
+                "offset {:<12} HTTP 400",
+                bad.iter().next().expect("bad").1
+            )),
+        "{text}"
     );
 
     // Each bad message is in the dead-letter topic.
@@ -275,9 +309,14 @@ async fn too_large_batches_are_split_and_a_message_too_large_alone_is_quarantine
     let (topic, too_big) = topic_with_poison(1, 300, |_| false, |seq| seq == 123).await;
     let destination = sink().await;
     destination.set_behaviour(Behaviour::TooLargeOver { bytes: 1024 });
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("udp");
+    let port = udp.local_addr().expect("addr").port();
+    let metrics = format!("[metrics]\nstatsd_host = \"127.0.0.1\"\nstatsd_port = {port}\n");
     let config = write_config(
         "courier.toml",
-        &one_route_config(&db.url, &topic, &destination.url(), ""),
+        &one_route_config(&db.url, &topic, &destination.url(), &metrics),
     );
     let config = config.to_str().expect("path");
     let worker = start_worker(config);
@@ -303,6 +342,14 @@ async fn too_large_batches_are_split_and_a_message_too_large_alone_is_quarantine
     let (_, json) = status(config);
     assert_eq!(quarantined(&json), too_big);
     assert!(json["quarantined"][0]["status"].as_i64() == Some(413));
+    wait_for_metrics(
+        &udp,
+        &[
+            "courier_isolation_requests_total:",
+            "courier_messages_quarantined_total:1|c",
+        ],
+    )
+    .await;
     drop(worker);
 }
 
