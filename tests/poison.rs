@@ -390,3 +390,28 @@ async fn fail_range_keeps_todays_behaviour_for_ordered_destinations() {
     assert_eq!(destination.count_by(id).len(), 50);
     drop(worker);
 }
+
+#[tokio::test]
+async fn a_dead_letter_topic_that_does_not_exist_is_refused_at_start() {
+    let db = TestDb::migrated().await;
+    let (topic, _) = topic_with_poison(1, 1, |_| false, |_| false).await;
+    let missing = unique_name("no_such_dlq");
+    let config = write_config(
+        "courier.toml",
+        &one_route_config(
+            &db.url,
+            &topic,
+            "http://127.0.0.1:9/",
+            &format!("dead_letter_topic = \"{missing}\""),
+        ),
+    );
+    let output = courier(&["run", "--config", config.to_str().expect("path")])
+        .output()
+        .expect("courier run");
+    assert!(!output.status.success());
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains("routes.r.dead_letter_topic") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+}

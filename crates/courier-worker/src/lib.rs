@@ -251,6 +251,29 @@ impl Worker {
             record_route(&boot, &store, route, &first).await?;
             topics.insert(route.topic.clone(), marks);
         }
+        // A dead-letter topic that does not exist would fail every range holding a quarantined message:
+        // say so now.
+        for route in &runtime_routes {
+            let route = &route.config;
+            let Some(topic) = &route.dead_letter_topic else {
+                continue;
+            };
+            let what = format!("read the watermarks of dead-letter topic {topic:?}");
+            boot.run(
+                Service::Kafka,
+                &what,
+                &brokers,
+                courier_kafka::Error::is_retryable,
+                || watermarks(&reader, topic, &brokers, boot.remaining()),
+            )
+            .await
+            .map_err(|error| match error {
+                BootError::Permanent(e) => {
+                    WorkerError::Config(format!("routes.{}.dead_letter_topic: {e}", route.name))
+                }
+                BootError::GaveUp(gave_up) => WorkerError::GaveUp(gave_up),
+            })?;
+        }
         let route_index = runtime_routes
             .iter()
             .enumerate()
