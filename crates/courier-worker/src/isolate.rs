@@ -102,10 +102,15 @@ pub(crate) async fn isolate<D: Destination>(
     };
     // An answer about the request rather than its messages (credentials, URL, a redirect) would refuse
     // every half too: bisecting it would only quarantine good messages.
-    let about_the_request = refusal
-        .status
-        .is_none_or(|status| matches!(status, 300..=399 | 401 | 403 | 404 | 405 | 407 | 410 | 501));
-    if about_the_request || (policy.on_poison == OnPoison::FailRange && !too_large(refusal)) {
+    let about_the_request = |delivery: &Delivery| {
+        delivery.status.is_none_or(|status| {
+            matches!(status, 300..=399 | 401 | 403 | 404 | 405 | 407 | 410 | 501)
+        })
+    };
+    if batch.messages.is_empty()
+        || about_the_request(refusal)
+        || (policy.on_poison == OnPoison::FailRange && !too_large(refusal))
+    {
         return Isolation::Failed {
             reason: refusal.reason.clone(),
         };
@@ -221,7 +226,9 @@ pub(crate) async fn isolate<D: Destination>(
                         "permanent",
                         answer.elapsed,
                     );
-                    if policy.on_poison == OnPoison::FailRange && !too_large(&answer) {
+                    if about_the_request(&answer)
+                        || (policy.on_poison == OnPoison::FailRange && !too_large(&answer))
+                    {
                         return Isolation::Failed {
                             reason: answer.reason,
                         };
@@ -546,6 +553,19 @@ mod tests {
             messages: &batch,
         };
         let unused = Scripted::new([]);
+        let isolation = block_on(isolate(
+            &unused,
+            &Batch {
+                messages: &[],
+                ..batch
+            },
+            &answer(400),
+            &policy(OnPoison::Quarantine),
+        ));
+        assert!(
+            matches!(isolation, Isolation::Failed { .. }),
+            "an empty batch: {isolation:?}"
+        );
         let isolation = block_on(isolate(
             &unused,
             &batch,
