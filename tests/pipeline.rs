@@ -257,6 +257,45 @@ async fn ordering_partition_delivers_each_partition_in_offset_order_through_retr
     );
 }
 
+/// With `ordering = "none"` a range's batches go out together, up to the destination's `max_in_flight`
+/// (and never more); `ordering = "partition"` keeps one request at a time per partition (the test above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordering_none_sends_a_ranges_batches_concurrently_up_to_max_in_flight() {
+    let db = TestDb::migrated().await;
+    let store = db.store().await;
+    let topic = common::topic_with("pipeline", 1, 100).await;
+    let destination = common::sink().await;
+    // Slow enough that requests sent together overlap at the destination.
+    destination.set_behaviour(Behaviour::Delay(Duration::from_millis(200)));
+    let destinations = BTreeMap::from([(
+        "d".to_owned(),
+        DestinationConfig {
+            max_batch_messages: 10,
+            max_in_flight: 4,
+            ..DestinationConfig::new(destination.url())
+        },
+    )]);
+    let worker = start_worker(
+        &store,
+        &destinations,
+        vec![route("unordered", &topic, "d", Ordering::None, 100)],
+        WorkerConfig {
+            delivery_tasks: 1,
+            leases_per_task: 1,
+            ..fast_worker()
+        },
+    )
+    .await;
+    wait_for_all(&destination, 100).await;
+    worker.stop().await;
+    let stats = destination.stats();
+    assert!(
+        (2..=4).contains(&stats.max_in_flight),
+        "expected 2 to 4 requests in flight at once (max_in_flight = 4), saw {}",
+        stats.max_in_flight
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permanent_4xx_fails_its_range_with_the_response_and_the_partition_keeps_moving() {
     let db = TestDb::migrated().await;

@@ -415,3 +415,42 @@ async fn a_dead_letter_topic_that_does_not_exist_is_refused_at_start() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordered_route_isolates_in_place_and_keeps_the_other_messages_in_offset_order() {
+    let db = TestDb::migrated().await;
+    let (topic, bad) = topic_with_poison(1, 400, |seq| seq == 73 || seq == 260, |_| false).await;
+    let destination = sink().await;
+    destination.set_behaviour(Behaviour::RefuseContaining {
+        needle: "\"poison\":true".into(),
+        status: 422,
+    });
+    let config = write_config(
+        "courier.toml",
+        &one_route_config(
+            &db.url,
+            &topic,
+            &destination.url(),
+            "ordering = \"partition\"",
+        ),
+    );
+    let config = config.to_str().expect("path");
+    let worker = start_worker(config);
+    wait_for_count(
+        &db,
+        "SELECT count(*) FROM courier_partitions WHERE watermark = 400",
+        1,
+    )
+    .await;
+    let (_, json) = status(config);
+    assert_eq!(quarantined(&json), bad);
+    // In the order the destination accepted them: every good message once, by offset.
+    let seqs: Vec<u64> = destination
+        .delivered_elements()
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .collect();
+    let expected: Vec<u64> = (0..400).filter(|s| *s != 73 && *s != 260).collect();
+    assert_eq!(seqs, expected);
+    drop(worker);
+}

@@ -295,6 +295,41 @@ async fn offsets_deleted_by_retention_are_an_explicit_error() {
     .await;
 }
 
+/// Tasks ask for ranges of a partition out of order: a read that finds the partition's consumer a little
+/// behind reads on through the gap, and the gap's ranges are then served from the read-ahead window
+/// without asking Kafka again (proved by deleting them from Kafka in between: a read from Kafka would
+/// fail as retention).
+#[tokio::test]
+async fn ranges_read_through_by_an_earlier_read_come_from_the_window() {
+    bounded(async {
+        let topic = topic_with_messages("window", 1, &[(0, 400)]).await;
+        let reader = RangeReader::connect(config()).await.expect("reader");
+        let first = reader
+            .read(&topic, 0, range(0, 100))
+            .await
+            .expect("[0, 100)");
+        assert_exact(&first, 0, 0, 100);
+        // The consumer stands at 100; [300, 400) reads [100, 400) and keeps [100, 300) for later.
+        let ahead = reader
+            .read(&topic, 0, range(300, 400))
+            .await
+            .expect("[300, 400)");
+        assert_exact(&ahead, 0, 300, 400);
+        let low = delete_records_before(&config(), &topic, 0, 350)
+            .await
+            .expect("delete records below 350");
+        assert_eq!(low, 350);
+        for (start, end) in [(200, 300), (100, 200), (150, 250)] {
+            let got = reader
+                .read(&topic, 0, range(start, end))
+                .await
+                .unwrap_or_else(|e| panic!("[{start}, {end}) from the window: {e}"));
+            assert_exact(&got, 0, start, end);
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_range_past_the_high_watermark_is_an_error_not_a_hang() {
     bounded(async {

@@ -30,7 +30,9 @@ pub struct PlanRequest {
     /// Cap on ranges carved in this step, so a partition far behind is planned over several short
     /// transactions and the un-leased backlog stays bounded.
     pub max_new_ranges: usize,
-    /// A tail shorter than `range_size` is carved once it has waited this long (0: at once).
+    /// A tail shorter than `range_size` is carved once it has waited this long (0: at once), or at once
+    /// when nothing of the partition is in flight (no live range pending or leased): the destination
+    /// keeps up, so latency matters more than range size.
     pub max_tail_age: Duration,
 }
 
@@ -148,8 +150,12 @@ impl Store {
                     let rows = tx
                         .query(
                             "SELECT p.route, p.partition, p.frontier,
-                                    p.tail_seen_at IS NOT NULL
-                                      AND now() - p.tail_seen_at >= t.age * interval '1 millisecond',
+                                    (p.tail_seen_at IS NOT NULL
+                                       AND now() - p.tail_seen_at >= t.age * interval '1 millisecond')
+                                    OR NOT EXISTS (
+                                       SELECT 1 FROM courier_ranges r
+                                       WHERE r.route = p.route AND r.partition = p.partition AND r.kind = 'live'
+                                         AND r.state IN ('pending', 'leased') AND r.start_offset >= p.watermark),
                                     p.tail_seen_at IS NOT NULL
                              FROM courier_partitions p
                              JOIN unnest($1::text[], $2::int[], $3::bigint[]) AS t (route, partition, age)
@@ -342,7 +348,8 @@ const ADVANCE_WATERMARKS: &str = "
 #[derive(Debug, Clone, Copy)]
 struct Locked {
     frontier: Offset,
-    /// The short tail has waited `max_tail_age` (or the request wants tails at once).
+    /// The short tail has waited `max_tail_age`, nothing of the partition is in flight, or the request
+    /// wants tails at once.
     tail_due: bool,
     /// A short tail was already seen waiting.
     tail_seen: bool,

@@ -275,57 +275,83 @@ impl Store {
     }
 
     /// Checkpoints `done` and leases the next ranges of `next` in one statement: a busy delivery task
-    /// pays one store transaction per range instead of two. Same fencing as [`Store::checkpoint`], same
-    /// choice of ranges as [`Store::lease`] (with an ordered route, the next range of the partition just
-    /// checkpointed is not visible to the same statement and comes with the next call).
+    /// pays one store transaction per range instead of two. [`Store::checkpoint_all_and_lease`] with one
+    /// range.
     pub async fn checkpoint_and_lease(
         &self,
         done: &Lease,
         next: &LeaseRequest,
     ) -> Result<(CheckpointOutcome, Vec<Lease>)> {
+        let (outcomes, leases) = self
+            .checkpoint_all_and_lease(std::slice::from_ref(done), Some(next))
+            .await?;
+        let outcome = outcomes
+            .first()
+            .copied()
+            .unwrap_or(CheckpointOutcome::Fenced);
+        Ok((outcome, leases))
+    }
+
+    /// Checkpoints every range of `done` and, with `next`, leases the next ranges in one statement: a
+    /// delivery task that delivered several ranges at once settles them all in one transaction. Each
+    /// checkpoint is fenced on its own, exactly as [`Store::checkpoint`] (the outcomes come in `done`'s
+    /// order); the lease makes the same choice as [`Store::lease`], never picking a range of `done` (one
+    /// statement must not modify a row twice) and, with an ordered route, not yet seeing the successor of
+    /// a range checkpointed by the same statement (it comes with the next call).
+    pub async fn checkpoint_all_and_lease(
+        &self,
+        done: &[Lease],
+        next: Option<&LeaseRequest>,
+    ) -> Result<(Vec<CheckpointOutcome>, Vec<Lease>)> {
         const OP: &str = "checkpoint and lease";
-        let request = next.clone();
-        let (id, epoch) = (done.id, done.epoch.0);
+        let request = next.cloned();
+        let ids: Vec<i64> = done.iter().map(|lease| lease.id).collect();
+        let epochs: Vec<i64> = done.iter().map(|lease| lease.epoch.0).collect();
         let sql = format!(
             "WITH done AS (
-                 UPDATE courier_ranges SET state = 'done', lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-                 WHERE id = $7 AND epoch = $8 AND state = 'leased'
-                 RETURNING id),
+                 UPDATE courier_ranges r SET state = 'done', lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+                 FROM unnest($7::bigint[], $8::bigint[]) AS d (id, epoch)
+                 WHERE r.id = d.id AND r.epoch = d.epoch AND r.state = 'leased'
+                 RETURNING r.id),
              {},
              leased AS (UPDATE {LEASE_UPDATE})
-             SELECT (SELECT count(*) FROM done), leased.*
+             SELECT (SELECT COALESCE(array_agg(id), '{{}}') FROM done), leased.*
              FROM (SELECT 1) AS one LEFT JOIN leased ON true",
-            // One statement must not modify a row twice: the range being checkpointed is never picked,
-            // even when its own lease has just expired.
-            lease_candidates("AND r.id <> $7")
+            lease_candidates("AND r.id <> ALL($7::bigint[])")
         );
         self.run(OP, move |c| {
             Box::pin(async move {
                 let statement = c.prepare_cached(&sql).await.map_err(db(OP))?;
-                let (limit, ttl, kind) = lease_params(&request);
+                let (routes, ordered, owner, (limit, ttl, kind)) = match &request {
+                    Some(request) => (
+                        request.routes.clone(),
+                        request.ordered.clone(),
+                        request.owner.clone(),
+                        lease_params(request),
+                    ),
+                    // Nothing to lease: no route to look in.
+                    None => (Vec::new(), Vec::new(), String::new(), (0, 0, "live")),
+                };
                 let rows = c
                     .query(
                         &statement,
                         &[
-                            &request.routes,
-                            &limit,
-                            &request.owner,
-                            &ttl,
-                            &kind,
-                            &request.ordered,
-                            &id,
-                            &epoch,
+                            &routes, &limit, &owner, &ttl, &kind, &ordered, &ids, &epochs,
                         ],
                     )
                     .await
                     .map_err(db(OP))?;
-                let checkpointed = rows.first().is_some_and(|row| row.get::<_, i64>(0) == 1);
+                let checkpointed: Vec<i64> = rows.first().map(|row| row.get(0)).unwrap_or_default();
+                let outcomes = ids
+                    .iter()
+                    .map(|id| epoch_outcome(u64::from(checkpointed.contains(id))))
+                    .collect();
                 let leases = rows
                     .iter()
                     .filter(|row| row.get::<_, Option<i64>>(1).is_some())
                     .map(|row| lease_from_row(row, 1))
                     .collect::<Result<Vec<_>>>()?;
-                Ok((epoch_outcome(u64::from(checkpointed)), leases))
+                Ok((outcomes, leases))
             })
         })
         .await

@@ -54,9 +54,11 @@ enum Op {
         worker: usize,
         slot: usize,
     },
+    /// Checkpoint up to `count` of the worker's leases and lease up to `max` more, in one statement.
     CheckpointAndLease {
         worker: usize,
         slot: usize,
+        count: usize,
         max: usize,
     },
     /// With `quarantine`, the checkpoint also quarantines the range's last offset (a refused message).
@@ -100,7 +102,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (worker.clone(), 1usize..4).prop_map(|(worker, max)| Op::Lease { worker, max }),
         1 => (worker.clone(), slot.clone()).prop_map(|(worker, slot)| Op::Renew { worker, slot }),
         3 => (worker.clone(), slot.clone(), any::<bool>()).prop_map(|(worker, slot, quarantine)| Op::Checkpoint { worker, slot, quarantine }),
-        3 => (worker.clone(), slot.clone(), 1usize..3).prop_map(|(worker, slot, max)| Op::CheckpointAndLease { worker, slot, max }),
+        3 => (worker.clone(), slot.clone(), 1usize..4, 1usize..3).prop_map(|(worker, slot, count, max)| Op::CheckpointAndLease { worker, slot, count, max }),
         2 => (worker.clone(), slot.clone(), any::<bool>()).prop_map(|(worker, slot, permanent)| Op::Fail { worker, slot, permanent }),
         2 => (worker.clone(), slot.clone()).prop_map(|(worker, slot)| Op::Expire { worker, slot }),
         1 => (worker, slot).prop_map(|(worker, slot)| Op::Release { worker, slot }),
@@ -514,27 +516,44 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCase
                 .expect("lease");
             absorb_leases(model, worker, max, &leasable, leases)?;
         }
-        Op::CheckpointAndLease { worker, slot, max } => {
-            if let Some(lease) = model.take_slot(worker, slot) {
-                model.range(&lease).deliveries += 1;
-                let expected = if model.is_current(&lease) {
-                    CheckpointOutcome::Applied
-                } else {
-                    CheckpointOutcome::Fenced
-                };
-                // The lease half sees the state before the checkpoint, minus the range checkpointed.
-                let done = model.key(&lease);
+        Op::CheckpointAndLease {
+            worker,
+            slot,
+            count,
+            max,
+        } => {
+            let mut done = Vec::new();
+            while done.len() < count {
+                match model.take_slot(worker, slot) {
+                    Some(lease) => done.push(lease),
+                    None => break,
+                }
+            }
+            if !done.is_empty() {
+                let mut expected = Vec::new();
+                for lease in &done {
+                    model.range(lease).deliveries += 1;
+                    expected.push(if model.is_current(lease) {
+                        CheckpointOutcome::Applied
+                    } else {
+                        CheckpointOutcome::Fenced
+                    });
+                }
+                // The lease half sees the state before the checkpoints, minus the ranges checkpointed.
+                let keys: Vec<_> = done.iter().map(|lease| model.key(lease)).collect();
                 let mut leasable = model.leasable();
-                leasable.retain(|key| *key != done);
-                let (outcome, leases) = store
-                    .checkpoint_and_lease(&lease, &lease_request(model, worker, max))
+                leasable.retain(|key| !keys.contains(key));
+                let (outcomes, leases) = store
+                    .checkpoint_all_and_lease(&done, Some(&lease_request(model, worker, max)))
                     .await
                     .expect("checkpoint and lease");
-                prop_assert_eq!(outcome, expected, "checkpoint of {}", lease);
-                if outcome == CheckpointOutcome::Applied {
-                    let range = model.range(&lease);
-                    range.state = RangeState::Done;
-                    range.expired = false;
+                prop_assert_eq!(&outcomes, &expected, "checkpoints of {:?}", done);
+                for (lease, outcome) in done.iter().zip(outcomes) {
+                    if outcome == CheckpointOutcome::Applied {
+                        let range = model.range(lease);
+                        range.state = RangeState::Done;
+                        range.expired = false;
+                    }
                 }
                 absorb_leases(model, worker, max, &leasable, leases)?;
             }

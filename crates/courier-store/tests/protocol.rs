@@ -102,25 +102,24 @@ async fn racing_planners_never_overlap() {
 }
 
 #[tokio::test]
-async fn a_short_tail_waits_for_its_age_then_flows() {
+async fn a_short_tail_goes_at_once_when_nothing_is_in_flight_and_waits_for_its_age_otherwise() {
     let db = TestDb::migrated().await;
     let store = db.store().await;
     route(&store, "r", 1).await;
-    let outcome = store
-        .plan(&plan("r", 0, 250, Duration::from_secs(3600)))
-        .await
-        .expect("plan");
+    let age = Duration::from_secs(3600);
+    let outcome = store.plan(&plan("r", 0, 250, age)).await.expect("plan");
     assert_eq!(
         (outcome.carved, outcome.frontier),
-        (2, 200),
-        "the young tail [200, 250) waits"
+        (3, 250),
+        "nothing in flight: the tail [200, 250) goes at once"
     );
-    let outcome = store
-        .plan(&plan("r", 0, 250, Duration::from_secs(3600)))
-        .await
-        .expect("plan");
-    assert_eq!(outcome.carved, 0);
-    // Let the tail age without sleeping: pretend it was first seen an hour ago.
+    let outcome = store.plan(&plan("r", 0, 330, age)).await.expect("plan");
+    assert_eq!(
+        (outcome.carved, outcome.frontier),
+        (0, 250),
+        "three ranges in flight: the young tail [250, 330) waits"
+    );
+    // Let the tail age without sleeping: pretend it was first seen two hours ago.
     db.raw_client()
         .await
         .execute(
@@ -129,15 +128,28 @@ async fn a_short_tail_waits_for_its_age_then_flows() {
         )
         .await
         .expect("age");
-    let outcome = store
-        .plan(&plan("r", 0, 250, Duration::from_secs(3600)))
-        .await
-        .expect("plan");
+    let outcome = store.plan(&plan("r", 0, 330, age)).await.expect("plan");
     assert_eq!(
         (outcome.carved, outcome.frontier),
-        (1, 250),
-        "a quiet topic still flows"
+        (1, 330),
+        "a tail that waited its age goes"
     );
+    // Everything settled: the next tail goes at once again.
+    let leases = store
+        .lease(&LeaseRequest {
+            max_ranges: 10,
+            ..lease("r", RangeKind::Live)
+        })
+        .await
+        .expect("lease");
+    assert_eq!(leases.len(), 4);
+    let (outcomes, _) = store
+        .checkpoint_all_and_lease(&leases, None)
+        .await
+        .expect("checkpoint all");
+    assert_eq!(outcomes, vec![CheckpointOutcome::Applied; 4]);
+    let outcome = store.plan(&plan("r", 0, 360, age)).await.expect("plan");
+    assert_eq!((outcome.carved, outcome.frontier), (1, 360));
 }
 
 #[tokio::test]

@@ -11,7 +11,9 @@ use serde::Deserialize;
 pub struct WorkerConfig {
     /// Concurrent delivery tasks in this process. Each holds at most `leases_per_task` ranges at a time.
     pub delivery_tasks: usize,
-    /// Ranges a delivery task leases per store round trip (k in `LIMIT k`).
+    /// Ranges a delivery task leases in one store round trip, delivers at once (ranges of different
+    /// partitions go out together) and checkpoints in one transaction, with its next lease. A worker holds
+    /// at most `delivery_tasks x leases_per_task` ranges' messages in memory.
     pub leases_per_task: usize,
     /// Delivery tasks reserved for operator replays, so a replay never takes live traffic's slots and a
     /// big replay never starves live traffic.
@@ -31,7 +33,9 @@ pub struct WorkerConfig {
     /// Longest wait of an idle delivery task between two lease attempts.
     #[serde(with = "humantime_serde")]
     pub max_idle_poll: Duration,
-    /// How often the planner reads Kafka's high watermarks and carves new ranges.
+    /// How often the planner reads Kafka's high watermarks and carves new ranges while messages arrive:
+    /// a partition's new messages wait about this long before they are carved and delivered. While the
+    /// watermarks stay still the planner slows down, doubling up to 250 ms (or this, if longer).
     #[serde(with = "humantime_serde")]
     pub plan_interval: Duration,
     /// A tail shorter than a range is carved once it has waited this long, so a quiet topic still flows.
@@ -64,13 +68,13 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
             delivery_tasks: 8,
-            leases_per_task: 1,
+            leases_per_task: 8,
             replay_tasks: 1,
             lease_ttl: Duration::from_secs(30),
             renew_every: Duration::from_secs(10),
             poll_interval: Duration::from_millis(100),
             max_idle_poll: Duration::from_secs(1),
-            plan_interval: Duration::from_millis(250),
+            plan_interval: Duration::from_millis(50),
             max_tail_age: Duration::from_millis(200),
             ranges_ahead: 32,
             drain_timeout: Duration::from_secs(15),

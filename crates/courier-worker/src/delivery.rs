@@ -1,28 +1,64 @@
-//! One delivery task: lease a range, read it from Kafka, deliver it in batches, checkpoint it.
+//! One delivery task: lease ranges, deliver them all at once, settle them with the next lease.
 //!
-//! The store sees this task only for milliseconds at a time: a lease, a renewal now and then, and one
-//! report (checkpoint, fail or release). Kafka reads and HTTP requests happen with no store
-//! transaction open.
+//! A task holds up to `leases_per_task` ranges. They are delivered concurrently (one range's read
+//! overlaps another's requests, and ranges of different partitions go out together); within a range of a
+//! route with `ordering = "none"` up to the destination's `max_in_flight` batches are in flight, with
+//! `ordering = "partition"` one at a time in offset order. What each range came to is decided once, as a
+//! [`Verdict`], and reported in one place ([`report`]); the ranges delivered are checkpointed together,
+//! with the next lease, in one store transaction. A batch the destination refuses for good is bisected by
+//! `isolate`; a range with messages it set aside is checkpointed on its own, recording them as quarantined.
+//!
+//! The store sees this task only for milliseconds at a time: a lease, a renewal now and then, and the
+//! reports. Kafka reads and HTTP requests happen with no store transaction open.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use courier_core::{CheckpointOutcome, Disposition, Lease, OffsetRange, RangeKind};
-use courier_http::{batches, Batch, CircuitState};
+use courier_core::{
+    Backoff, CheckpointOutcome, Disposition, Lease, Message, OffsetRange, Ordering, RangeKind,
+};
+use courier_http::{batches, Batch, CircuitState, Delivery};
 use courier_kafka::ReadError;
-use courier_store::{FailOutcome, Failure, LeaseRequest};
+use courier_store::{FailOutcome, Failure};
+use futures::stream::{self, StreamExt};
 use tokio::sync::watch;
 
 use crate::isolate::{self, Isolation, Refused};
 use crate::{dead_letter, metrics, Context, Route, Throttle, WorkerStats};
 
-/// How a range ended for this task.
-enum Outcome {
-    /// Every batch was acknowledged; the range still has to be checkpointed.
-    Delivered {
+/// What delivering one range came to: decided once, by [`deliver`], and reported by [`report`].
+#[derive(Debug)]
+enum Verdict {
+    /// Every batch was acknowledged: checkpoint it.
+    Delivered { messages: usize },
+    /// Every message was acknowledged except `refused`, which the destination refuses on their own:
+    /// checkpoint the range with them quarantined (and written to the dead-letter topic, if any).
+    Quarantined {
         messages: usize,
+        refused: Vec<Refused>,
     },
+    /// Try again after `backoff`; an attempt is counted, and the range fails for good after the route's
+    /// `max_attempts`. `delivered_to`: everything below was acknowledged (the next attempt resumes there).
+    Retry {
+        reason: String,
+        backoff: Duration,
+        delivered_to: Option<i64>,
+    },
+    /// No retry can help (a refused batch, offsets deleted by retention): fail the range, listed by
+    /// `courier status` for a replay once the cause is fixed.
+    Fail {
+        reason: String,
+        delivered_to: Option<i64>,
+    },
+    /// Give the range back after `wait`, with no attempt counted (draining; the destination asked every
+    /// worker to hold off).
+    Release { wait: Duration },
+    /// The lease was lost during delivery: someone else owns the range now; nothing to report.
+    Fenced,
+}
+
+/// How a range ended for this task, once reported.
+enum Outcome {
     Checkpointed {
         messages: usize,
     },
@@ -45,72 +81,103 @@ pub(crate) async fn run(
     let throttle = Throttle::new(Duration::from_secs(30));
     let gate = ctx.gate(kind);
     let mut idle_wait = ctx.config.poll_interval;
+    let mut leases: Vec<Lease> = Vec::new();
     loop {
-        if *stop_leasing.borrow() {
-            return;
-        }
-        // One statement finds work across every route whose destination is not holding off.
-        let leases = match ctx.lease_request(kind, ctx.config.leases_per_task) {
-            None => Vec::new(),
-            Some(request) => match ctx.store.lease(&request).await {
-                Ok(leases) => leases,
-                Err(error) => {
-                    metrics::store_error("lease");
-                    if throttle.ready("lease") {
-                        tracing::warn!(%error, "Could not lease ranges; retrying.");
-                    }
-                    Vec::new()
-                }
-            },
-        };
         if leases.is_empty() {
-            if !gate
-                .wait_for_work(&ctx, &mut idle_wait, &mut stop_leasing)
-                .await
-            {
+            if *stop_leasing.borrow() {
                 return;
             }
+            leases = lease(&ctx, kind, &throttle).await;
+            if leases.is_empty() {
+                if !gate
+                    .wait_for_work(&ctx, &mut idle_wait, &mut stop_leasing)
+                    .await
+                {
+                    return;
+                }
+                continue;
+            }
+            idle_wait = ctx.config.poll_interval;
+            if leases.len() >= ctx.config.leases_per_task {
+                // A full hand: there may be more. Let one more idle task look, rather than all at once.
+                gate.work.notify_one();
+            }
+        }
+        let in_hand = std::mem::take(&mut leases);
+        // Every range in hand is delivered at once; all their leases are renewed until the last is done
+        // (a range delivered early waits for its siblings' checkpoint with its lease kept alive).
+        let lost: Vec<watch::Sender<bool>> =
+            in_hand.iter().map(|_| watch::channel(false).0).collect();
+        let deliveries =
+            futures::future::join_all(in_hand.iter().zip(&lost).map(|(lease, lost)| {
+                handle(&ctx, lease, lost.subscribe(), &stop_leasing, &hard_stop)
+            }));
+        let verdicts = tokio::select! {
+            verdicts = deliveries => verdicts,
+            never = renew_while_held(&ctx, &in_hand, &lost) => match never {},
+        };
+        let mut delivered = Vec::new();
+        for (lease, verdict) in in_hand.into_iter().zip(verdicts) {
+            match verdict {
+                Verdict::Delivered { messages } => delivered.push((lease, messages)),
+                other => {
+                    let outcome = report(&ctx, &lease, other).await;
+                    tally(&ctx.stats, &lease.route, kind, &outcome);
+                }
+            }
+        }
+        if delivered.is_empty() {
             continue;
         }
-        idle_wait = ctx.config.poll_interval;
-        // There may be more: let one more idle task look, rather than all of them at once.
-        gate.work.notify_one();
-        let mut queue: VecDeque<Lease> = leases.into();
-        count_leased(&queue);
-        while let Some(lease) = queue.pop_front() {
-            let Some(route) = ctx.route(&lease.route) else {
-                // Leased by name from this worker's own list: cannot happen; give it back at once.
-                release(&ctx, &lease, Duration::ZERO).await;
-                continue;
-            };
-            let outcome = if *stop_leasing.borrow() {
-                // Leased together with ranges already delivered, but draining: give it back now.
-                release(&ctx, &lease, Duration::ZERO).await
-            } else {
-                let mut hard_stop = hard_stop.clone();
-                tokio::select! {
-                    outcome = process(&ctx, route, &lease) => outcome,
-                    _ = crate::stopped(&mut hard_stop) => release(&ctx, &lease, Duration::ZERO).await,
+        // Settle what was delivered and, unless draining, lease the next ranges in the same transaction.
+        let next = if *stop_leasing.borrow() {
+            None
+        } else {
+            ctx.lease_request(kind, ctx.config.leases_per_task)
+        };
+        let done: Vec<Lease> = delivered.iter().map(|(lease, _)| lease.clone()).collect();
+        let settled = with_retries(ctx.config.lease_ttl, "checkpoint", || {
+            ctx.store.checkpoint_all_and_lease(&done, next.as_ref())
+        })
+        .await;
+        let (outcomes, next) = match settled {
+            Some((outcomes, next)) => (outcomes, next),
+            None => (Vec::new(), Vec::new()),
+        };
+        for (i, (lease, messages)) in delivered.iter().enumerate() {
+            let outcome = match outcomes.get(i) {
+                Some(CheckpointOutcome::Applied) => Outcome::Checkpointed {
+                    messages: *messages,
+                },
+                Some(CheckpointOutcome::Fenced) => {
+                    tracing::info!(%lease, "Checkpoint fenced: the lease was lost before the range was settled; another worker delivers it.");
+                    Outcome::Fenced
                 }
+                None => Outcome::Abandoned,
             };
-            let outcome = match outcome {
-                // The last range in hand: checkpoint it and lease the next ones in one transaction.
-                Outcome::Delivered { messages } if queue.is_empty() && !*stop_leasing.borrow() => {
-                    match ctx.lease_request(kind, ctx.config.leases_per_task) {
-                        Some(request) => {
-                            let (outcome, next) =
-                                checkpoint_and_lease(&ctx, &lease, messages, &request).await;
-                            count_leased(&next);
-                            queue.extend(next);
-                            outcome
-                        }
-                        None => checkpoint(&ctx, &lease, messages).await,
-                    }
-                }
-                Outcome::Delivered { messages } => checkpoint(&ctx, &lease, messages).await,
-                other => other,
-            };
-            tally(&ctx.stats, &route.config.name, kind, &outcome);
+            tally(&ctx.stats, &lease.route, kind, &outcome);
+        }
+        count_leased(&next);
+        leases = next;
+    }
+}
+
+/// One lease statement across every route whose destination is not holding off.
+async fn lease(ctx: &Context, kind: RangeKind, throttle: &Throttle) -> Vec<Lease> {
+    let Some(request) = ctx.lease_request(kind, ctx.config.leases_per_task) else {
+        return Vec::new();
+    };
+    match ctx.store.lease(&request).await {
+        Ok(leases) => {
+            count_leased(&leases);
+            leases
+        }
+        Err(error) => {
+            metrics::store_error("lease");
+            if throttle.ready("lease") {
+                tracing::warn!(%error, "Could not lease ranges; retrying.");
+            }
+            Vec::new()
         }
     }
 }
@@ -158,44 +225,77 @@ fn tally(stats: &WorkerStats, route: &str, kind: RangeKind, outcome: &Outcome) {
             metrics::range_released(route);
             WorkerStats::add(&stats.ranges_released, 1);
         }
-        Outcome::Abandoned | Outcome::Delivered { .. } => {}
+        Outcome::Abandoned => {}
     }
 }
 
-/// Delivers one leased range while renewing its lease; a lost lease stops the delivery.
-async fn process(ctx: &Context, route: &Route, lease: &Lease) -> Outcome {
-    let renewal = async {
-        let mut every = tokio::time::interval_at(
-            tokio::time::Instant::now() + ctx.config.renew_every,
-            ctx.config.renew_every,
-        );
-        loop {
-            every.tick().await;
+/// Delivers one leased range unless the worker is draining or stopping.
+async fn handle(
+    ctx: &Context,
+    lease: &Lease,
+    mut lost: watch::Receiver<bool>,
+    stop_leasing: &watch::Receiver<bool>,
+    hard_stop: &watch::Receiver<bool>,
+) -> Verdict {
+    let Some(route) = ctx.route(&lease.route) else {
+        // Leased by name from this worker's own list: cannot happen; give it back at once.
+        return Verdict::Release {
+            wait: Duration::ZERO,
+        };
+    };
+    if *stop_leasing.borrow() {
+        // Leased together with ranges already delivered, but draining: give it back now.
+        return Verdict::Release {
+            wait: Duration::ZERO,
+        };
+    }
+    let mut hard_stop = hard_stop.clone();
+    tokio::select! {
+        verdict = deliver(ctx, route, lease) => verdict,
+        _ = crate::stopped(&mut hard_stop) => Verdict::Release { wait: Duration::ZERO },
+        _ = crate::stopped(&mut lost) => {
+            tracing::warn!(%lease, "Lease lost during delivery (it expired and another worker took it, or it was replayed); stopping.");
+            Verdict::Fenced
+        }
+    }
+}
+
+/// Renews every lease of `leases` every `renew_every` until dropped; a lease found lost is flagged in
+/// `lost` (its delivery stops) and no longer renewed.
+async fn renew_while_held(
+    ctx: &Context,
+    leases: &[Lease],
+    lost: &[watch::Sender<bool>],
+) -> std::convert::Infallible {
+    let mut every = tokio::time::interval_at(
+        tokio::time::Instant::now() + ctx.config.renew_every,
+        ctx.config.renew_every,
+    );
+    loop {
+        every.tick().await;
+        for (lease, lost) in leases.iter().zip(lost) {
+            if *lost.borrow() {
+                continue;
+            }
             match ctx.store.renew(lease, ctx.config.lease_ttl).await {
                 Ok(CheckpointOutcome::Applied) => {}
-                Ok(CheckpointOutcome::Fenced) => return,
+                Ok(CheckpointOutcome::Fenced) => {
+                    lost.send_replace(true);
+                }
                 Err(error) => {
                     metrics::store_error("renew");
                     tracing::warn!(%lease, %error, "Could not renew the lease; delivery goes on and renewal is retried.");
                 }
             }
         }
-    };
-    tokio::select! {
-        outcome = deliver(ctx, route, lease) => outcome,
-        () = renewal => {
-            tracing::warn!(%lease, "Lease lost during delivery (it expired and another worker took it, or it was replayed); stopping.");
-            Outcome::Fenced
-        }
     }
 }
 
-async fn deliver(ctx: &Context, route: &Route, lease: &Lease) -> Outcome {
-    let name = &route.config.name;
-    let destination = &route.config.destination;
+/// Reads the range (from where an earlier attempt stopped) and delivers it in batches.
+async fn deliver(ctx: &Context, route: &Route, lease: &Lease) -> Verdict {
     let Ok(to_read) = OffsetRange::new(lease.resume_from, lease.range.end()) else {
         // Everything was delivered by an earlier attempt that could not checkpoint.
-        return Outcome::Delivered { messages: 0 };
+        return Verdict::Delivered { messages: 0 };
     };
     let messages = match ctx
         .reader
@@ -203,228 +303,340 @@ async fn deliver(ctx: &Context, route: &Route, lease: &Lease) -> Outcome {
         .await
     {
         Ok(messages) => messages,
-        Err(error) => return read_failed(ctx, route, lease, &error).await,
+        Err(error) => return read_verdict(ctx, route, lease, &error),
     };
     let config = route.deliverer.config();
+    let batches = bounded_batches(
+        route,
+        lease,
+        to_read,
+        &messages,
+        config.max_batch_messages,
+        config.max_batch_bytes,
+    );
+    // Unordered routes keep up to max_in_flight requests going; ordered ones send one at a time, so a
+    // destination sees each partition in offset order.
+    let in_flight = match route.config.ordering {
+        Ordering::None => config.max_in_flight.max(1),
+        Ordering::Partition => 1,
+    };
+    let requests: Vec<_> = batches
+        .iter()
+        .map(|batch| route.deliverer.deliver(batch))
+        .collect();
+    let mut answers = stream::iter(requests).buffered(in_flight);
     let mut delivered_to = None;
+    let policy = isolate::Policy::of(route);
+    // Batches refused for good, to bisect (module `isolate`), and the messages that isolation set aside.
+    let mut refused: Vec<(Batch<'_>, Delivery)> = Vec::new();
     let mut quarantined: Vec<Refused> = Vec::new();
-    let mut batch_start = to_read.start();
-    let chunks: Vec<_> =
-        batches(&messages, config.max_batch_messages, config.max_batch_bytes).collect();
-    let last = chunks.len().saturating_sub(1);
-    for (i, chunk) in chunks.into_iter().enumerate() {
-        let batch_end = match chunk.last() {
-            Some(message) if i < last => message.offset + 1,
-            _ => to_read.end(),
+    // Answers come in batch order: the first one that is not a success decides, and the requests after
+    // it are dropped (their batches go again with the range's next attempt).
+    for batch in &batches {
+        let Some(delivery) = answers.next().await else {
+            break;
         };
-        let batch = Batch {
-            route: name,
-            partition: lease.partition,
-            first_offset: batch_start,
-            end_offset: batch_end,
-            messages: chunk,
-        };
-        let delivery = route.deliverer.deliver(&batch).await;
-        match delivery.disposition {
-            Disposition::Success => {
-                metrics::delivery_attempt(name, destination, "success", delivery.elapsed);
-                if let Some(oldest) = chunk.iter().filter_map(|m| m.timestamp_ms).min() {
-                    metrics::end_to_end_latency(name, since_unix_millis(oldest));
-                }
-                // A retry must not resume past a message quarantined but not yet recorded.
-                if quarantined.is_empty() {
-                    delivered_to = Some(batch_end);
-                }
-                batch_start = batch_end;
-            }
-            Disposition::Retry {
-                reason,
-                retry_after,
-            } => {
-                if !delivery.attempted && delivered_to.is_none() {
-                    // Nothing was sent: the destination is paused or asked us to wait. Give the range
-                    // back for that long without counting an attempt.
-                    metrics::delivery_attempt(name, destination, "refused", delivery.elapsed);
-                    let wait = route
-                        .deliverer
-                        .blocked_until()
-                        .map(|until| until.saturating_duration_since(Instant::now()))
-                        .unwrap_or(ctx.config.poll_interval);
-                    return release(ctx, lease, wait).await;
-                }
-                metrics::delivery_attempt(name, destination, "retry", delivery.elapsed);
-                if let Some(wait) = retry_after {
-                    // Every worker delivering to this destination holds off, not only this one.
-                    if let Err(error) = ctx
-                        .store
-                        .defer_destination(destination, wait, &reason)
-                        .await
-                    {
-                        metrics::store_error("defer destination");
-                        tracing::warn!(%destination, %error, "Could not share the destination's Retry-After with other workers.");
-                    }
-                }
-                let backoff = ctx.config.backoff().honour_retry_after(
-                    u32::try_from(lease.attempts).unwrap_or(0),
-                    rand::random::<f64>(),
-                    retry_after,
-                );
-                let reason = format!("destination {destination:?} (route {name:?}): {reason}");
-                return fail(ctx, route, lease, reason, false, backoff, delivered_to).await;
-            }
-            Disposition::Permanent { .. } => {
-                metrics::delivery_attempt(name, destination, "permanent", delivery.elapsed);
-                let policy = isolate::Policy::of(route);
-                let reason = match isolate::isolate(&route.deliverer, &batch, &delivery, &policy)
-                    .await
-                {
-                    Isolation::Isolated {
-                        quarantined: refused,
-                    } => {
-                        quarantined.extend(refused);
-                        batch_start = batch_end;
-                        continue;
-                    }
-                    Isolation::Retry {
-                        reason,
-                        retry_after,
-                    } => {
-                        let backoff = ctx.config.backoff().honour_retry_after(
-                            u32::try_from(lease.attempts).unwrap_or(0),
-                            rand::random::<f64>(),
-                            retry_after,
-                        );
-                        let reason =
-                            format!("destination {destination:?} (route {name:?}): {reason}");
-                        return fail(ctx, route, lease, reason, false, backoff, delivered_to).await;
-                    }
-                    Isolation::Failed { reason } => reason,
-                };
-                let reason = format!(
-                    "destination {destination:?} (route {name:?}) refused the batch: {reason}"
-                );
-                return fail(
+        if matches!(delivery.disposition, Disposition::Permanent { .. })
+            && isolate::isolates(&delivery, &policy)
+        {
+            let name = &route.config.name;
+            metrics::delivery_attempt(
+                name,
+                &route.config.destination,
+                "permanent",
+                delivery.elapsed,
+            );
+            refused.push((*batch, delivery));
+            // With one request in flight (ordered routes) isolate now, keeping the partition's order;
+            // otherwise once the other requests are answered, as the isolation needs the destination's
+            // slots that they may hold.
+            if in_flight == 1 {
+                if let Some(verdict) = isolate_refused(
                     ctx,
                     route,
                     lease,
-                    reason,
-                    true,
-                    Duration::ZERO,
+                    &mut refused,
+                    &mut quarantined,
                     delivered_to,
                 )
-                .await;
+                .await
+                {
+                    return verdict;
+                }
             }
+            continue;
+        }
+        if let Some(verdict) = judge(ctx, route, lease, batch, &delivery, delivered_to).await {
+            return verdict;
+        }
+        // A retry must not resume past a message refused but not yet quarantined in the store.
+        if refused.is_empty() && quarantined.is_empty() {
+            delivered_to = Some(batch.end_offset);
         }
     }
-    if !quarantined.is_empty() {
-        let delivered = messages.len() - quarantined.len();
-        return checkpoint_quarantined(ctx, route, lease, delivered, &quarantined).await;
+    drop(answers);
+    if let Some(verdict) = isolate_refused(
+        ctx,
+        route,
+        lease,
+        &mut refused,
+        &mut quarantined,
+        delivered_to,
+    )
+    .await
+    {
+        return verdict;
     }
-    Outcome::Delivered {
+    if !quarantined.is_empty() {
+        return Verdict::Quarantined {
+            messages: messages.len() - quarantined.len(),
+            refused: quarantined,
+        };
+    }
+    Verdict::Delivered {
         messages: messages.len(),
     }
 }
 
-/// Writes the dead letters, if the route has a dead-letter topic, then settles the range and records its
-/// quarantined messages in one store transaction.
-async fn checkpoint_quarantined(
+/// Bisects each refused batch, collecting the messages refused on their own into `quarantined`; a
+/// transient answer retries the range and an isolation that cannot finish fails it.
+async fn isolate_refused(
     ctx: &Context,
     route: &Route,
     lease: &Lease,
-    messages: usize,
-    refused: &[Refused],
-) -> Outcome {
-    let config = &route.config;
-    let topic = config.dead_letter_topic.as_deref();
-    if let (Some(topic), Some(producer)) = (topic, &ctx.dead_letters) {
-        let records: Vec<_> = refused
-            .iter()
-            .map(|r| {
-                dead_letter::record(
-                    &config.name,
-                    &config.destination,
-                    &config.topic,
-                    lease.partition,
-                    r,
-                )
-            })
-            .collect();
-        if let Err(reason) = dead_letter::write(producer, topic, &records).await {
-            metrics::kafka_error(&config.name, "dead letter");
-            let backoff = ctx.config.backoff().delay(
-                u32::try_from(lease.attempts).unwrap_or(0),
-                rand::random::<f64>(),
-            );
-            return fail(ctx, route, lease, reason, false, backoff, None).await;
+    refused: &mut Vec<(Batch<'_>, Delivery)>,
+    quarantined: &mut Vec<Refused>,
+    delivered_to: Option<i64>,
+) -> Option<Verdict> {
+    let (name, destination) = (&route.config.name, &route.config.destination);
+    let policy = isolate::Policy::of(route);
+    for (batch, refusal) in refused.drain(..) {
+        match isolate::isolate(&route.deliverer, &batch, &refusal, &policy).await {
+            Isolation::Isolated { quarantined: found } => quarantined.extend(found),
+            Isolation::Retry {
+                reason,
+                retry_after,
+            } => {
+                return Some(Verdict::Retry {
+                    reason: format!("destination {destination:?} (route {name:?}): {reason}"),
+                    backoff: ctx.config.backoff().honour_retry_after(
+                        attempt(lease),
+                        rand::random::<f64>(),
+                        retry_after,
+                    ),
+                    delivered_to,
+                })
+            }
+            Isolation::Failed { reason } => {
+                return Some(Verdict::Fail {
+                    reason: format!(
+                        "destination {destination:?} (route {name:?}) refused the batch: {reason}"
+                    ),
+                    delivered_to,
+                })
+            }
         }
-        metrics::dead_letters(&config.name, records.len());
     }
-    let quarantined: Vec<courier_store::Quarantined> = refused
-        .iter()
-        .map(|r| courier_store::Quarantined {
-            offset: r.message.offset,
-            status: r.status,
-            reason: r.reason.clone(),
-            dead_letter_topic: topic.map(str::to_owned),
-        })
-        .collect();
-    let outcome = with_retries(ctx, "checkpoint", || {
-        ctx.store.checkpoint_with_quarantine(lease, &quarantined)
-    })
-    .await;
-    match outcome {
-        Some(CheckpointOutcome::Applied) => {
-            metrics::messages_quarantined(&config.name, quarantined.len());
-            Outcome::Checkpointed { messages }
+    None
+}
+
+/// The range's messages as requests within the destination's limits, each named by its bounds: the
+/// first starts at the range's first offset to read, the last ends at the range's end (gaps included).
+fn bounded_batches<'a>(
+    route: &'a Route,
+    lease: &Lease,
+    to_read: OffsetRange,
+    messages: &'a [Message],
+    max_messages: usize,
+    max_bytes: usize,
+) -> Vec<Batch<'a>> {
+    let chunks: Vec<&[Message]> = batches(messages, max_messages, max_bytes).collect();
+    let last = chunks.len().saturating_sub(1);
+    let mut first_offset = to_read.start();
+    let mut out = Vec::with_capacity(chunks.len());
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let end_offset = match chunk.last() {
+            Some(message) if i < last => message.offset + 1,
+            _ => to_read.end(),
+        };
+        out.push(Batch {
+            route: &route.config.name,
+            partition: lease.partition,
+            first_offset,
+            end_offset,
+            messages: chunk,
+        });
+        first_offset = end_offset;
+    }
+    out
+}
+
+/// What one batch's answer means for the range: `None` to go on with the next batch.
+async fn judge(
+    ctx: &Context,
+    route: &Route,
+    lease: &Lease,
+    batch: &Batch<'_>,
+    delivery: &Delivery,
+    delivered_to: Option<i64>,
+) -> Option<Verdict> {
+    let name = &route.config.name;
+    let destination = &route.config.destination;
+    match &delivery.disposition {
+        Disposition::Success => {
+            metrics::delivery_attempt(name, destination, "success", delivery.elapsed);
+            if let Some(oldest) = batch.messages.iter().filter_map(|m| m.timestamp_ms).min() {
+                metrics::end_to_end_latency(name, since_unix_millis(oldest));
+            }
+            None
         }
-        Some(CheckpointOutcome::Fenced) => {
-            tracing::info!(%lease, "Checkpoint fenced: the lease was lost before the range was settled; another worker delivers it (and isolates its refused messages again).");
-            Outcome::Fenced
+        Disposition::Retry {
+            reason,
+            retry_after,
+        } => {
+            if !delivery.attempted && delivered_to.is_none() {
+                // Nothing was sent: the destination is paused or asked us to wait. Give the range back
+                // for that long without counting an attempt.
+                metrics::delivery_attempt(name, destination, "refused", delivery.elapsed);
+                let wait = route
+                    .deliverer
+                    .blocked_until()
+                    .map(|until| until.saturating_duration_since(Instant::now()))
+                    .unwrap_or(ctx.config.poll_interval);
+                return Some(Verdict::Release { wait });
+            }
+            metrics::delivery_attempt(name, destination, "retry", delivery.elapsed);
+            if let Some(wait) = *retry_after {
+                // Every worker delivering to this destination holds off, not only this one.
+                if let Err(error) = ctx.store.defer_destination(destination, wait, reason).await {
+                    metrics::store_error("defer destination");
+                    tracing::warn!(%destination, %error, "Could not share the destination's Retry-After with other workers.");
+                }
+            }
+            Some(Verdict::Retry {
+                reason: format!("destination {destination:?} (route {name:?}): {reason}"),
+                backoff: ctx.config.backoff().honour_retry_after(
+                    attempt(lease),
+                    rand::random::<f64>(),
+                    *retry_after,
+                ),
+                delivered_to,
+            })
         }
-        None => Outcome::Abandoned,
+        Disposition::Permanent { reason } => {
+            metrics::delivery_attempt(name, destination, "permanent", delivery.elapsed);
+            Some(Verdict::Fail {
+                reason: format!(
+                    "destination {destination:?} (route {name:?}) refused the batch: {reason}"
+                ),
+                delivered_to,
+            })
+        }
     }
 }
 
-async fn read_failed(ctx: &Context, route: &Route, lease: &Lease, error: &ReadError) -> Outcome {
+fn read_verdict(ctx: &Context, route: &Route, lease: &Lease, error: &ReadError) -> Verdict {
     metrics::kafka_error(&route.config.name, error.reason());
     let reason = format!("{}: {error}", error.reason());
     if error.is_retryable() {
-        let backoff = ctx.config.backoff().delay(
-            u32::try_from(lease.attempts).unwrap_or(0),
-            rand::random::<f64>(),
-        );
-        fail(ctx, route, lease, reason, false, backoff, None).await
+        Verdict::Retry {
+            reason,
+            backoff: ctx
+                .config
+                .backoff()
+                .delay(attempt(lease), rand::random::<f64>()),
+            delivered_to: None,
+        }
     } else {
         // Retention, or a topic or partition that is gone: no retry will bring the messages back.
         tracing::error!(route = %route.config.name, %lease, %error, "Range cannot be read from Kafka; failing it so the partition keeps moving. Runbook: docs/runbooks/failed-ranges.md");
-        fail(ctx, route, lease, reason, true, Duration::ZERO, None).await
+        Verdict::Fail {
+            reason,
+            delivered_to: None,
+        }
     }
 }
 
-async fn fail(
-    ctx: &Context,
-    route: &Route,
-    lease: &Lease,
-    reason: String,
-    permanent: bool,
-    backoff: Duration,
-    delivered_to: Option<i64>,
-) -> Outcome {
-    let failure = Failure {
-        reason,
-        permanent,
-        backoff,
-        max_attempts: route.config.max_attempts,
-        delivered_to,
+fn attempt(lease: &Lease) -> u32 {
+    u32::try_from(lease.attempts).unwrap_or(0)
+}
+
+/// Reports a verdict other than [`Verdict::Delivered`] (those are checkpointed together by [`run`]).
+async fn report(ctx: &Context, lease: &Lease, verdict: Verdict) -> Outcome {
+    let max_attempts = ctx.route(&lease.route).map_or(1, |r| r.config.max_attempts);
+    let ttl = ctx.config.lease_ttl;
+    let (failure, permanent) = match verdict {
+        Verdict::Fenced => return Outcome::Fenced,
+        Verdict::Delivered { messages } => {
+            return match with_retries(ttl, "checkpoint", || ctx.store.checkpoint(lease)).await {
+                Some(CheckpointOutcome::Applied) => Outcome::Checkpointed { messages },
+                Some(CheckpointOutcome::Fenced) => Outcome::Fenced,
+                None => Outcome::Abandoned,
+            };
+        }
+        Verdict::Quarantined { messages, refused } => {
+            match write_dead_letters(ctx, lease, &refused).await {
+                Ok(topic) => {
+                    return checkpoint_quarantined(ctx, lease, messages, &refused, topic).await
+                }
+                Err(reason) => (
+                    Failure {
+                        reason,
+                        permanent: false,
+                        backoff: ctx
+                            .config
+                            .backoff()
+                            .delay(attempt(lease), rand::random::<f64>()),
+                        max_attempts,
+                        delivered_to: None,
+                    },
+                    false,
+                ),
+            }
+        }
+        Verdict::Release { wait } => {
+            return match with_retries(ttl, "release", || ctx.store.release(lease, wait)).await {
+                Some(CheckpointOutcome::Applied) => Outcome::Released,
+                Some(CheckpointOutcome::Fenced) => Outcome::Fenced,
+                None => Outcome::Abandoned,
+            };
+        }
+        Verdict::Retry {
+            reason,
+            backoff,
+            delivered_to,
+        } => (
+            Failure {
+                reason,
+                permanent: false,
+                backoff,
+                max_attempts,
+                delivered_to,
+            },
+            false,
+        ),
+        Verdict::Fail {
+            reason,
+            delivered_to,
+        } => (
+            Failure {
+                reason,
+                permanent: true,
+                backoff: Duration::ZERO,
+                max_attempts,
+                delivered_to,
+            },
+            true,
+        ),
     };
-    match with_retries(ctx, "fail", || ctx.store.fail(lease, &failure)).await {
+    match with_retries(ttl, "fail", || ctx.store.fail(lease, &failure)).await {
         Some(FailOutcome::Retrying) => {
-            tracing::debug!(%lease, reason = %failure.reason, ?backoff, "Range will be retried.");
+            tracing::debug!(%lease, reason = %failure.reason, backoff = ?failure.backoff, "Range will be retried.");
             Outcome::Retrying
         }
         Some(FailOutcome::Failed) => {
             metrics::range_failed(
-                &route.config.name,
+                &lease.route,
                 if permanent { "permanent" } else { "attempts" },
             );
             tracing::error!(
@@ -439,66 +651,108 @@ async fn fail(
     }
 }
 
-async fn checkpoint(ctx: &Context, lease: &Lease, messages: usize) -> Outcome {
-    match with_retries(ctx, "checkpoint", || ctx.store.checkpoint(lease)).await {
-        Some(CheckpointOutcome::Applied) => Outcome::Checkpointed { messages },
+/// Writes the quarantined messages to the route's dead-letter topic, if it has one: before the
+/// checkpoint, so a failure here retries the range rather than losing them. Returns the topic.
+async fn write_dead_letters<'a>(
+    ctx: &'a Context,
+    lease: &Lease,
+    refused: &[Refused],
+) -> Result<Option<&'a str>, String> {
+    let Some(route) = ctx.route(&lease.route) else {
+        return Ok(None);
+    };
+    let config = &route.config;
+    let (Some(topic), Some(producer)) = (config.dead_letter_topic.as_deref(), &ctx.dead_letters)
+    else {
+        return Ok(None);
+    };
+    let records: Vec<_> = refused
+        .iter()
+        .map(|r| {
+            dead_letter::record(
+                &config.name,
+                &config.destination,
+                &config.topic,
+                lease.partition,
+                r,
+            )
+        })
+        .collect();
+    if let Err(reason) = dead_letter::write(producer, topic, &records).await {
+        metrics::kafka_error(&config.name, "dead letter");
+        return Err(reason);
+    }
+    metrics::dead_letters(&config.name, records.len());
+    Ok(Some(topic))
+}
+
+/// Settles the range and records its quarantined messages in one store transaction.
+async fn checkpoint_quarantined(
+    ctx: &Context,
+    lease: &Lease,
+    messages: usize,
+    refused: &[Refused],
+    topic: Option<&str>,
+) -> Outcome {
+    let ttl = ctx.config.lease_ttl;
+    let quarantined: Vec<courier_store::Quarantined> = refused
+        .iter()
+        .map(|r| courier_store::Quarantined {
+            offset: r.message.offset,
+            status: r.status,
+            reason: r.reason.clone(),
+            dead_letter_topic: topic.map(str::to_owned),
+        })
+        .collect();
+    match with_retries(ttl, "checkpoint", || {
+        ctx.store.checkpoint_with_quarantine(lease, &quarantined)
+    })
+    .await
+    {
+        Some(CheckpointOutcome::Applied) => {
+            metrics::messages_quarantined(&lease.route, quarantined.len());
+            Outcome::Checkpointed { messages }
+        }
         Some(CheckpointOutcome::Fenced) => {
-            tracing::info!(%lease, "Checkpoint fenced: the lease was lost before the range was settled; another worker delivers it.");
+            tracing::info!(%lease, "Checkpoint fenced: the lease was lost before the range was settled; another worker delivers it (and isolates its refused messages again).");
             Outcome::Fenced
         }
         None => Outcome::Abandoned,
     }
 }
 
-async fn checkpoint_and_lease(
-    ctx: &Context,
-    lease: &Lease,
-    messages: usize,
-    next: &LeaseRequest,
-) -> (Outcome, Vec<Lease>) {
-    match with_retries(ctx, "checkpoint", || {
-        ctx.store.checkpoint_and_lease(lease, next)
-    })
-    .await
-    {
-        Some((CheckpointOutcome::Applied, leases)) => (Outcome::Checkpointed { messages }, leases),
-        Some((CheckpointOutcome::Fenced, leases)) => {
-            tracing::info!(%lease, "Checkpoint fenced: the lease was lost before the range was settled; another worker delivers it.");
-            (Outcome::Fenced, leases)
-        }
-        None => (Outcome::Abandoned, Vec::new()),
-    }
-}
+/// How a report to the store is retried on transient errors.
+const REPORT_BACKOFF: Backoff = Backoff {
+    base: Duration::from_millis(100),
+    cap: Duration::from_secs(5),
+};
 
-async fn release(ctx: &Context, lease: &Lease, delay: Duration) -> Outcome {
-    match with_retries(ctx, "release", || ctx.store.release(lease, delay)).await {
-        Some(CheckpointOutcome::Applied) => Outcome::Released,
-        Some(CheckpointOutcome::Fenced) => Outcome::Fenced,
-        None => Outcome::Abandoned,
-    }
-}
-
-/// Retries a report to the store on transient errors for up to one lease TTL: past that the lease has
-/// expired anyway and the range will be delivered again by whoever leases it.
-async fn with_retries<T, F, Fut>(ctx: &Context, operation: &'static str, mut call: F) -> Option<T>
+/// Retries a report to the store on transient errors for up to one lease TTL (`give_up_after`): past
+/// that the lease has expired anyway and the range will be delivered again by whoever leases it.
+async fn with_retries<T, F, Fut>(
+    give_up_after: Duration,
+    operation: &'static str,
+    mut call: F,
+) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = courier_store::Result<T>>,
 {
-    let give_up = Instant::now() + ctx.config.lease_ttl;
-    let mut pause = Duration::from_millis(100);
+    let give_up = Instant::now() + give_up_after;
+    let mut attempt = 0;
     loop {
         match call().await {
             Ok(value) => return Some(value),
             Err(error) => {
                 metrics::store_error(operation);
+                let pause = REPORT_BACKOFF.delay(attempt, rand::random::<f64>());
                 if !error.is_transient() || Instant::now() + pause > give_up {
                     tracing::error!(%error, operation, "Could not report to the store; the lease will expire and the range be delivered again. Runbook: docs/runbooks/store-unavailable.md");
                     return None;
                 }
                 tracing::warn!(%error, operation, ?pause, "Store report failed; retrying.");
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
+                attempt += 1;
             }
         }
     }

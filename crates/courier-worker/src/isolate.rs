@@ -87,6 +87,19 @@ pub(crate) enum Isolation {
     Failed { reason: String },
 }
 
+/// Whether a batch refused with `refusal` is bisected, rather than failing its range at once: not for an
+/// answer about the request rather than its messages (credentials, URL, a redirect), which would refuse
+/// every half too, and with `on_poison = "fail-range"` only for "too large".
+pub(crate) fn isolates(refusal: &Delivery, policy: &Policy<'_>) -> bool {
+    let Some(status) = refusal.status else {
+        return false;
+    };
+    if matches!(status, 300..=399 | 401 | 403 | 404 | 405 | 407 | 410 | 501) {
+        return false;
+    }
+    policy.on_poison == OnPoison::Quarantine || policy.too_large_statuses.contains(&status)
+}
+
 /// Isolates the messages of `batch` that the destination refuses; `refusal` is its answer to the whole
 /// batch, already received.
 pub(crate) async fn isolate<D: Destination>(
@@ -95,22 +108,7 @@ pub(crate) async fn isolate<D: Destination>(
     refusal: &Delivery,
     policy: &Policy<'_>,
 ) -> Isolation {
-    let too_large = |delivery: &Delivery| {
-        delivery
-            .status
-            .is_some_and(|status| policy.too_large_statuses.contains(&status))
-    };
-    // An answer about the request rather than its messages (credentials, URL, a redirect) would refuse
-    // every half too: bisecting it would only quarantine good messages.
-    let about_the_request = |delivery: &Delivery| {
-        delivery.status.is_none_or(|status| {
-            matches!(status, 300..=399 | 401 | 403 | 404 | 405 | 407 | 410 | 501)
-        })
-    };
-    if batch.messages.is_empty()
-        || about_the_request(refusal)
-        || (policy.on_poison == OnPoison::FailRange && !too_large(refusal))
-    {
+    if batch.messages.is_empty() || !isolates(refusal, policy) {
         return Isolation::Failed {
             reason: refusal.reason.clone(),
         };
@@ -226,9 +224,7 @@ pub(crate) async fn isolate<D: Destination>(
                         "permanent",
                         answer.elapsed,
                     );
-                    if about_the_request(&answer)
-                        || (policy.on_poison == OnPoison::FailRange && !too_large(&answer))
-                    {
+                    if !isolates(&answer, policy) {
                         return Isolation::Failed {
                             reason: answer.reason,
                         };

@@ -16,7 +16,8 @@
 //!
 //! A partition's short tail is carved at once when nothing of it is in flight (the destination is
 //! keeping up: latency matters), and after `max_tail_age` otherwise (full ranges while behind: store
-//! cost matters).
+//! cost matters). While messages arrive the planner ticks every `plan_interval`; while nothing moves it
+//! slows down to [`QUIET_PLAN_INTERVAL`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -37,6 +38,9 @@ const MAX_PLANNER_TTL: Duration = Duration::from_secs(6);
 fn planner_ttl(config: &crate::WorkerConfig) -> Duration {
     config.lease_ttl.min(MAX_PLANNER_TTL)
 }
+/// The slowest a planner whose watermarks stay still ticks (unless `plan_interval` is longer): the
+/// first message after a quiet spell waits at most about this long to be carved.
+const QUIET_PLAN_INTERVAL: Duration = Duration::from_millis(250);
 /// Longest time between two rounds of a planner with nothing new to carve.
 const ADVANCE_EVERY: Duration = Duration::from_secs(1);
 /// How often every destination's shared `Retry-After` is read.
@@ -70,28 +74,39 @@ pub(crate) async fn run(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
         last_compaction: Some(Instant::now()),
         ..State::default()
     };
-    let mut every = tokio::time::interval(ctx.config.plan_interval);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let busy = ctx.config.plan_interval;
+    let quiet = busy.max(QUIET_PLAN_INTERVAL);
+    let mut wait = busy;
     loop {
         tokio::select! {
-            _ = every.tick() => {}
+            () = tokio::time::sleep(wait) => {}
             _ = crate::stopped(&mut stop) => return,
         }
-        tick(&ctx, &mut state, &throttle).await;
+        // Messages arriving: tick at `plan_interval`, so they are carved and delivered within about that
+        // long. Nothing moving: slow down, so an idle worker's planner costs little.
+        wait = if tick(&ctx, &mut state, &throttle).await {
+            busy
+        } else {
+            (wait * 2).min(quiet)
+        };
     }
 }
 
-async fn tick(ctx: &Context, state: &mut State, throttle: &Throttle) {
+/// One planner tick; `true` when something moved (new messages, or some not carved yet).
+async fn tick(ctx: &Context, state: &mut State, throttle: &Throttle) -> bool {
     if due(state.last_claim, planner_ttl(&ctx.config) / 3) {
         claim(ctx, state, throttle).await;
     }
-    if !state.owned.is_empty() {
-        plan_owned(ctx, state, throttle).await;
-    }
+    let moved = if state.owned.is_empty() {
+        false
+    } else {
+        plan_owned(ctx, state, throttle).await
+    };
     if due(state.last_retry_after, RETRY_AFTER_EVERY) {
         state.last_retry_after = Some(Instant::now());
         share_retry_after(ctx).await;
     }
+    moved
 }
 
 fn due(last: Option<Instant>, every: Duration) -> bool {
@@ -125,7 +140,8 @@ async fn claim(ctx: &Context, state: &mut State, throttle: &Throttle) {
     }
 }
 
-async fn plan_owned(ctx: &Context, state: &mut State, throttle: &Throttle) {
+/// Plans the routes this worker owns; `true` when Kafka's watermarks moved or messages wait to be carved.
+async fn plan_owned(ctx: &Context, state: &mut State, throttle: &Throttle) -> bool {
     let owned: Vec<&crate::Route> = state
         .owned
         .iter()
@@ -156,7 +172,7 @@ async fn plan_owned(ctx: &Context, state: &mut State, throttle: &Throttle) {
             .iter()
             .all(|(topic, found)| state.last_marks.get(*topic) == Some(found));
     if unchanged && !state.uncarved && !due(state.last_round, ADVANCE_EVERY) {
-        return;
+        return false;
     }
     state.last_marks = marks
         .iter()
@@ -202,9 +218,10 @@ async fn plan_owned(ctx: &Context, state: &mut State, throttle: &Throttle) {
     }
 
     state.uncarved = uncarved;
+    let moved = uncarved || !unchanged;
     if requests.is_empty() && !uncarved && !due(state.last_round, ADVANCE_EVERY) {
         report_lag(&owned, &marks, state);
-        return;
+        return moved;
     }
     let round = PlanRound {
         routes: state.owned.clone(),
@@ -213,8 +230,10 @@ async fn plan_owned(ctx: &Context, state: &mut State, throttle: &Throttle) {
     match ctx.store.plan_round(&round).await {
         Ok(outcome) => {
             state.last_round = Some(Instant::now());
-            // One idle task per new range, at most every task: each that finds work wakes one more.
-            for _ in 0..outcome.carved().min(ctx.config.delivery_tasks) {
+            // One idle task per `leases_per_task` new ranges, at most every task: each that finds work
+            // wakes one more.
+            let tasks = outcome.carved().div_ceil(ctx.config.leases_per_task.max(1));
+            for _ in 0..tasks.min(ctx.config.delivery_tasks) {
                 ctx.live.work.notify_one();
             }
             if outcome.progress.iter().any(|(_, p)| p.expired_leases > 0) {
@@ -242,6 +261,7 @@ async fn plan_owned(ctx: &Context, state: &mut State, throttle: &Throttle) {
             tracing::debug!(%error, "Compaction failed; it runs again later.");
         }
     }
+    moved
 }
 
 /// What to carve of one partition this round, if anything.
@@ -271,19 +291,15 @@ fn plan_request(
     if mark.high == progress.frontier || backlog >= ctx.config.ranges_ahead {
         return None;
     }
-    // Nothing of the partition in flight: the destination keeps up, so the tail goes out now.
-    let idle = progress.watermark == progress.frontier;
+    // The store carves the short tail at once when nothing of the partition is in flight (it knows that
+    // in the round's own transaction; the progress cached here is a round old), else after max_tail_age.
     Some(PlanRequest {
         route: name.clone(),
         partition: mark.partition,
         high_watermark: mark.high,
         range_size: route.config.range_size,
         max_new_ranges: ctx.config.ranges_ahead - backlog,
-        max_tail_age: if idle {
-            Duration::ZERO
-        } else {
-            ctx.config.max_tail_age
-        },
+        max_tail_age: ctx.config.max_tail_age,
     })
 }
 

@@ -1,0 +1,360 @@
+//! One exact read of `[start, end)` of a partition by one consumer: the state machine described in the
+//! module docs of [`reader`](super), and the [`Cursor`] a consumer keeps for the range that follows.
+
+use std::cmp::max;
+use std::time::Instant;
+
+use courier_core::{Message, Offset, OffsetRange, Partition};
+use rdkafka::consumer::Consumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message as _;
+use rdkafka::{Offset as RdOffset, TopicPartitionList};
+use tracing::{debug, warn};
+
+use super::pool::Loan;
+use super::{lock, remaining, BaseConsumer, Inner};
+use crate::error::{is_timeout, is_undecodable, is_unknown_topic, ReadError};
+
+/// A consumer left assigned to `topic`/`partition` after reading a range that ended at `next`: the next
+/// thing it hands over is `stash` (a message it already polled, at or past `next`) if any, then
+/// messages or markers at or past `next`, in order, with nothing in between skipped.
+#[derive(Debug)]
+pub(super) struct Cursor {
+    pub(super) topic: String,
+    pub(super) partition: Partition,
+    pub(super) next: Offset,
+    stash: Option<Message>,
+    /// The consumer reported the end of the partition and has handed over nothing since: librdkafka does
+    /// not report that end again, so a continuing read must check it by itself.
+    at_end: bool,
+}
+
+impl Cursor {
+    pub(super) fn continues(&self, topic: &str, partition: Partition, start: Offset) -> bool {
+        self.partition == partition && self.next == start && self.topic == topic
+    }
+}
+
+impl Inner {
+    /// Reads exactly `range` with a consumer of the pool, preferring the one whose cursor continues at
+    /// its start.
+    pub(super) fn read_exact(
+        &self,
+        topic: &str,
+        partition: Partition,
+        range: OffsetRange,
+        deadline: Instant,
+    ) -> Result<Vec<Message>, ReadError> {
+        let mut consumer = self.checkout(topic, partition, range.start())?;
+        let cursor = consumer.take_cursor();
+        if let Err(error) = self.check_partition(&consumer, topic, partition, range, deadline) {
+            if cursor.is_some() {
+                release(consumer, topic, partition);
+            }
+            return Err(error);
+        }
+        let cursor = cursor.filter(|cursor| cursor.continues(topic, partition, range.start()));
+        let mut read = RangeRead {
+            inner: self,
+            consumer: &consumer,
+            topic,
+            partition,
+            range,
+            deadline,
+            messages: Vec::new(),
+            next: range.start(),
+            stash: None,
+            at_end: false,
+            last_error: None,
+        };
+        let result = read.run(cursor);
+        let (stash, at_end) = (read.stash.take(), read.at_end);
+        if result.is_ok() {
+            // Keep the partition assigned: the next range of this partition continues from here.
+            consumer.set_cursor(Some(Cursor {
+                topic: topic.to_owned(),
+                partition,
+                next: range.end(),
+                stash,
+                at_end,
+            }));
+            return result;
+        }
+        // After an error, start the next read from a clean assignment.
+        consumer.set_cursor(None);
+        release(consumer, topic, partition);
+        result
+    }
+}
+
+/// Unassigns a loaned consumer before it goes back to the pool. A consumer that cannot even unassign is
+/// not trusted with another range: it is dropped.
+fn release(consumer: Loan<'_>, topic: &str, partition: Partition) {
+    if let Err(error) = consumer.unassign() {
+        warn!(%topic, partition, %error, "Dropping a range-reader consumer that failed to unassign.");
+        consumer.spoil();
+    }
+}
+
+/// The state of one range read.
+struct RangeRead<'a> {
+    inner: &'a Inner,
+    consumer: &'a BaseConsumer,
+    topic: &'a str,
+    partition: Partition,
+    range: OffsetRange,
+    deadline: Instant,
+    messages: Vec<Message>,
+    /// Every offset below this has been delivered or is known to hold no message.
+    next: Offset,
+    /// A polled message at or past `end`: the first message of the partition's next range.
+    stash: Option<Message>,
+    /// The end of the partition was reported and nothing was handed over since.
+    at_end: bool,
+    /// The last transient error librdkafka reported (it retries those by itself); shown on timeout.
+    last_error: Option<String>,
+}
+
+/// What to do after one poll.
+enum Step {
+    Continue,
+    Done,
+}
+
+impl RangeRead<'_> {
+    fn run(&mut self, cursor: Option<Cursor>) -> Result<Vec<Message>, ReadError> {
+        // Capacity for the common case: the whole range, up to a sane bound.
+        self.messages
+            .reserve(usize::try_from(self.range.len().min(65_536)).unwrap_or(0));
+        match cursor {
+            Some(cursor) => {
+                // The consumer continues exactly where this range starts: no re-assignment.
+                if let Some(message) = cursor.stash {
+                    if let Step::Done = self.accept(message) {
+                        return Ok(std::mem::take(&mut self.messages));
+                    }
+                }
+                if cursor.at_end {
+                    if let Step::Done = self.on_end_of_partition()? {
+                        return Ok(std::mem::take(&mut self.messages));
+                    }
+                }
+            }
+            None => {
+                let mut assignment = TopicPartitionList::with_capacity(1);
+                assignment
+                    .add_partition_offset(
+                        self.topic,
+                        self.partition,
+                        RdOffset::Offset(self.range.start()),
+                    )
+                    .and_then(|()| self.consumer.assign(&assignment))
+                    .map_err(|source| self.kafka_error("assigning the partition", source))?;
+            }
+        }
+        loop {
+            let wait = remaining(self.deadline);
+            if wait.is_zero() {
+                return Err(self.timeout());
+            }
+            let step = match self.consumer.poll(wait) {
+                None => Step::Continue,
+                Some(Ok(message)) => self.on_message(&message),
+                Some(Err(KafkaError::PartitionEOF(partition))) if partition == self.partition => {
+                    self.at_end = true;
+                    self.on_end_of_partition()?
+                }
+                Some(Err(error)) => self.on_error(error)?,
+            };
+            if let Step::Done = step {
+                return Ok(std::mem::take(&mut self.messages));
+            }
+        }
+    }
+
+    fn on_message(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) -> Step {
+        if message.partition() != self.partition || message.topic() != self.topic {
+            // Cannot happen with a single-partition assignment; never deliver it if it does.
+            return Step::Continue;
+        }
+        self.at_end = false;
+        if message.offset() < self.next {
+            // A message from before this range (an outdated fetch): never deliver one twice.
+            return Step::Continue;
+        }
+        self.accept(Message {
+            partition: self.partition,
+            offset: message.offset(),
+            timestamp_ms: message.timestamp().to_millis(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+        })
+    }
+
+    /// Takes a message at or past `next`, in offset order.
+    fn accept(&mut self, message: Message) -> Step {
+        if message.offset >= self.range.end() {
+            // The first message of the next range: keep it for a continuing read.
+            self.stash = Some(message);
+            return Step::Done;
+        }
+        if message.offset < self.next {
+            return Step::Continue;
+        }
+        self.next = message.offset + 1;
+        self.messages.push(message);
+        if self.next >= self.range.end() {
+            Step::Done
+        } else {
+            Step::Continue
+        }
+    }
+
+    /// The consumer has handed over everything the broker had up to its end offset (the last stable offset
+    /// under read_committed). The consumer's position also counts the transaction markers it stepped over.
+    fn on_end_of_partition(&mut self) -> Result<Step, ReadError> {
+        if let Some(position) = self.position() {
+            self.next = max(self.next, position);
+        }
+        if self.next >= self.range.end() {
+            return Ok(Step::Done);
+        }
+        // Below `end`: either the rest is not written yet, or it was written after that fetch. Ask afresh.
+        let (_, high) = self.watermarks()?;
+        if high < self.range.end() {
+            return Err(ReadError::NotYetWritten {
+                topic: self.topic.to_owned(),
+                partition: self.partition,
+                range: self.range,
+                readable_end: high,
+            });
+        }
+        // Written since: the consumer keeps fetching, keep polling.
+        Ok(Step::Continue)
+    }
+
+    fn on_error(&mut self, error: KafkaError) -> Result<Step, ReadError> {
+        let code = match &error {
+            KafkaError::MessageConsumption(code) => Some(*code),
+            KafkaError::MessageConsumptionFatal(_) => {
+                return Err(self.kafka_error("consuming (fatal client error)", error))
+            }
+            // End of another partition: not ours (cannot happen with a single-partition assignment).
+            KafkaError::PartitionEOF(_) => return Ok(Step::Continue),
+            _ => None,
+        };
+        match code {
+            Some(RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange) => {
+                Err(self.out_of_range())
+            }
+            Some(code) if is_unknown_topic(code) => {
+                // Deleted while we read? Metadata tells.
+                lock(&self.inner.partition_counts).remove(self.topic);
+                self.inner.check_partition(
+                    self.consumer,
+                    self.topic,
+                    self.partition,
+                    self.range,
+                    self.deadline,
+                )?;
+                Err(self.kafka_error("fetching", error))
+            }
+            Some(code) if is_undecodable(code) => Err(ReadError::Undecodable {
+                topic: self.topic.to_owned(),
+                partition: self.partition,
+                range: self.range,
+                offset: self.next,
+                cause: self
+                    .consumer
+                    .context()
+                    .take_undecodable()
+                    .unwrap_or_else(|| error.to_string()),
+            }),
+            Some(RDKafkaErrorCode::TopicAuthorizationFailed) => {
+                Err(self.kafka_error("fetching (not authorized to read the topic)", error))
+            }
+            _ => {
+                // Transport and leadership errors: librdkafka reconnects and refetches by itself.
+                debug!(topic = %self.topic, partition = self.partition, %error, "Transient error while reading a range.");
+                self.last_error = Some(error.to_string());
+                Ok(Step::Continue)
+            }
+        }
+    }
+
+    /// The fetch offset is outside the log: deleted by retention, or not written yet.
+    fn out_of_range(&mut self) -> ReadError {
+        let (low, high) = match self.watermarks() {
+            Ok(watermarks) => watermarks,
+            Err(error) => return error,
+        };
+        if self.next < low {
+            ReadError::Retention {
+                topic: self.topic.to_owned(),
+                partition: self.partition,
+                requested_start: self.range.start(),
+                log_start: low,
+            }
+        } else if self.next >= high {
+            ReadError::NotYetWritten {
+                topic: self.topic.to_owned(),
+                partition: self.partition,
+                range: self.range,
+                readable_end: high,
+            }
+        } else {
+            // The log moved between the fetch and the question (a leader change, say): retry.
+            self.kafka_error(
+                "fetching (offset reported out of range, but within the watermarks now)",
+                KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange),
+            )
+        }
+    }
+
+    /// The application position of our partition: one past the last message or transaction marker the
+    /// consumer handed over.
+    fn position(&self) -> Option<Offset> {
+        let positions = self.consumer.position().ok()?;
+        let element = positions.find_partition(self.topic, self.partition)?;
+        match element.offset() {
+            RdOffset::Offset(offset) => Some(offset),
+            _ => None,
+        }
+    }
+
+    fn watermarks(&self) -> Result<(Offset, Offset), ReadError> {
+        let wait = remaining(self.deadline);
+        if wait.is_zero() {
+            return Err(self.timeout());
+        }
+        self.consumer
+            .fetch_watermarks(self.topic, self.partition, wait)
+            .map_err(|source| {
+                if is_timeout(&source) {
+                    self.timeout()
+                } else {
+                    self.kafka_error("fetching the partition's watermarks", source)
+                }
+            })
+    }
+
+    fn timeout(&self) -> ReadError {
+        ReadError::Timeout {
+            topic: self.topic.to_owned(),
+            partition: self.partition,
+            range: self.range,
+            waited: self.inner.config.read_timeout,
+            received: self.messages.len(),
+            last_error: self.last_error.clone(),
+        }
+    }
+
+    fn kafka_error(&self, operation: &'static str, source: KafkaError) -> ReadError {
+        ReadError::Kafka {
+            topic: self.topic.to_owned(),
+            partition: self.partition,
+            operation,
+            source,
+        }
+    }
+}
