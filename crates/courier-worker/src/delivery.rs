@@ -417,6 +417,17 @@ async fn isolate_refused(
                 reason,
                 retry_after,
             } => {
+                if let Some(wait) = retry_after {
+                    // As for any batch: every worker delivering to this destination holds off.
+                    if let Err(error) = ctx
+                        .store
+                        .defer_destination(destination, wait, &reason)
+                        .await
+                    {
+                        metrics::store_error("defer destination");
+                        tracing::warn!(%destination, %error, "Could not share the destination's Retry-After with other workers.");
+                    }
+                }
                 return Some(Verdict::Retry {
                     reason: format!("destination {destination:?} (route {name:?}): {reason}"),
                     backoff: ctx.config.backoff().honour_retry_after(
@@ -425,7 +436,7 @@ async fn isolate_refused(
                         retry_after,
                     ),
                     delivered_to,
-                })
+                });
             }
             Isolation::Failed { reason } => {
                 return Some(Verdict::Fail {
