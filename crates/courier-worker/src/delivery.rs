@@ -330,8 +330,9 @@ async fn deliver(ctx: &Context, route: &Route, lease: &Lease) -> Verdict {
     // Batches refused for good, to bisect (module `isolate`), and the messages that isolation set aside.
     let mut refused: Vec<(Batch<'_>, Delivery)> = Vec::new();
     let mut quarantined: Vec<Refused> = Vec::new();
-    // Answers come in batch order: the first one that is not a success decides, and the requests after
-    // it are dropped (their batches go again with the range's next attempt).
+    // Answers come in batch order: the first one that is not a success (nor a refusal to isolate)
+    // decides, and the requests after it are dropped (their batches go again with the range's next
+    // attempt).
     for batch in &batches {
         let Some(delivery) = answers.next().await else {
             break;
@@ -339,9 +340,8 @@ async fn deliver(ctx: &Context, route: &Route, lease: &Lease) -> Verdict {
         if matches!(delivery.disposition, Disposition::Permanent { .. })
             && isolate::isolates(&delivery, &policy)
         {
-            let name = &route.config.name;
             metrics::delivery_attempt(
-                name,
+                &route.config.name,
                 &route.config.destination,
                 "permanent",
                 delivery.elapsed,
