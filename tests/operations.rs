@@ -57,9 +57,15 @@ async fn status_shows_failures_replay_redelivers_them_audited_and_status_clears(
     let topic = topic_with("ops", 2, 400).await;
     let destination = sink().await;
     destination.set_behaviour(Behaviour::StatusWithBody(422, "schema v0 rejected".into()));
+    // Failed ranges are what this test is about (the default quarantines refused messages).
     let config = write_config(
         "courier.toml",
-        &one_route_config(&db.url, &topic, &destination.url(), ""),
+        &one_route_config(
+            &db.url,
+            &topic,
+            &destination.url(),
+            "on_poison = \"fail-range\"",
+        ),
     );
     let config = config.to_str().expect("path");
     let worker = start_worker(config);

@@ -15,7 +15,9 @@ use courier_kafka::KafkaConfig;
 use courier_sink::{Behaviour, Sink};
 use courier_store::Store;
 use courier_testkit::{kafka_brokers, unique_name, TestDb};
-use courier_worker::{RouteConfig, StartFrom, Worker, WorkerConfig, WorkerError, WorkerStats};
+use courier_worker::{
+    OnPoison, RouteConfig, StartFrom, Worker, WorkerConfig, WorkerError, WorkerStats,
+};
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -61,6 +63,8 @@ fn route(
         range_size,
         max_attempts: 50,
         start: StartFrom::Earliest,
+        on_poison: OnPoison::Quarantine,
+        dead_letter_topic: None,
     }
 }
 
@@ -311,7 +315,11 @@ async fn a_permanent_4xx_fails_its_range_with_the_response_and_the_partition_kee
     let worker = start_worker(
         &store,
         &destinations,
-        vec![route("r", &topic, "d", Ordering::Partition, 100)],
+        // Failing the range is what this test is about (the default quarantines refused messages).
+        vec![RouteConfig {
+            on_poison: OnPoison::FailRange,
+            ..route("r", &topic, "d", Ordering::Partition, 100)
+        }],
         config,
     )
     .await;

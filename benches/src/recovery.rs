@@ -60,6 +60,8 @@ async fn recovery(
         range_size: 500,
         max_attempts: 10,
         start: courier_worker::StartFrom::Earliest,
+        on_poison: courier_worker::OnPoison::Quarantine,
+        dead_letter_topic: None,
     }];
     let worker_config = WorkerConfig {
         delivery_tasks: 2,

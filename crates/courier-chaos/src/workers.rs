@@ -72,6 +72,8 @@ impl WorkerSpec {
             // A chaos run judges delivery: nothing may give up and fail for good during the fault.
             max_attempts: 100_000,
             start: StartFrom::Earliest,
+            on_poison: courier_worker::OnPoison::Quarantine,
+            dead_letter_topic: None,
         }
     }
 

@@ -80,6 +80,12 @@ pub struct DestinationConfig {
     /// `"5m"`. Default: 5 minutes.
     #[serde(with = "humantime_serde", default = "defaults::max_retry_after")]
     pub max_retry_after: Duration,
+    /// Statuses meaning "this request is too large": a batch answered one of them is split in halves
+    /// and the halves sent again, down to single messages (a single message still refused is
+    /// quarantined, or fails the range with `on_poison = "fail-range"`). Only statuses courier treats
+    /// as permanent can be listed (4xx other than 408 and 429). Default: `[413]`.
+    #[serde(default = "defaults::too_large_statuses")]
+    pub too_large_statuses: Vec<u16>,
 }
 
 impl fmt::Debug for DestinationConfig {
@@ -100,6 +106,7 @@ impl fmt::Debug for DestinationConfig {
             .field("pause_after_failures", &self.pause_after_failures)
             .field("pause_for", &self.pause_for)
             .field("max_retry_after", &self.max_retry_after)
+            .field("too_large_statuses", &self.too_large_statuses)
             .finish()
     }
 }
@@ -127,6 +134,9 @@ mod defaults {
     }
     pub fn max_retry_after() -> Duration {
         Duration::from_secs(300)
+    }
+    pub fn too_large_statuses() -> Vec<u16> {
+        vec![413]
     }
 }
 
@@ -156,6 +166,8 @@ pub enum ConfigError {
     ZeroLimit { key: &'static str, default: usize },
     #[error("destination `headers` entry {name:?} is not a valid header ({reason}): use a token name and a visible-ASCII value")]
     InvalidHeader { name: String, reason: String },
+    #[error("destination `too_large_statuses` lists {status}, which courier retries as a transient failure (408, 429, 5xx other than 501) or does not refuse (1xx-3xx): list only statuses that refuse a request for good, such as 413")]
+    TooLargeNotPermanent { status: u16 },
     #[error("destination `headers` entry {name:?} is set by courier itself and cannot be configured: remove it (use `format` to choose the body encoding)")]
     ReservedHeader { name: String },
 }
@@ -174,6 +186,7 @@ impl DestinationConfig {
             pause_after_failures: defaults::pause_after_failures(),
             pause_for: defaults::pause_for(),
             max_retry_after: defaults::max_retry_after(),
+            too_large_statuses: defaults::too_large_statuses(),
         }
     }
 
@@ -207,6 +220,14 @@ impl DestinationConfig {
             if value == 0 {
                 return Err(ConfigError::ZeroLimit { key, default });
             }
+        }
+        if let Some(&status) = self.too_large_statuses.iter().find(|&&status| {
+            !matches!(
+                courier_core::Disposition::from_http_status(status, String::new(), None),
+                courier_core::Disposition::Permanent { .. }
+            ) || status < 400
+        }) {
+            return Err(ConfigError::TooLargeNotPermanent { status });
         }
         self.header_pairs()?;
         Ok(())
@@ -275,6 +296,7 @@ mod tests {
         assert_eq!(config.max_batch_bytes, 1 << 20);
         assert_eq!(config.pause_after_failures, 20);
         assert_eq!(config.pause_for, Duration::from_secs(10));
+        assert_eq!(config.too_large_statuses, [413]);
         assert_eq!(config.validate(), Ok(()));
     }
 
@@ -292,12 +314,14 @@ mod tests {
             pause_after_failures = 3
             pause_for = "1m"
             max_retry_after = "30s"
+            too_large_statuses = [413, 400]
             "#,
         )
         .expect("full config parses");
         assert_eq!(config.timeout, Duration::from_millis(2500));
         assert_eq!(config.format, Format::Ndjson);
         assert_eq!(config.pause_for, Duration::from_secs(60));
+        assert_eq!(config.too_large_statuses, [413, 400]);
         assert_eq!(
             config.headers.get("Authorization").map(String::as_str),
             Some("Bearer x")
@@ -325,6 +349,8 @@ mod tests {
         assert!(check(|c| c.max_batch_messages = 0).contains("`max_batch_messages`"));
         assert!(check(|c| c.max_batch_bytes = 0).contains("`max_batch_bytes`"));
         assert!(check(|c| c.pause_for = Duration::ZERO).contains("`pause_for`"));
+        assert!(check(|c| c.too_large_statuses = vec![503]).contains("`too_large_statuses`"));
+        assert!(check(|c| c.too_large_statuses = vec![200]).contains("`too_large_statuses`"));
         assert!(check(|c| {
             c.headers.insert("Idempotency-Key".into(), "x".into());
         })

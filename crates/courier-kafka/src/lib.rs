@@ -33,6 +33,6 @@ mod traffic;
 pub use admin::{add_partitions, create_topic, create_topic_with_config, delete_records_before};
 pub use config::KafkaConfig;
 pub use error::{Error, ReadError};
-pub use producer::{Delivered, Producer, Record};
+pub use producer::{Delivered, HeaderedRecord, Producer, Record};
 pub use reader::{PartitionWatermarks, RangeReader};
 pub use traffic::RECEIVED_BYTES;

@@ -1,4 +1,5 @@
-//! Writing messages, for the demo, `courier probe` and tests. courier's delivery path never produces.
+//! Writing messages, for the demo, `courier probe` and tests, and quarantined messages to a route's
+//! dead-letter topic (the only place the delivery path produces).
 //!
 //! Owns: [`Producer`], a librdkafka `FutureProducer` with acks from all in-sync replicas and idempotence on.
 
@@ -7,6 +8,7 @@ use std::sync::Arc;
 
 use courier_core::{Offset, Partition};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer as RdFutureProducer, FutureRecord};
 
 use crate::config::KafkaConfig;
@@ -27,6 +29,15 @@ pub struct Delivered {
 /// One message to produce: `(partition, key, payload)`. `None` as partition lets the partitioner pick
 /// (by key hash for keyed messages, at random for the others).
 pub type Record = (Option<Partition>, Option<Vec<u8>>, Vec<u8>);
+
+/// One message with headers (a dead letter): the original key and payload (`None` for a tombstone),
+/// and `(name, value)` headers. The partitioner picks the partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderedRecord {
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
 
 /// Produces batches and waits until every message is acknowledged.
 pub struct Producer {
@@ -102,6 +113,45 @@ impl Producer {
             }
         }
         for future in in_flight {
+            delivered.push(self.settle(topic, future).await?);
+        }
+        Ok(delivered)
+    }
+
+    /// Sends `records` to `topic`, one after the other, each acknowledged before the next is sent: for
+    /// a handful of dead letters, not for throughput. Returns where each landed, in input order.
+    pub async fn send_with_headers(
+        &self,
+        topic: &str,
+        records: &[HeaderedRecord],
+    ) -> Result<Vec<Delivered>, Error> {
+        let producer = self.producer()?;
+        let _waiting = self.outages.waiting(Waiting::Produce);
+        let mut delivered = Vec::with_capacity(records.len());
+        for record in records {
+            let headers =
+                record
+                    .headers
+                    .iter()
+                    .fold(OwnedHeaders::new(), |headers, (key, value)| {
+                        headers.insert(Header {
+                            key: key.as_str(),
+                            value: Some(value),
+                        })
+                    });
+            let mut message = FutureRecord::<Vec<u8>, Vec<u8>>::to(topic).headers(headers);
+            if let Some(payload) = &record.payload {
+                message = message.payload(payload);
+            }
+            if let Some(key) = &record.key {
+                message = message.key(key);
+            }
+            let future = producer
+                .send_result(message)
+                .map_err(|(source, _)| Error::Delivery {
+                    topic: topic.to_owned(),
+                    source,
+                })?;
             delivered.push(self.settle(topic, future).await?);
         }
         Ok(delivered)

@@ -27,6 +27,11 @@ pub enum Behaviour {
     /// Every `n`th request (the `n`th, `2n`th, ...) gets `status`; the others get `200 OK`. Counting
     /// restarts when the behaviour is set. `n = 0` never fails.
     FailEvery { n: u64, status: u16 },
+    /// Answer `status` to any batch whose body contains `needle` (a poison message), `200 OK` to the
+    /// others.
+    RefuseContaining { needle: String, status: u16 },
+    /// Answer `413 Payload Too Large` to a body of more than `bytes` bytes, `200 OK` to the others.
+    TooLargeOver { bytes: usize },
     /// `200 OK` with a huge (16 GiB, generated as it is sent) body that is not JSON: a client must not
     /// buffer it whole. The batch counts as delivered.
     Garbage,
@@ -69,7 +74,7 @@ impl Slot {
         }
     }
 
-    fn next(&mut self) -> Reply {
+    fn next(&mut self, body: &[u8]) -> Reply {
         self.requests += 1;
         match &self.behaviour {
             Behaviour::Ok => Reply::status(200),
@@ -98,6 +103,14 @@ impl Slot {
                     Reply::status(200)
                 }
             }
+            Behaviour::RefuseContaining { needle, status } => {
+                let needle = needle.as_bytes();
+                let found = !needle.is_empty() && body.windows(needle.len()).any(|w| w == needle);
+                Reply::status(if found { *status } else { 200 })
+            }
+            Behaviour::TooLargeOver { bytes } => {
+                Reply::status(if body.len() > *bytes { 413 } else { 200 })
+            }
             Behaviour::Garbage => Reply::Garbage,
         }
     }
@@ -123,9 +136,12 @@ impl Behaviours {
         self.paths.clear();
     }
 
-    /// The reply to the next request on `path`.
-    pub(crate) fn next(&mut self, path: &str) -> Reply {
-        self.paths.get_mut(path).unwrap_or(&mut self.default).next()
+    /// The reply to the next request on `path`, whose body is `body`.
+    pub(crate) fn next(&mut self, path: &str, body: &[u8]) -> Reply {
+        self.paths
+            .get_mut(path)
+            .unwrap_or(&mut self.default)
+            .next(body)
     }
 }
 
@@ -140,7 +156,7 @@ mod tests {
         behaviours.set_path("/b", Behaviour::FailEvery { n: 3, status: 500 });
         let statuses = |b: &mut Behaviours, path: &str| -> Vec<u16> {
             (0..6)
-                .map(|_| match b.next(path) {
+                .map(|_| match b.next(path, b"[]") {
                     Reply::Status { status, .. } => status,
                     other => panic!("unexpected {other:?}"),
                 })
@@ -156,5 +172,23 @@ mod tests {
         );
         behaviours.set(Behaviour::FailEvery { n: 0, status: 503 });
         assert_eq!(statuses(&mut behaviours, "/a"), [200; 6]);
+    }
+
+    #[test]
+    fn poison_and_size_answers_depend_on_the_body() {
+        let mut behaviours = Behaviours::default();
+        let status = |b: &mut Behaviours, body: &[u8]| match b.next("/", body) {
+            Reply::Status { status, .. } => status,
+            other => panic!("unexpected {other:?}"),
+        };
+        behaviours.set(Behaviour::RefuseContaining {
+            needle: "\"poison\"".into(),
+            status: 400,
+        });
+        assert_eq!(status(&mut behaviours, br#"[{"a":1},{"b":"poison"}]"#), 400);
+        assert_eq!(status(&mut behaviours, br#"[{"a":1}]"#), 200);
+        behaviours.set(Behaviour::TooLargeOver { bytes: 10 });
+        assert_eq!(status(&mut behaviours, b"[1,2,3,4,5,6]"), 413);
+        assert_eq!(status(&mut behaviours, b"[1,2]"), 200);
     }
 }

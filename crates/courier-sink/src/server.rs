@@ -325,7 +325,7 @@ async fn handle(
         Ok(elements) => received.elements = elements,
         Err(error) => received.body_error = Some(error),
     }
-    let reply = lock(&shared.behaviours).next(uri.path());
+    let reply = lock(&shared.behaviours).next(uri.path(), &body);
     let mut stop = shared.stop.clone();
 
     let garbage = matches!(reply, Reply::Garbage);

@@ -652,7 +652,7 @@ impl Store {
     }
 }
 
-async fn insert_audit(
+pub(crate) async fn insert_audit(
     tx: &deadpool_postgres::Transaction<'_>,
     route: &str,
     partition: Option<Partition>,

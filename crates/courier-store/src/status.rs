@@ -5,6 +5,10 @@ use courier_core::Partition;
 
 use crate::error::{Result, StoreError};
 use crate::pool::Store;
+use crate::quarantine::QuarantineRow;
+
+/// At most this many quarantined messages are listed one by one; the summary counts them all.
+pub const QUARANTINE_LISTED: i64 = 50;
 
 /// Progress of one partition of one route.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +46,14 @@ pub struct FailedRow {
     pub newest_error: String,
 }
 
+/// Quarantined messages of one route not replayed yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantineSummary {
+    pub route: String,
+    pub messages: i64,
+    pub newest_reason: String,
+}
+
 /// A worker process, as its heartbeats recorded it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerRow {
@@ -68,6 +80,10 @@ pub struct Snapshot {
     pub partitions: Vec<PartitionRow>,
     pub leases: Vec<LeaseRow>,
     pub failed: Vec<FailedRow>,
+    /// Per route, the quarantined messages waiting for an operator.
+    pub quarantine: Vec<QuarantineSummary>,
+    /// The first [`QUARANTINE_LISTED`] of them, by route, partition and offset.
+    pub quarantined: Vec<QuarantineRow>,
     pub workers: Vec<WorkerRow>,
     pub deferred: Vec<DeferredRow>,
     /// Replay ranges not yet settled, per route.
@@ -101,6 +117,14 @@ impl Store {
 
     /// Reads the whole status snapshot.
     pub async fn snapshot(&self) -> Result<Snapshot> {
+        let mut snapshot = self.snapshot_without_quarantined().await?;
+        if !snapshot.quarantine.is_empty() {
+            snapshot.quarantined = self.quarantined(None, QUARANTINE_LISTED).await?;
+        }
+        Ok(snapshot)
+    }
+
+    async fn snapshot_without_quarantined(&self) -> Result<Snapshot> {
         const OP: &str = "status";
         self.run(OP, |c| {
             Box::pin(async move {
@@ -164,6 +188,17 @@ impl Store {
                         newest_error: r.get::<_, Option<String>>(3).unwrap_or_default(),
                     })
                     .collect();
+                let quarantine = c
+                    .query(
+                        "SELECT route, count(*), (array_agg(reason ORDER BY quarantined_at DESC))[1]
+                         FROM courier_quarantine WHERE replayed_at IS NULL GROUP BY route ORDER BY route",
+                        &[],
+                    )
+                    .await
+                    .map_err(db(OP))?
+                    .iter()
+                    .map(|r| QuarantineSummary { route: r.get(0), messages: r.get(1), newest_reason: r.get(2) })
+                    .collect();
                 let workers = c
                     .query(
                         "SELECT id, host, pid, version,
@@ -210,7 +245,7 @@ impl Store {
                     .iter()
                     .map(|r| (r.get(0), r.get(1)))
                     .collect();
-                Ok(Snapshot { partitions, leases, failed, workers, deferred, pending_replays })
+                Ok(Snapshot { partitions, leases, failed, quarantine, quarantined: Vec::new(), workers, deferred, pending_replays })
             })
         })
         .await

@@ -31,7 +31,8 @@ async fn fifty_runners_at_once_apply_each_migration_exactly_once() {
         applied.extend(report.applied);
     }
     applied.sort();
-    let expected: Vec<i64> = (1..=migrator.expected_version()).collect();
+    // Versions need not be contiguous (numbers are reserved per change and may land out of order).
+    let expected: Vec<i64> = migrator.migrations().iter().map(|m| m.version).collect();
     assert_eq!(
         applied, expected,
         "each migration must be applied by exactly one runner"
@@ -43,7 +44,7 @@ async fn fifty_runners_at_once_apply_each_migration_exactly_once() {
         .await
         .expect("count")
         .get(0);
-    assert_eq!(rows, migrator.expected_version());
+    assert_eq!(rows, migrator.migrations().len() as i64);
     let version = migrator.check(&db.config()).await.expect("schema current");
     assert_eq!(version.applied, version.expected);
 }

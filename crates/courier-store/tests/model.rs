@@ -1,6 +1,7 @@
 //! Model-based property test of the lease protocol against a real PostgreSQL.
 //!
-//! Random interleavings of produce / plan / lease / renew / checkpoint / checkpoint-and-lease / fail /
+//! Random interleavings of produce / plan / lease / renew / checkpoint (some quarantining a message) /
+//! checkpoint-and-lease / fail /
 //! expire / release / replay / advance / compact by several workers, over two routes (each ordered or not)
 //! that every lease call looks across at once, run against the store and, side by side, against an
 //! in-memory oracle. After every step the store must agree with the oracle, and every invariant of
@@ -21,7 +22,8 @@ use std::time::Duration;
 use courier_core::{carve, CheckpointOutcome, Lease, Ordering, RangeKind, RangeState};
 use courier_store::protocol::ReplayAudit;
 use courier_store::{
-    FailOutcome, Failure, LeaseRequest, PlanRequest, ReplayFilter, RouteSpec, Store, StoreError,
+    FailOutcome, Failure, LeaseRequest, PlanRequest, Quarantined, ReplayFilter, RouteSpec, Store,
+    StoreError,
 };
 use courier_testkit::TestDb;
 use proptest::prelude::*;
@@ -59,9 +61,11 @@ enum Op {
         count: usize,
         max: usize,
     },
+    /// With `quarantine`, the checkpoint also quarantines the range's last offset (a refused message).
     Checkpoint {
         worker: usize,
         slot: usize,
+        quarantine: bool,
     },
     Fail {
         worker: usize,
@@ -97,7 +101,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (route.clone(), partition).prop_map(|(route, partition)| Op::Plan { route, partition }),
         4 => (worker.clone(), 1usize..4).prop_map(|(worker, max)| Op::Lease { worker, max }),
         1 => (worker.clone(), slot.clone()).prop_map(|(worker, slot)| Op::Renew { worker, slot }),
-        3 => (worker.clone(), slot.clone()).prop_map(|(worker, slot)| Op::Checkpoint { worker, slot }),
+        3 => (worker.clone(), slot.clone(), any::<bool>()).prop_map(|(worker, slot, quarantine)| Op::Checkpoint { worker, slot, quarantine }),
         3 => (worker.clone(), slot.clone(), 1usize..4, 1usize..3).prop_map(|(worker, slot, count, max)| Op::CheckpointAndLease { worker, slot, count, max }),
         2 => (worker.clone(), slot.clone(), any::<bool>()).prop_map(|(worker, slot, permanent)| Op::Fail { worker, slot, permanent }),
         2 => (worker.clone(), slot.clone()).prop_map(|(worker, slot)| Op::Expire { worker, slot }),
@@ -146,6 +150,8 @@ type RangeKey = (usize, i32, i64);
 
 struct Model {
     routes: Vec<RouteModel>,
+    /// (route, partition, offset) quarantined by an applied checkpoint.
+    quarantined: BTreeSet<(String, i32, i64)>,
     held: Vec<Vec<Lease>>,
     carved: u64,
 }
@@ -569,7 +575,11 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCase
                 }
             }
         }
-        Op::Checkpoint { worker, slot } => {
+        Op::Checkpoint {
+            worker,
+            slot,
+            quarantine,
+        } => {
             if let Some(lease) = model.take_slot(worker, slot) {
                 model.range(&lease).deliveries += 1; // the worker delivered before reporting
                 let expected = if model.is_current(&lease) {
@@ -577,7 +587,43 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCase
                 } else {
                     CheckpointOutcome::Fenced
                 };
-                let outcome = store.checkpoint(&lease).await.expect("checkpoint");
+                let outcome = if quarantine {
+                    let refused = Quarantined {
+                        offset: lease.range.end() - 1,
+                        status: Some(400),
+                        reason: "refused".into(),
+                        dead_letter_topic: None,
+                    };
+                    let outcome = store
+                        .checkpoint_with_quarantine(&lease, &[refused])
+                        .await
+                        .expect("checkpoint with quarantine");
+                    if outcome == CheckpointOutcome::Applied {
+                        model.quarantined.insert((
+                            lease.route.clone(),
+                            lease.partition,
+                            lease.range.end() - 1,
+                        ));
+                    }
+                    // Fenced: nothing recorded. Applied: recorded with the range settled (below).
+                    let recorded: BTreeSet<(String, i32, i64)> = store
+                        .quarantined(Some(&lease.route), 10_000)
+                        .await
+                        .expect("read quarantine")
+                        .into_iter()
+                        .map(|q| (q.route, q.partition, q.offset))
+                        .collect();
+                    let expected_recorded: BTreeSet<(String, i32, i64)> = model
+                        .quarantined
+                        .iter()
+                        .filter(|(route, _, _)| *route == lease.route)
+                        .cloned()
+                        .collect();
+                    prop_assert_eq!(recorded, expected_recorded, "quarantine after {}", lease);
+                    outcome
+                } else {
+                    store.checkpoint(&lease).await.expect("checkpoint")
+                };
                 prop_assert_eq!(outcome, expected, "checkpoint of {}", lease);
                 if outcome == CheckpointOutcome::Applied {
                     let range = model.range(&lease);
@@ -722,7 +768,16 @@ async fn drain_and_check_no_loss(store: &Store, model: &mut Model) -> Result<(),
             break;
         }
         while !model.held[0].is_empty() {
-            apply(store, model, &Op::Checkpoint { worker: 0, slot: 0 }).await?;
+            apply(
+                store,
+                model,
+                &Op::Checkpoint {
+                    worker: 0,
+                    slot: 0,
+                    quarantine: false,
+                },
+            )
+            .await?;
         }
     }
     for route in 0..ROUTES {
@@ -779,7 +834,7 @@ proptest! {
                     partitions: (0..PARTITIONS).map(|_| ModelPartition::default()).collect(),
                 });
             }
-            let mut model = Model { routes, held: vec![Vec::new(); WORKERS], carved: 0 };
+            let mut model = Model { routes, quarantined: BTreeSet::new(), held: vec![Vec::new(); WORKERS], carved: 0 };
             let mut marks = vec![vec![(0, 0); PARTITIONS as usize]; ROUTES];
             for op in &ops {
                 apply(store, &mut model, op).await?;

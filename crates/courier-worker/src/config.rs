@@ -170,6 +170,31 @@ pub struct RouteConfig {
     /// Where the route starts on partitions it has never seen.
     #[serde(default)]
     pub start: StartFrom,
+    /// What a message the destination refuses for good (a 4xx such as 400 or 422, or a single message
+    /// still too large) does to its range: `"quarantine"` isolates it and delivers the rest, or
+    /// `"fail-range"` fails the whole range (the behaviour before quarantine existed).
+    #[serde(default)]
+    pub on_poison: OnPoison,
+    /// A Kafka topic every quarantined message of this route is also written to, with headers naming
+    /// the route, the destination's answer and the original topic, partition and offset (Kafka
+    /// Connect's `__connect.errors.*` names). Default: none.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
+}
+
+/// What a route does with a message its destination refuses for good.
+///
+/// With `"quarantine"` the partition keeps moving: the refused message is found by bisecting the batch,
+/// set aside (listed by `courier status`, replayable with `courier replay --quarantined`) and the rest
+/// delivered. On a route with `ordering = "partition"` this means a later message of the same key can
+/// reach the destination before the quarantined earlier one is replayed. Where order matters more than
+/// progress, `"fail-range"` stops the partition at the range instead, as before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnPoison {
+    #[default]
+    Quarantine,
+    FailRange,
 }
 
 fn default_range_size() -> u32 {
@@ -191,6 +216,21 @@ impl RouteConfig {
         if self.range_size == 0 {
             return Err(format!(
                 "routes.{name}.range_size is 0: use at least 1 (100 to 1000 suits most routes)"
+            ));
+        }
+        if self
+            .dead_letter_topic
+            .as_ref()
+            .is_some_and(|topic| topic.trim().is_empty() || *topic == self.topic)
+        {
+            return Err(format!(
+                "routes.{name}.dead_letter_topic must name a topic other than the route's own ({:?}): remove the key or name a separate topic",
+                self.topic
+            ));
+        }
+        if self.dead_letter_topic.is_some() && self.on_poison == OnPoison::FailRange {
+            return Err(format!(
+                "routes.{name}: dead_letter_topic is set but on_poison = \"fail-range\" never quarantines a message: remove one of them"
             ));
         }
         if self.max_attempts < 1 {

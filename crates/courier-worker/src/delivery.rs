@@ -5,7 +5,8 @@
 //! route with `ordering = "none"` up to the destination's `max_in_flight` batches are in flight, with
 //! `ordering = "partition"` one at a time in offset order. What each range came to is decided once, as a
 //! [`Verdict`], and reported in one place ([`report`]); the ranges delivered are checkpointed together,
-//! with the next lease, in one store transaction.
+//! with the next lease, in one store transaction. A batch the destination refuses for good is bisected by
+//! `isolate`; a range with messages it set aside is checkpointed on its own, recording them as quarantined.
 //!
 //! The store sees this task only for milliseconds at a time: a lease, a renewal now and then, and the
 //! reports. Kafka reads and HTTP requests happen with no store transaction open.
@@ -22,13 +23,20 @@ use courier_store::{FailOutcome, Failure};
 use futures::stream::{self, StreamExt};
 use tokio::sync::watch;
 
-use crate::{metrics, Context, Route, Throttle, WorkerStats};
+use crate::isolate::{self, Isolation, Refused};
+use crate::{dead_letter, metrics, Context, Route, Throttle, WorkerStats};
 
 /// What delivering one range came to: decided once, by [`deliver`], and reported by [`report`].
 #[derive(Debug)]
 enum Verdict {
     /// Every batch was acknowledged: checkpoint it.
     Delivered { messages: usize },
+    /// Every message was acknowledged except `refused`, which the destination refuses on their own:
+    /// checkpoint the range with them quarantined (and written to the dead-letter topic, if any).
+    Quarantined {
+        messages: usize,
+        refused: Vec<Refused>,
+    },
     /// Try again after `backoff`; an attempt is counted, and the range fails for good after the route's
     /// `max_attempts`. `delivered_to`: everything below was acknowledged (the next attempt resumes there).
     Retry {
@@ -318,20 +326,129 @@ async fn deliver(ctx: &Context, route: &Route, lease: &Lease) -> Verdict {
         .collect();
     let mut answers = stream::iter(requests).buffered(in_flight);
     let mut delivered_to = None;
-    // Answers come in batch order: the first one that is not a success decides, and the requests after
-    // it are dropped (their batches go again with the range's next attempt).
+    let policy = isolate::Policy::of(route);
+    // Batches refused for good, to bisect (module `isolate`), and the messages that isolation set aside.
+    let mut refused: Vec<(Batch<'_>, Delivery)> = Vec::new();
+    let mut quarantined: Vec<Refused> = Vec::new();
+    // Answers come in batch order: the first one that is not a success (nor a refusal to isolate)
+    // decides, and the requests after it are dropped (their batches go again with the range's next
+    // attempt).
     for batch in &batches {
         let Some(delivery) = answers.next().await else {
             break;
         };
+        if matches!(delivery.disposition, Disposition::Permanent { .. })
+            && isolate::isolates(&delivery, &policy)
+        {
+            metrics::delivery_attempt(
+                &route.config.name,
+                &route.config.destination,
+                "permanent",
+                delivery.elapsed,
+            );
+            refused.push((*batch, delivery));
+            // With one request in flight (ordered routes) isolate now, keeping the partition's order;
+            // otherwise once the other requests are answered, as the isolation needs the destination's
+            // slots that they may hold.
+            if in_flight == 1 {
+                if let Some(verdict) = isolate_refused(
+                    ctx,
+                    route,
+                    lease,
+                    &mut refused,
+                    &mut quarantined,
+                    delivered_to,
+                )
+                .await
+                {
+                    return verdict;
+                }
+            }
+            continue;
+        }
         if let Some(verdict) = judge(ctx, route, lease, batch, &delivery, delivered_to).await {
             return verdict;
         }
-        delivered_to = Some(batch.end_offset);
+        // A retry must not resume past a message refused but not yet quarantined in the store.
+        if refused.is_empty() && quarantined.is_empty() {
+            delivered_to = Some(batch.end_offset);
+        }
+    }
+    drop(answers);
+    if let Some(verdict) = isolate_refused(
+        ctx,
+        route,
+        lease,
+        &mut refused,
+        &mut quarantined,
+        delivered_to,
+    )
+    .await
+    {
+        return verdict;
+    }
+    if !quarantined.is_empty() {
+        return Verdict::Quarantined {
+            messages: messages.len() - quarantined.len(),
+            refused: quarantined,
+        };
     }
     Verdict::Delivered {
         messages: messages.len(),
     }
+}
+
+/// Bisects each refused batch, collecting the messages refused on their own into `quarantined`; a
+/// transient answer retries the range and an isolation that cannot finish fails it.
+async fn isolate_refused(
+    ctx: &Context,
+    route: &Route,
+    lease: &Lease,
+    refused: &mut Vec<(Batch<'_>, Delivery)>,
+    quarantined: &mut Vec<Refused>,
+    delivered_to: Option<i64>,
+) -> Option<Verdict> {
+    let (name, destination) = (&route.config.name, &route.config.destination);
+    let policy = isolate::Policy::of(route);
+    for (batch, refusal) in refused.drain(..) {
+        match isolate::isolate(&route.deliverer, &batch, &refusal, &policy).await {
+            Isolation::Isolated { quarantined: found } => quarantined.extend(found),
+            Isolation::Retry {
+                reason,
+                retry_after,
+            } => {
+                if let Some(wait) = retry_after {
+                    // As for any batch: every worker delivering to this destination holds off.
+                    if let Err(error) = ctx
+                        .store
+                        .defer_destination(destination, wait, &reason)
+                        .await
+                    {
+                        metrics::store_error("defer destination");
+                        tracing::warn!(%destination, %error, "Could not share the destination's Retry-After with other workers.");
+                    }
+                }
+                return Some(Verdict::Retry {
+                    reason: format!("destination {destination:?} (route {name:?}): {reason}"),
+                    backoff: ctx.config.backoff().honour_retry_after(
+                        attempt(lease),
+                        rand::random::<f64>(),
+                        retry_after,
+                    ),
+                    delivered_to,
+                });
+            }
+            Isolation::Failed { reason } => {
+                return Some(Verdict::Fail {
+                    reason: format!(
+                        "destination {destination:?} (route {name:?}) refused the batch: {reason}"
+                    ),
+                    delivered_to,
+                })
+            }
+        }
+    }
+    None
 }
 
 /// The range's messages as requests within the destination's limits, each named by its bounds: the
@@ -468,6 +585,26 @@ async fn report(ctx: &Context, lease: &Lease, verdict: Verdict) -> Outcome {
                 None => Outcome::Abandoned,
             };
         }
+        Verdict::Quarantined { messages, refused } => {
+            match write_dead_letters(ctx, lease, &refused).await {
+                Ok(topic) => {
+                    return checkpoint_quarantined(ctx, lease, messages, &refused, topic).await
+                }
+                Err(reason) => (
+                    Failure {
+                        reason,
+                        permanent: false,
+                        backoff: ctx
+                            .config
+                            .backoff()
+                            .delay(attempt(lease), rand::random::<f64>()),
+                        max_attempts,
+                        delivered_to: None,
+                    },
+                    false,
+                ),
+            }
+        }
         Verdict::Release { wait } => {
             return match with_retries(ttl, "release", || ctx.store.release(lease, wait)).await {
                 Some(CheckpointOutcome::Applied) => Outcome::Released,
@@ -521,6 +658,76 @@ async fn report(ctx: &Context, lease: &Lease, verdict: Verdict) -> Outcome {
             Outcome::Failed
         }
         Some(FailOutcome::Fenced) => Outcome::Fenced,
+        None => Outcome::Abandoned,
+    }
+}
+
+/// Writes the quarantined messages to the route's dead-letter topic, if it has one: before the
+/// checkpoint, so a failure here retries the range rather than losing them. Returns the topic.
+async fn write_dead_letters<'a>(
+    ctx: &'a Context,
+    lease: &Lease,
+    refused: &[Refused],
+) -> Result<Option<&'a str>, String> {
+    let Some(route) = ctx.route(&lease.route) else {
+        return Ok(None);
+    };
+    let config = &route.config;
+    let (Some(topic), Some(producer)) = (config.dead_letter_topic.as_deref(), &ctx.dead_letters)
+    else {
+        return Ok(None);
+    };
+    let records: Vec<_> = refused
+        .iter()
+        .map(|r| {
+            dead_letter::record(
+                &config.name,
+                &config.destination,
+                &config.topic,
+                lease.partition,
+                r,
+            )
+        })
+        .collect();
+    if let Err(reason) = dead_letter::write(producer, topic, &records).await {
+        metrics::kafka_error(&config.name, "dead letter");
+        return Err(reason);
+    }
+    metrics::dead_letters(&config.name, records.len());
+    Ok(Some(topic))
+}
+
+/// Settles the range and records its quarantined messages in one store transaction.
+async fn checkpoint_quarantined(
+    ctx: &Context,
+    lease: &Lease,
+    messages: usize,
+    refused: &[Refused],
+    topic: Option<&str>,
+) -> Outcome {
+    let ttl = ctx.config.lease_ttl;
+    let quarantined: Vec<courier_store::Quarantined> = refused
+        .iter()
+        .map(|r| courier_store::Quarantined {
+            offset: r.message.offset,
+            status: r.status,
+            reason: r.reason.clone(),
+            dead_letter_topic: topic.map(str::to_owned),
+        })
+        .collect();
+    match with_retries(ttl, "checkpoint", || {
+        ctx.store.checkpoint_with_quarantine(lease, &quarantined)
+    })
+    .await
+    {
+        Some(CheckpointOutcome::Applied) => {
+            metrics::messages_quarantined(&lease.route, quarantined.len());
+            Outcome::Checkpointed { messages }
+        }
+        Some(CheckpointOutcome::Fenced) => {
+            tracing::info!(%lease, "Checkpoint fenced: the lease was lost before the range was settled; another worker delivers it (and isolates its refused messages again).");
+            Outcome::Fenced
+        }
         None => Outcome::Abandoned,
     }
 }

@@ -13,19 +13,23 @@
 //! open while Kafka or a destination is being talked to.
 //!
 //! # Layout
+//! - `dead_letter`: writing quarantined messages to a route's dead-letter topic, with Connect's headers.
 //! - `boot`: reaching the store and Kafka at start, retried with backoff until `worker.boot_timeout`.
 //! - [`config`]: [`WorkerConfig`] and [`RouteConfig`].
 //! - [`metrics`]: every metric name, in one place.
 //! - `delivery`: lease → read → deliver → checkpoint for one range.
 //! - `idle`: idle delivery tasks take turns polling; the planner wakes one per range it carves.
+//! - `isolate`: bisecting a batch the destination refused for good, to quarantine only the bad messages.
 //! - `planner`: the planner tick.
 
 #![forbid(unsafe_code)]
 
 mod boot;
 pub mod config;
+mod dead_letter;
 mod delivery;
 mod idle;
+mod isolate;
 pub mod metrics;
 mod planner;
 
@@ -42,7 +46,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 pub use boot::{open_store, BootError, BootRetry, GaveUp, Schema, Service};
-pub use config::{RouteConfig, StartFrom, WorkerConfig};
+pub use config::{OnPoison, RouteConfig, StartFrom, WorkerConfig};
 
 /// The version recorded in `courier_workers`, shown by `courier status`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -102,6 +106,8 @@ pub(crate) struct Context {
     pub id: String,
     pub store: Store,
     pub reader: RangeReader,
+    /// Writes dead letters; only when some route names a `dead_letter_topic`.
+    pub dead_letters: Option<courier_kafka::Producer>,
     pub routes: Vec<Route>,
     pub config: WorkerConfig,
     pub stats: Arc<WorkerStats>,
@@ -204,6 +210,14 @@ impl Worker {
         }
         let boot = BootRetry::new(config.boot_timeout);
         let brokers = kafka.brokers.clone();
+        let dead_letters = if runtime_routes
+            .iter()
+            .any(|route| route.config.dead_letter_topic.is_some())
+        {
+            Some(courier_kafka::Producer::connect(kafka.clone()).await?)
+        } else {
+            None
+        };
         let reader = RangeReader::connect(kafka).await?;
         // Watermarks once per topic, however many routes read it.
         let mut topics: HashMap<String, Vec<courier_kafka::PartitionWatermarks>> = HashMap::new();
@@ -237,6 +251,29 @@ impl Worker {
             record_route(&boot, &store, route, &first).await?;
             topics.insert(route.topic.clone(), marks);
         }
+        // A dead-letter topic that does not exist would fail every range holding a quarantined message:
+        // say so now.
+        for route in &runtime_routes {
+            let route = &route.config;
+            let Some(topic) = &route.dead_letter_topic else {
+                continue;
+            };
+            let what = format!("read the watermarks of dead-letter topic {topic:?}");
+            boot.run(
+                Service::Kafka,
+                &what,
+                &brokers,
+                courier_kafka::Error::is_retryable,
+                || watermarks(&reader, topic, &brokers, boot.remaining()),
+            )
+            .await
+            .map_err(|error| match error {
+                BootError::Permanent(e) => {
+                    WorkerError::Config(format!("routes.{}.dead_letter_topic: {e}", route.name))
+                }
+                BootError::GaveUp(gave_up) => WorkerError::GaveUp(gave_up),
+            })?;
+        }
         let route_index = runtime_routes
             .iter()
             .enumerate()
@@ -253,6 +290,7 @@ impl Worker {
                 id,
                 store,
                 reader,
+                dead_letters,
                 routes: runtime_routes,
                 config,
                 stats: Arc::default(),

@@ -22,6 +22,9 @@ pub const END_TO_END_LATENCY: &str = "courier_end_to_end_latency_seconds";
 pub const LAG_MESSAGES: &str = "courier_lag_messages";
 pub const STORE_ERRORS: &str = "courier_store_errors_total";
 pub const KAFKA_ERRORS: &str = "courier_kafka_errors_total";
+pub const ISOLATION_REQUESTS: &str = "courier_isolation_requests_total";
+pub const MESSAGES_QUARANTINED: &str = "courier_messages_quarantined_total";
+pub const DEAD_LETTERS: &str = "courier_dead_letters_total";
 
 pub fn range_leased(route: &str, count: usize) {
     counter!(RANGES_LEASED, "route" => route.to_owned()).increment(count as u64);
@@ -74,6 +77,22 @@ pub fn lag(route: &str, messages: i64) {
 
 pub fn store_error(operation: &'static str) {
     counter!(STORE_ERRORS, "operation" => operation).increment(1);
+}
+
+/// An extra request spent bisecting a refused batch (also counted in `courier_delivery_attempts_total`).
+pub fn isolation_request(route: &str, destination: &str) {
+    counter!(ISOLATION_REQUESTS, "route" => route.to_owned(), "destination" => destination.to_owned())
+        .increment(1);
+}
+
+/// Messages the destination refused on their own, set aside with their range's checkpoint: alert on any.
+pub fn messages_quarantined(route: &str, count: usize) {
+    counter!(MESSAGES_QUARANTINED, "route" => route.to_owned()).increment(count as u64);
+}
+
+/// Quarantined messages written to the route's dead-letter topic.
+pub fn dead_letters(route: &str, count: usize) {
+    counter!(DEAD_LETTERS, "route" => route.to_owned()).increment(count as u64);
 }
 
 pub fn kafka_error(route: &str, reason: &'static str) {

@@ -109,6 +109,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         range_size: 500,
         max_attempts: 10,
         start: StartFrom::Earliest,
+        on_poison: courier_worker::OnPoison::Quarantine,
+        dead_letter_topic: None,
     }];
     let worker_config = WorkerConfig {
         delivery_tasks: args.tasks,

@@ -1,5 +1,5 @@
-//! `courier replay`: deliver again the failed ranges of a route, or any window of offsets of one of its
-//! partitions, even one already delivered. Always audited (who, why, when, what) in `courier_replays`;
+//! `courier replay`: deliver again the failed ranges of a route, its quarantined messages (all, one
+//! partition's, or one), or any window of offsets of one of its partitions, even one already delivered. Always audited (who, why, when, what) in `courier_replays`;
 //! delivered by the workers' replay tasks, on their own budget, so live traffic is never starved; the live
 //! watermark never moves backwards.
 
@@ -10,7 +10,7 @@ use anyhow::{bail, Context as _};
 use courier_core::OffsetRange;
 use courier_kafka::RangeReader;
 use courier_store::protocol::ReplayAudit;
-use courier_store::{ReplayFilter, ReplayOutcome, Store};
+use courier_store::{QuarantineFilter, ReplayFilter, ReplayOutcome, Store};
 use courier_worker::{open_store, BootRetry, Schema};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -26,6 +26,13 @@ pub struct ReplayArgs {
     /// Replay the route's failed ranges (optionally narrowed by --partition and --error).
     #[arg(long, conflicts_with_all = ["from", "to"])]
     failed: bool,
+    /// Replay the route's quarantined messages (optionally narrowed by --partition and --offset), each
+    /// as the window [offset, offset + 1); a message refused again is quarantined again.
+    #[arg(long, conflicts_with_all = ["failed", "from", "to", "error"])]
+    quarantined: bool,
+    /// With --quarantined and --partition: only the message at this offset.
+    #[arg(long, requires_all = ["quarantined", "partition"])]
+    offset: Option<i64>,
     /// Only this partition.
     #[arg(long)]
     partition: Option<i32>,
@@ -56,8 +63,8 @@ pub struct ReplayArgs {
 }
 
 pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
-    if !args.failed && args.from.is_none() {
-        bail!("say what to replay: --failed (the route's failed ranges), or --partition P --from A --to B (a window)");
+    if !args.failed && !args.quarantined && args.from.is_none() {
+        bail!("say what to replay: --failed (the route's failed ranges), --quarantined (its quarantined messages), or --partition P --from A --to B (a window)");
     }
     if args.reason.trim().is_empty() {
         bail!("--reason is empty: say why (it is kept in courier_replays for whoever asks later)");
@@ -79,7 +86,25 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         dry_run: args.dry_run,
     };
 
-    let outcome = if args.failed {
+    let outcome = if args.quarantined {
+        let filter = QuarantineFilter {
+            partition: args.partition,
+            offset: args.offset,
+        };
+        let outcome = store
+            .replay_quarantined(&route.name, &filter, &audit)
+            .await?;
+        if outcome.ranges.is_empty() {
+            if let (Some(partition), Some(offset)) = (args.partition, args.offset) {
+                bail!(
+                    "route {} has no quarantined message at partition {partition} offset {offset} waiting for a replay \
+                     (`courier status` lists them; a message already replayed is listed again only if refused again)",
+                    route.name
+                );
+            }
+        }
+        outcome
+    } else if args.failed {
         let filter = ReplayFilter {
             partition: args.partition,
             error_contains: args.error.clone(),

@@ -1,6 +1,7 @@
 //! `courier status`: where every route stands, who holds what, what failed, who runs which version.
 //!
-//! Exit status: 0 when all is well, 3 when something needs attention (failed ranges, lag or age over the
+//! Exit status: 0 when all is well, 3 when something needs attention (failed ranges, quarantined
+//! messages, lag or age over the
 //! thresholds, a destination holding everyone off, no live worker, a high watermark below the frontier),
 //! 1 when the status could not be read. Every warning names its runbook.
 
@@ -173,6 +174,13 @@ fn collect_warnings(
             failed.route, failed.ranges, failed.offsets, failed.newest_error, failed.route
         ));
     }
+    for quarantine in &snapshot.quarantine {
+        warnings.push(format!(
+            "route {}: {} message(s) quarantined (the destination refused them on their own; the rest of their ranges was delivered); newest answer: {}. \
+             Fix the cause, then `courier replay --route {} --quarantined`. Runbook: docs/runbooks/quarantined-messages.md",
+            quarantine.route, quarantine.messages, quarantine.newest_reason, quarantine.route
+        ));
+    }
     for deferred in &snapshot.deferred {
         warnings.push(format!(
             "destination {} asked every worker to wait {} more ({}). Runbook: docs/runbooks/destination-paused.md",
@@ -237,6 +245,33 @@ fn print_tables(snapshot: &Snapshot, views: &[PartitionView], warnings: &[String
             f.route, f.ranges, f.offsets, f.newest_error
         );
     }
+    if !snapshot.quarantine.is_empty() {
+        println!("QUARANTINED");
+        for q in &snapshot.quarantined {
+            println!(
+                "  {:<24} {:>4} offset {:<12} {}{}{}",
+                q.route,
+                q.partition,
+                q.offset,
+                q.reason,
+                if q.times > 1 {
+                    format!(" (refused {} times)", q.times)
+                } else {
+                    String::new()
+                },
+                q.dead_letter_topic
+                    .as_ref()
+                    .map_or(String::new(), |t| format!(" (dead letter in {t})"))
+            );
+        }
+        let total: i64 = snapshot.quarantine.iter().map(|q| q.messages).sum();
+        if total > snapshot.quarantined.len() as i64 {
+            println!(
+                "  ... and {} more",
+                total - snapshot.quarantined.len() as i64
+            );
+        }
+    }
     for (route, open) in &snapshot.pending_replays {
         println!("  {route:<24} replay in progress: {open} range(s) to go");
     }
@@ -277,6 +312,13 @@ fn as_json(snapshot: &Snapshot, views: &[PartitionView], warnings: &[String]) ->
         })).collect::<Vec<_>>(),
         "failed": snapshot.failed.iter().map(|f| json!({
             "route": f.route, "ranges": f.ranges, "offsets": f.offsets, "newest_error": f.newest_error,
+        })).collect::<Vec<_>>(),
+        "quarantine": snapshot.quarantine.iter().map(|q| json!({
+            "route": q.route, "messages": q.messages, "newest_reason": q.newest_reason,
+        })).collect::<Vec<_>>(),
+        "quarantined": snapshot.quarantined.iter().map(|q| json!({
+            "route": q.route, "partition": q.partition, "offset": q.offset, "status": q.status, "reason": q.reason,
+            "times": q.times, "dead_letter_topic": q.dead_letter_topic, "age_secs": q.age_secs,
         })).collect::<Vec<_>>(),
         "workers": snapshot.workers.iter().map(|w| json!({
             "id": w.id, "host": w.host, "pid": w.pid, "version": w.version, "started_secs_ago": w.started_secs_ago,
