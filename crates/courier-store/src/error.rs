@@ -86,6 +86,20 @@ pub enum StoreError {
     )]
     PoolExhausted { operation: &'static str },
 
+    #[error(
+        "route {route:?} is recorded with other delivery settings than this configuration has: {}. Workers that disagree \
+         would split the route's messages between them. If this configuration is wrong, fix it. If the change is \
+         deliberate, record it once with `courier routes update --config FILE {route}` before rolling the fleet (or \
+         start one worker with `courier run --accept-route-changes {route}`). Runbook: \
+         docs/runbooks/route-settings-changed.md",
+        crate::routes::describe_changes(changes)
+    )]
+    RouteSettingsChanged {
+        route: String,
+        /// Only keys recorded with another value.
+        changes: Vec<crate::routes::SettingChange>,
+    },
+
     #[error("{operation}: {message}")]
     Invalid {
         operation: &'static str,

@@ -10,6 +10,8 @@
 //!   around every call.
 //! - [`migrate`]: the embedded, forward-only, once-only migration runner. The only place with DDL.
 //! - [`protocol`]: the lease protocol: register, lease, renew, checkpoint, fail, release, replay, workers.
+//! - [`routes`]: a route's identity: its recorded delivery settings, compared by every worker that starts
+//!   it, changed only on purpose.
 //! - [`planning`]: who plans a route, planning rounds (carve, advance watermarks), compaction, shared
 //!   `Retry-After`: paid per round, not per route.
 //! - [`url`]: swapping the database of a URL, hiding its password.
@@ -30,6 +32,7 @@ pub mod migrate;
 pub mod planning;
 pub mod pool;
 pub mod protocol;
+pub mod routes;
 pub mod status;
 pub mod url;
 
@@ -42,3 +45,4 @@ pub use protocol::{
     FailOutcome, Failure, LeaseRequest, PartitionProgress, ReplayAudit, ReplayFilter,
     ReplayOutcome, RouteSpec,
 };
+pub use routes::{Registration, RouteRecord, RouteSettings, SettingChange};
