@@ -114,13 +114,17 @@ pub enum StoreError {
     },
 }
 
-/// The driver's own `Display` says only "db error" for server errors: show the server's words instead.
-fn describe(error: &tokio_postgres::Error) -> String {
+/// The driver's own `Display` says only "db error" for server errors: show the server's words instead
+/// (message, SQLSTATE, and the detail and hint when the server gave them).
+pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => {
             let mut text = format!("{} ({}): {}", db.severity(), db.code().code(), db.message());
             if let Some(detail) = db.detail() {
-                text.push_str(&format!("; {detail}"));
+                text.push_str(&format!("; detail: {detail}"));
+            }
+            if let Some(hint) = db.hint() {
+                text.push_str(&format!("; hint: {hint}"));
             }
             text
         }

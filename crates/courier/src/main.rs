@@ -49,10 +49,13 @@ enum Command {
     },
     /// Apply pending schema migrations, once, under an advisory lock. Safe while workers run.
     Migrate {
-        /// Read store settings from this file; without it, DATABASE_URL (or the local development
-        /// cluster) with default timeouts.
+        /// Read store settings from this file; without it, DATABASE_URL with default timeouts.
         #[arg(long, short, env = "COURIER_CONFIG")]
         config: Option<PathBuf>,
+        /// Migrate the local development cluster (`make postgres`) when neither --config nor DATABASE_URL
+        /// names a database (without it, courier refuses to guess).
+        #[arg(long, conflicts_with = "config")]
+        dev: bool,
         /// How long to keep retrying a store that cannot be reached yet (default: worker.boot_timeout
         /// of the file, or 60s), e.g. `10s`, `2m`.
         #[arg(long, value_parser = humantime::parse_duration)]
@@ -100,8 +103,9 @@ fn main() -> ExitCode {
             } => done(cmd_run::run(&config, migrate, accept_route_changes).await),
             Command::Migrate {
                 config,
+                dev,
                 boot_timeout,
-            } => done(cmd_migrate::run(config.as_deref(), boot_timeout).await),
+            } => done(cmd_migrate::run(config.as_deref(), dev, boot_timeout).await),
             Command::CheckConfig { config } => done(cmd_run::check_config(&config)),
             Command::Status(args) => cmd_status::run(args).await,
             Command::Routes(args) => done(cmd_routes::run(args).await),
