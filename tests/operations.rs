@@ -516,6 +516,31 @@ async fn a_worker_with_another_url_and_format_refuses_to_start_until_the_change_
         "the refused worker delivered nothing"
     );
 
+    // A typo in the flag is refused before anything is recorded.
+    let output = courier(&["run", "--config", config_b, "--accept-route-changes", "rr"])
+        .output()
+        .expect("run");
+    assert!(
+        !output.status.success() && stderr_of(&output).contains("no [routes.rr] section"),
+        "{}",
+        stderr_of(&output)
+    );
+    // A dry run shows the change and records nothing: the first worker's settings still hold.
+    let output = courier(&["routes", "update", "--config", config_b, "--dry-run", "r"])
+        .output()
+        .expect("routes update --dry-run");
+    assert!(
+        output.status.success() && stdout_of(&output).contains("would change"),
+        "{}{}",
+        stdout_of(&output),
+        stderr_of(&output)
+    );
+    let output = exit_within(
+        courier(&["run", "--config", config_b]),
+        Duration::from_secs(60),
+    );
+    assert!(!output.status.success(), "a dry run must record nothing");
+
     // The deliberate change: recorded once, then the fleet rolls to the new configuration.
     let output = courier(&["routes", "update", "--config", config_b, "r"])
         .output()
