@@ -4,6 +4,9 @@
 //! `KAFKA_BROKERS` (the two every deployment sets), and `COURIER__SECTION__KEY=value` for any other
 //! key (e.g. `COURIER__WORKER__DELIVERY_TASKS=16`). Unknown keys are refused, naming the key, so a typo
 //! never silently falls back to a default. `courier.example.toml` documents every key.
+//!
+//! An error names the key and where its value came from: `file:line:column` for the file, the variable
+//! for the environment (or "the default"), with what to write instead and an example.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -105,13 +108,16 @@ impl Config {
         for (name, route) in &mut config.routes {
             route.name = name.clone();
         }
-        config.validate().with_context(|| {
-            let mut from = format!("in {file}");
-            if !overrides.is_empty() {
-                let names: Vec<&str> = overrides.iter().map(|(_, var)| var.as_str()).collect();
-                from.push_str(&format!(" with the environment's {}", names.join(", ")));
+        config.validate().map_err(|error| {
+            let source = Source {
+                file,
+                text,
+                overrides: &overrides,
+            };
+            match source.attribute(&error.to_string()) {
+                Some(sources) => anyhow::anyhow!("{error:#} ({sources})"),
+                None => error.context(format!("in {file}")),
             }
-            from
         })?;
         Ok(config)
     }
@@ -200,7 +206,7 @@ impl Source<'_> {
             None => {
                 let leaf = path.last().map_or("key", String::as_str);
                 let at = match locate(self.text, &path) {
-                    Some((line, column)) => format!("{}:{line}:{column}", self.file),
+                    Some(((line, column), _)) => format!("{}:{line}:{column}", self.file),
                     None => self.file.to_owned(),
                 };
                 (at, format!("{leaf} = "))
@@ -256,6 +262,52 @@ impl Source<'_> {
     }
 }
 
+impl Source<'_> {
+    /// Where each key a validation message names got its value, e.g. `worker.lease_ttl: environment
+    /// variable COURIER__WORKER__LEASE_TTL; worker.renew_every: courier.toml:8:15`, or `None` when the
+    /// message names no key. Validation messages start from the key they are about.
+    fn attribute(&self, message: &str) -> Option<String> {
+        const SECTIONS: &[&str] = &[
+            "store",
+            "kafka",
+            "worker",
+            "metrics",
+            "destinations",
+            "routes",
+        ];
+        let mut seen: Vec<&str> = Vec::new();
+        let tokens = message
+            .split(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+            .map(|token| token.trim_end_matches('.'))
+            .filter(|token| {
+                token
+                    .split_once('.')
+                    .is_some_and(|(section, _)| SECTIONS.contains(&section))
+            });
+        for token in tokens {
+            // `[destinations.x]` names a section the message suggests writing, not a value set somewhere.
+            if !seen.contains(&token) && !message.contains(&format!("[{token}]")) {
+                seen.push(token);
+            }
+        }
+        let sources: Vec<String> = seen
+            .into_iter()
+            .map(|key| {
+                let path: Vec<String> = key.split('.').map(str::to_owned).collect();
+                let from = match self.overrides.iter().rev().find(|(set, _)| *set == path) {
+                    Some((_, variable)) => format!("environment variable {variable}"),
+                    None => match locate(self.text, &path) {
+                        Some(((line, column), true)) => format!("{}:{line}:{column}", self.file),
+                        _ => "the default".to_owned(),
+                    },
+                };
+                format!("{key}: {from}")
+            })
+            .collect();
+        (!sources.is_empty()).then(|| sources.join("; "))
+    }
+}
+
 /// What `humantime` says about a duration it cannot read (through `humantime_serde`).
 const DURATION_ERRORS: &[&str] = &[
     "unknown time unit",
@@ -280,16 +332,18 @@ fn lookup<'v>(value: &'v toml::Value, path: &[String]) -> Option<&'v toml::Value
 }
 
 /// Line and column (1-based) in `text` of the value at `path`, or of the deepest table on it that the
-/// file has (a missing key is reported at its section).
-fn locate(text: &str, path: &[String]) -> Option<(usize, usize)> {
+/// file has (a missing key is reported at its section); `true` when the file has `path` itself.
+fn locate(text: &str, path: &[String]) -> Option<((usize, usize), bool)> {
     let root = toml::de::DeTable::parse(text).ok()?;
     let mut table = root.get_ref();
     let mut span = None;
+    let mut found = 0;
     for key in path {
         let Some((_, value)) = table.iter().find(|(k, _)| k.get_ref() == key) else {
             break;
         };
         span = Some(value.span());
+        found += 1;
         match value.get_ref() {
             toml::de::DeValue::Table(inner) => table = inner,
             _ => break,
@@ -302,7 +356,7 @@ fn locate(text: &str, path: &[String]) -> Option<(usize, usize)> {
         .rfind('\n')
         .map_or(offset, |newline| offset - newline - 1)
         + 1;
-    Some((line, column))
+    Some(((line, column), found == path.len()))
 }
 
 /// Sets `path` in `table` to `raw`, read as a TOML value when it parses as one (numbers, booleans), as a
@@ -425,6 +479,18 @@ mod tests {
         assert!(
             message.contains("routes.orders.range_size (courier.toml:9:14)")
                 && message.contains("range_size = 8"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_value_refused_by_validation_names_where_each_key_it_names_was_set() {
+        let text = format!("{MINIMAL}\n[worker]\nrenew_every = \"15s\"\n");
+        let err = parse(&text, &[("COURIER__WORKER__LEASE_TTL", "20s")]).expect_err("too short");
+        let message = format!("{err:#}");
+        assert!(
+            message.contains("worker.lease_ttl: environment variable COURIER__WORKER__LEASE_TTL")
+                && message.contains("worker.renew_every: courier.toml:13:15"),
             "{message}"
         );
     }
