@@ -392,6 +392,20 @@ async fn migrate_names_the_database_it_changed_and_never_guesses_one() {
     );
 
     let db = TestDb::create().await;
+    // --dev and DATABASE_URL naming another database contradict each other: refused, naming both.
+    let output = courier(&["migrate", "--dev"])
+        .env_remove("COURIER_CONFIG")
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .expect("run");
+    let stderr = stderr_of(&output);
+    assert!(
+        !output.status.success()
+            && stderr.contains("--dev")
+            && stderr.contains(&courier_store::url::redact(&db.url)),
+        "{stderr}"
+    );
+
     let output = courier(&["migrate"])
         .env("DATABASE_URL", &db.url)
         .output()
