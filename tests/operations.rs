@@ -447,3 +447,144 @@ async fn a_worker_sends_its_metrics_to_statsd_with_names_types_and_tags() {
         assert!(attempts.contains(tag), "tag {tag} missing from {attempts}");
     }
 }
+
+/// Runs `command` to its exit, or kills it and fails the test after `limit` (a worker that should have
+/// refused to start runs forever).
+fn exit_within(mut command: std::process::Command, limit: Duration) -> std::process::Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn courier");
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().expect("poll child").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("collect output");
+            panic!(
+                "courier still ran after {limit:?}; stderr: {}",
+                stderr_of(&output)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("collect output")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_another_url_and_format_refuses_to_start_until_the_change_is_recorded() {
+    let db = TestDb::migrated().await;
+    let topic = topic_with("identity", 1, 100).await;
+    let (a, b) = (sink().await, sink().await);
+    let config_a = write_config("a.toml", &one_route_config(&db.url, &topic, &a.url(), ""));
+    let url_b = b.url().replacen("http://", "http://deploy:sekrit@", 1);
+    let config_b = write_config(
+        "b.toml",
+        &one_route_config(&db.url, &topic, &url_b, "").replace(
+            "max_batch_messages = 50",
+            "max_batch_messages = 50\nformat = \"ndjson\"",
+        ),
+    );
+    let (config_a, config_b) = (
+        config_a.to_str().expect("path"),
+        config_b.to_str().expect("path"),
+    );
+    let worker_a = start_worker(config_a);
+    a.wait_until(|s| s.delivered_elements >= 100, Duration::from_secs(120))
+        .await
+        .expect("the first worker delivers the topic");
+
+    // A second worker configured differently would split the route: it refuses, naming what differs.
+    let output = exit_within(
+        courier(&["run", "--config", config_b]),
+        Duration::from_secs(60),
+    );
+    assert!(!output.status.success());
+    let stderr = stderr_of(&output);
+    let redacted_b = b.url().replacen("http://", "http://deploy:***@", 1);
+    for expected in [
+        format!(
+            "destination.url: recorded {:?}, configured {redacted_b:?}",
+            a.url()
+        ),
+        "destination.format: recorded \"json\", configured \"ndjson\"".to_owned(),
+        "courier routes update --config FILE r".to_owned(),
+    ] {
+        assert!(
+            stderr.contains(&expected),
+            "missing {expected:?} in: {stderr}"
+        );
+    }
+    assert!(!stderr.contains("sekrit"), "a password leaked: {stderr}");
+    assert_eq!(
+        b.stats().requests,
+        0,
+        "the refused worker delivered nothing"
+    );
+
+    // A typo in the flag is refused before anything is recorded.
+    let output = courier(&["run", "--config", config_b, "--accept-route-changes", "rr"])
+        .output()
+        .expect("run");
+    assert!(
+        !output.status.success() && stderr_of(&output).contains("no [routes.rr] section"),
+        "{}",
+        stderr_of(&output)
+    );
+    // A dry run shows the change and records nothing: the first worker's settings still hold.
+    let output = courier(&["routes", "update", "--config", config_b, "--dry-run", "r"])
+        .output()
+        .expect("routes update --dry-run");
+    assert!(
+        output.status.success() && stdout_of(&output).contains("would change"),
+        "{}{}",
+        stdout_of(&output),
+        stderr_of(&output)
+    );
+    let output = exit_within(
+        courier(&["run", "--config", config_b]),
+        Duration::from_secs(60),
+    );
+    assert!(!output.status.success(), "a dry run must record nothing");
+
+    // The deliberate change: recorded once, then the fleet rolls to the new configuration.
+    let output = courier(&["routes", "update", "--config", config_b, "r"])
+        .output()
+        .expect("routes update");
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert!(
+        stdout_of(&output).contains("destination.format: recorded \"json\", configured \"ndjson\""),
+        "{}",
+        stdout_of(&output)
+    );
+    let output = courier(&["routes", "list", "--config", config_b])
+        .output()
+        .expect("routes list");
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert!(
+        stdout_of(&output).contains(&format!("destination.url = {redacted_b:?}")),
+        "{}",
+        stdout_of(&output)
+    );
+    drop(worker_a);
+    let _worker_b = start_worker(config_b);
+    let producer = courier_kafka::Producer::connect(courier_kafka::KafkaConfig::new(
+        courier_testkit::kafka_brokers(),
+    ))
+    .await
+    .expect("producer");
+    let records = (0..50).map(|seq| {
+        let body = serde_json::json!({ "id": format!("after-{seq}") });
+        (Some(0), None, body.to_string().into_bytes())
+    });
+    producer.send_batch(&topic, records).await.expect("produce");
+    b.wait_until(|s| s.delivered_elements >= 50, Duration::from_secs(120))
+        .await
+        .expect("the new worker delivers to the new URL");
+    assert!(
+        b.received()
+            .iter()
+            .all(|r| r.content_type.as_deref() == Some("application/x-ndjson")),
+        "the new worker sends NDJSON"
+    );
+}

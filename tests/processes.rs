@@ -368,3 +368,54 @@ async fn sigterm_drains_in_flight_ranges_and_leaves_no_lease_behind() {
         .get(0);
     assert!(stopped, "the worker recorded its stop");
 }
+
+#[tokio::test]
+async fn migrate_names_the_database_it_changed_and_never_guesses_one() {
+    // Nothing names a database: refused, naming the ways to name one, the built-in one only with --dev.
+    let output = courier(&["migrate"])
+        .env_remove("COURIER_CONFIG")
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = stderr_of(&output);
+    for needle in [
+        "no database named",
+        "--config FILE",
+        "DATABASE_URL",
+        "--dev",
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} missing: {stderr}");
+    }
+    assert!(
+        !stderr.contains("courier:courier@"),
+        "the password is shown: {stderr}"
+    );
+
+    let db = TestDb::create().await;
+    // --dev and DATABASE_URL naming another database contradict each other: refused, naming both.
+    let output = courier(&["migrate", "--dev"])
+        .env_remove("COURIER_CONFIG")
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .expect("run");
+    let stderr = stderr_of(&output);
+    assert!(
+        !output.status.success()
+            && stderr.contains("--dev")
+            && stderr.contains(&courier_store::url::redact(&db.url)),
+        "{stderr}"
+    );
+
+    let output = courier(&["migrate"])
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .expect("run");
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let redacted = courier_store::url::redact(&db.url);
+    let stdout = common::stdout_of(&output);
+    assert!(
+        stdout.contains("Applied migrations") && stdout.contains(&format!("to {redacted}")),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("courier:courier@"), "{stdout}");
+}

@@ -117,13 +117,15 @@ async fn drive(
     Ok(())
 }
 
-/// Stops the running worker (SIGTERM: drain and release) and starts one delivering to `url`.
+/// Records `url` as the route's (the deliberate change), stops the running worker (SIGTERM: drain and
+/// release) and starts one delivering to `url`.
 async fn redeploy(
     p: &Pipeline,
     workers: &mut Vec<WorkerHandle>,
     url: &str,
     report: &mut ScenarioReport,
 ) -> Result<(), ChaosError> {
+    p.record_url(url).await?;
     for mut old in workers.drain(..) {
         if let Err(how) = old.stop(Duration::from_secs(10)).await {
             report.note(format!("stopping the old worker: {how}"));

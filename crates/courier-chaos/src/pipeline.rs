@@ -53,6 +53,7 @@ pub fn fast_worker_config() -> WorkerConfig {
         boot_timeout: Duration::from_secs(60),
         retry_base: Duration::from_millis(50),
         retry_cap: Duration::from_secs(1),
+        accept_route_changes: Vec::new(),
     }
 }
 
@@ -254,6 +255,37 @@ impl Pipeline {
             worker: self.spec.worker.clone(),
             migrate: false,
         }
+    }
+
+    /// Records `url` as the route's destination, on purpose, as an operator does with `courier routes
+    /// update` before rolling workers over to a new URL: a worker configured with another URL than the
+    /// recorded one refuses to start (docs/runbooks/route-settings-changed.md).
+    pub async fn record_url(&self, url: &str) -> Result<(), ChaosError> {
+        let spec = self.worker_spec(url);
+        let route = spec.route();
+        let settings = spec
+            .destinations()
+            .get(DESTINATION)
+            .map(|destination| route.settings(destination))
+            .unwrap_or_default();
+        let route = courier_store::RouteSpec {
+            name: route.name,
+            topic: route.topic,
+            destination: route.destination,
+        };
+        let store = match &self.harness {
+            Some(store) => store.clone(),
+            None => Store::connect(&self.db.harness_config())
+                .await
+                .map_err(|e| ChaosError::Setup(format!("cannot open the harness's store: {e}")))?,
+        };
+        store
+            .update_route_settings(&route, &settings)
+            .await
+            .map_err(|e| {
+                ChaosError::Setup(format!("cannot record the route's new URL {url}: {e}"))
+            })?;
+        Ok(())
     }
 
     /// Starts a worker delivering to `url` with this pipeline's launcher.

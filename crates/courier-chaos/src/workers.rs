@@ -56,13 +56,13 @@ pub struct WorkerSpec {
 }
 
 impl WorkerSpec {
-    fn destinations(&self) -> BTreeMap<String, DestinationConfig> {
+    pub(crate) fn destinations(&self) -> BTreeMap<String, DestinationConfig> {
         let mut destination = self.destination.clone();
         destination.url = self.destination_url.clone();
         BTreeMap::from([(crate::pipeline::DESTINATION.to_owned(), destination)])
     }
 
-    fn route(&self) -> RouteConfig {
+    pub(crate) fn route(&self) -> RouteConfig {
         RouteConfig {
             name: self.route.clone(),
             topic: self.topic.clone(),

@@ -96,7 +96,7 @@ impl fmt::Debug for DestinationConfig {
             .map(|name| (name.as_str(), "<redacted>"))
             .collect();
         f.debug_struct("DestinationConfig")
-            .field("url", &self.url)
+            .field("url", &self.redacted_url())
             .field("timeout", &self.timeout)
             .field("format", &self.format)
             .field("headers", &headers)
@@ -233,6 +233,46 @@ impl DestinationConfig {
         Ok(())
     }
 
+    /// The URL with its credentials hidden, for logs, errors and the store (which records a route's
+    /// destination URL: see `courier_store::routes`): the userinfo's password (or a user alone, often a
+    /// token), and the values of query parameters whose names look like credentials. A URL that does not
+    /// parse is shown as "<invalid URL>", since where its secret sits is unknown.
+    pub fn redacted_url(&self) -> String {
+        const SECRET_PARAMS: &[&str] = &[
+            "token",
+            "key",
+            "secret",
+            "pass",
+            "auth",
+            "sig",
+            "credential",
+        ];
+        let Ok(mut url) = reqwest::Url::parse(&self.url) else {
+            return "<invalid URL>".to_owned();
+        };
+        // `set_username` / `set_password` fail only for URLs that cannot carry credentials.
+        if url.password().is_some() {
+            let _ = url.set_password(Some("***"));
+        } else if !url.username().is_empty() {
+            let _ = url.set_username("***");
+        }
+        if url.query().is_some() {
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(name, value)| {
+                    let lower = name.to_ascii_lowercase();
+                    if SECRET_PARAMS.iter().any(|secret| lower.contains(secret)) {
+                        (name.into_owned(), "***".to_owned())
+                    } else {
+                        (name.into_owned(), value.into_owned())
+                    }
+                })
+                .collect();
+            url.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        url.to_string()
+    }
+
     /// The URL, parsed and checked to be http(s) with a host.
     pub(crate) fn parsed_url(&self) -> Result<reqwest::Url, ConfigError> {
         let url = reqwest::Url::parse(&self.url).map_err(|e| ConfigError::InvalidUrl {
@@ -283,6 +323,28 @@ mod tests {
 
     fn parse(text: &str) -> Result<DestinationConfig, toml::de::Error> {
         toml::from_str(text)
+    }
+
+    #[test]
+    fn redacted_urls_hide_passwords_user_tokens_and_secret_query_values_only() {
+        let redacted = |url: &str| DestinationConfig::new(url).redacted_url();
+        assert_eq!(
+            redacted("https://svc:hunter2@h.example/in?api_key=k1&region=eu"),
+            "https://svc:***@h.example/in?api_key=***&region=eu"
+        );
+        assert_eq!(
+            redacted("https://tok123@h.example/in"),
+            "https://***@h.example/in"
+        );
+        assert_eq!(
+            redacted("http://127.0.0.1:9/hooks"),
+            "http://127.0.0.1:9/hooks"
+        );
+        let debug = format!(
+            "{:?}",
+            DestinationConfig::new("https://u:hunter2@h.example/")
+        );
+        assert!(!debug.contains("hunter2"), "{debug}");
     }
 
     #[test]

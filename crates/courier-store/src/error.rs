@@ -86,6 +86,20 @@ pub enum StoreError {
     )]
     PoolExhausted { operation: &'static str },
 
+    #[error(
+        "route {route:?} is recorded with other delivery settings than this configuration has: {}. Workers that disagree \
+         would split the route's messages between them. If this configuration is wrong, fix it. If the change is \
+         deliberate, record it once with `courier routes update --config FILE {route}` before rolling the fleet (or \
+         start one worker with `courier run --accept-route-changes {route}`). Runbook: \
+         docs/runbooks/route-settings-changed.md",
+        crate::routes::describe_changes(changes)
+    )]
+    RouteSettingsChanged {
+        route: String,
+        /// Only keys recorded with another value.
+        changes: Vec<crate::routes::SettingChange>,
+    },
+
     #[error("{operation}: {message}")]
     Invalid {
         operation: &'static str,
@@ -100,13 +114,17 @@ pub enum StoreError {
     },
 }
 
-/// The driver's own `Display` says only "db error" for server errors: show the server's words instead.
-fn describe(error: &tokio_postgres::Error) -> String {
+/// The driver's own `Display` says only "db error" for server errors: show the server's words instead
+/// (message, SQLSTATE, and the detail and hint when the server gave them).
+pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => {
             let mut text = format!("{} ({}): {}", db.severity(), db.code().code(), db.message());
             if let Some(detail) = db.detail() {
-                text.push_str(&format!("; {detail}"));
+                text.push_str(&format!("; detail: {detail}"));
+            }
+            if let Some(hint) = db.hint() {
+                text.push_str(&format!("; hint: {hint}"));
             }
             text
         }

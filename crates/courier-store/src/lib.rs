@@ -12,6 +12,8 @@
 //! - [`protocol`]: the lease protocol: register, lease, renew, checkpoint, fail, release, replay, workers.
 //! - [`quarantine`]: messages a destination refused on their own: recorded with their range's checkpoint,
 //!   listed, replayed one offset at a time.
+//! - [`routes`]: a route's identity: its recorded delivery settings, compared by every worker that starts
+//!   it, changed only on purpose.
 //! - [`planning`]: who plans a route, planning rounds (carve, advance watermarks), compaction, shared
 //!   `Retry-After`: paid per round, not per route.
 //! - [`url`]: swapping the database of a URL, hiding its password.
@@ -33,6 +35,7 @@ pub mod planning;
 pub mod pool;
 pub mod protocol;
 pub mod quarantine;
+pub mod routes;
 pub mod status;
 pub mod url;
 
@@ -46,3 +49,4 @@ pub use protocol::{
     ReplayOutcome, RouteSpec,
 };
 pub use quarantine::{QuarantineFilter, QuarantineRow, Quarantined};
+pub use routes::{Registration, RouteRecord, RouteSettings, SettingChange};

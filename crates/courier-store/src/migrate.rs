@@ -270,7 +270,12 @@ impl Migrator {
                 },
                 _ => StoreError::Invalid {
                     operation: "migrate",
-                    message: format!("migration {} failed and was rolled back: {e}", next.name),
+                    message: format!(
+                        "migration {} failed and was rolled back: {}. Nothing of it was applied; fix the cause the \
+                         server names (or the migration, if it was never released) and run `courier migrate` again",
+                        next.name,
+                        crate::error::describe(&e)
+                    ),
                 },
             })?;
         tx.execute(

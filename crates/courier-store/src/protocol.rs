@@ -155,47 +155,22 @@ impl Store {
     /// see the route without them. For a route already recorded they are ignored: `start` decides only
     /// where a route begins, and partitions added to the topic later start at their log start offset
     /// ([`Store::ensure_partitions`]). Returns whether this call created the route.
+    ///
+    /// No delivery settings are compared: workers call [`Store::register_route`], which does.
     pub async fn ensure_route(
         &self,
         route: &RouteSpec,
         first_partitions: &[(Partition, Offset)],
     ) -> Result<bool> {
-        const OP: &str = "ensure route";
-        let route = route.clone();
-        let (partitions, offsets) = partition_offsets(OP, first_partitions)?;
-        self.run(OP, move |c| {
-            Box::pin(async move {
-                let row = c
-                    .query_one(
-                        "WITH route AS (
-                             INSERT INTO courier_routes (name, topic, destination) VALUES ($1, $2, $3)
-                             ON CONFLICT (name) DO UPDATE SET destination = EXCLUDED.destination
-                             RETURNING topic, (xmax = 0) AS created),
-                         first AS (
-                             INSERT INTO courier_partitions (route, partition, initial_offset, frontier, watermark)
-                             SELECT $1, p, o, o, o FROM unnest($4::int[], $5::bigint[]) AS t (p, o)
-                             WHERE (SELECT created FROM route)
-                             ON CONFLICT (route, partition) DO NOTHING)
-                         SELECT topic, created FROM route",
-                        &[&route.name, &route.topic, &route.destination, &partitions, &offsets],
-                    )
-                    .await
-                    .map_err(db(OP))?;
-                let recorded: String = row.get(0);
-                if recorded != route.topic {
-                    return Err(invalid(
-                        OP,
-                        format!(
-                            "route {:?} is recorded with topic {recorded:?} but configured with topic {:?}; its progress is \
-                             offsets of {recorded:?} and would be wrong for another topic. Give the new pairing a new route name.",
-                            route.name, route.topic
-                        ),
-                    ));
-                }
-                Ok(row.get(1))
-            })
-        })
-        .await
+        let registration = self
+            .register_route(
+                route,
+                &crate::RouteSettings::default(),
+                first_partitions,
+                false,
+            )
+            .await?;
+        Ok(registration.created)
     }
 
     /// Registers partitions of a route with the offset each starts from. Known partitions keep their
@@ -681,7 +656,7 @@ pub(crate) async fn insert_audit(
 }
 
 /// `(partition, offset)` pairs as the two arrays an `unnest` takes; a negative offset is refused.
-fn partition_offsets(
+pub(crate) fn partition_offsets(
     operation: &'static str,
     pairs: &[(Partition, Offset)],
 ) -> Result<(Vec<i32>, Vec<i64>)> {

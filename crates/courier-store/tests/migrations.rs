@@ -185,3 +185,34 @@ async fn a_failing_migration_is_rolled_back_with_its_bookkeeping_row() {
 fn embedded_list() -> Vec<Migration> {
     Migrator::embedded().migrations().to_vec()
 }
+
+#[tokio::test]
+async fn a_failing_migration_reports_the_servers_message_detail_hint_and_sqlstate() {
+    let db = TestDb::migrated().await;
+    let mut migrations = embedded_list();
+    migrations.push(Migration {
+        version: 9996,
+        name: "9996_refused.sql".into(),
+        sql: "DO $$ BEGIN RAISE EXCEPTION 'the server says no' USING DETAIL = 'the detail part', \
+              HINT = 'the hint part', ERRCODE = '22023'; END $$;"
+            .into(),
+    });
+    let err = Migrator::new(migrations)
+        .run(&db.config())
+        .await
+        .expect_err("a failing migration must fail");
+    let message = err.to_string();
+    for expected in [
+        "9996_refused.sql",
+        "rolled back",
+        "the server says no",
+        "22023",
+        "detail: the detail part",
+        "hint: the hint part",
+    ] {
+        assert!(
+            message.contains(expected),
+            "missing {expected:?} in: {message}"
+        );
+    }
+}

@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use courier_core::{Backoff, Ordering};
+use courier_http::{DestinationConfig, Format};
+use courier_store::RouteSettings;
 use serde::Deserialize;
 
 /// The `[worker]` section.
@@ -62,6 +64,11 @@ pub struct WorkerConfig {
     /// Longest retry delay, also the cap on a destination's `Retry-After` for a range.
     #[serde(with = "humantime_serde")]
     pub retry_cap: Duration,
+    /// Routes whose recorded delivery settings this worker may replace with its own
+    /// (`courier run --accept-route-changes ROUTE`). Never read from the file: accepting a change is a
+    /// one-off decision, and a standing one would let two configurations take turns silently.
+    #[serde(skip)]
+    pub accept_route_changes: Vec<String>,
 }
 
 impl Default for WorkerConfig {
@@ -83,6 +90,7 @@ impl Default for WorkerConfig {
             boot_timeout: Duration::from_secs(60),
             retry_base: Duration::from_millis(500),
             retry_cap: Duration::from_secs(300),
+            accept_route_changes: Vec::new(),
         }
     }
 }
@@ -206,6 +214,35 @@ fn default_max_attempts() -> i32 {
 }
 
 impl RouteConfig {
+    /// The settings every worker serving this route must agree on, recorded by the first and compared by
+    /// each one that starts (see `courier_store::routes`): where and how its messages are delivered. A new
+    /// key is one more line here; routes recorded before it adopt the first worker's value.
+    ///
+    /// Left out on purpose: the destination's headers and URL credentials (rotating a token worker by
+    /// worker must not need a ceremony, and secrets never go to the store), and throughput knobs
+    /// (timeouts, batch sizes, in-flight limits) that change no message's destination, body or order.
+    pub fn settings(&self, destination: &DestinationConfig) -> RouteSettings {
+        let mut settings = RouteSettings::default();
+        settings
+            .set("destination.url", destination.redacted_url())
+            .set(
+                "destination.format",
+                match destination.format {
+                    Format::Json => "json",
+                    Format::Ndjson => "ndjson",
+                },
+            )
+            .set(
+                "ordering",
+                match self.ordering {
+                    Ordering::None => "none",
+                    Ordering::Partition => "partition",
+                },
+            )
+            .set("range_size", self.range_size.to_string());
+        settings
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         let name = &self.name;
         if self.topic.trim().is_empty() {

@@ -225,7 +225,7 @@ impl Worker {
             let route = &route.config;
             if let Some(marks) = topics.get(&route.topic) {
                 let first = first_partitions(marks, route.start);
-                record_route(&boot, &store, route, &first).await?;
+                record_route(&boot, &store, route, destinations, &config, &first).await?;
                 continue;
             }
             // A route to a topic that does not exist is a configuration error: say so now, not every
@@ -248,7 +248,7 @@ impl Worker {
                     BootError::GaveUp(gave_up) => WorkerError::GaveUp(gave_up),
                 })?;
             let first = first_partitions(&marks, route.start);
-            record_route(&boot, &store, route, &first).await?;
+            record_route(&boot, &store, route, destinations, &config, &first).await?;
             topics.insert(route.topic.clone(), marks);
         }
         // A dead-letter topic that does not exist would fail every range holding a quarantined message:
@@ -400,11 +400,15 @@ fn first_partitions(
 }
 
 /// Records `route` in the store (with its first partitions, if it is new), retried until the boot
-/// deadline while the store is unreachable.
+/// deadline while the store is unreachable. Its delivery settings must match the recorded ones (a worker
+/// that disagrees would silently take part of the route's messages elsewhere) unless the operator
+/// accepted the change for this route.
 async fn record_route(
     boot: &BootRetry,
     store: &Store,
     route: &RouteConfig,
+    destinations: &BTreeMap<String, DestinationConfig>,
+    config: &WorkerConfig,
     first: &[(i32, i64)],
 ) -> Result<(), WorkerError> {
     let spec = RouteSpec {
@@ -412,14 +416,31 @@ async fn record_route(
         topic: route.topic.clone(),
         destination: route.destination.clone(),
     };
-    boot.run(
-        Service::Store,
-        "record the route",
-        store.target(),
-        StoreError::is_transient,
-        || store.ensure_route(&spec, first),
-    )
-    .await?;
+    // The destination was resolved when the deliverers were built.
+    let settings = destinations
+        .get(&route.destination)
+        .map(|destination| route.settings(destination))
+        .unwrap_or_default();
+    let accept = config.accept_route_changes.contains(&route.name);
+    let registration = boot
+        .run(
+            Service::Store,
+            "record the route",
+            store.target(),
+            StoreError::is_transient,
+            || store.register_route(&spec, &settings, first, accept),
+        )
+        .await?;
+    let (adopted, replaced): (Vec<_>, Vec<_>) = registration
+        .recorded
+        .into_iter()
+        .partition(|change| change.recorded.is_none());
+    if !adopted.is_empty() {
+        tracing::info!(route = %route.name, settings = %courier_store::routes::describe_changes(&adopted), "The store had no value for these delivery settings of the route (recorded before courier compared them): recorded this worker's. Workers that disagree with them will now refuse to start.");
+    }
+    if !replaced.is_empty() {
+        tracing::warn!(route = %route.name, changes = %courier_store::routes::describe_changes(&replaced), "Recorded this worker's delivery settings for the route, as --accept-route-changes asked. Workers still running the old settings deliver with them until restarted; workers started with them now refuse to start.");
+    }
     Ok(())
 }
 

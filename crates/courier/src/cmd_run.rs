@@ -9,8 +9,23 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::telemetry;
 
-pub async fn run(path: &Path, migrate: bool) -> anyhow::Result<()> {
-    let config = Config::load(path)?;
+pub async fn run(
+    path: &Path,
+    migrate: bool,
+    accept_route_changes: Vec<String>,
+) -> anyhow::Result<()> {
+    let mut config = Config::load(path)?;
+    if let Some(unknown) = accept_route_changes
+        .iter()
+        .find(|route| !config.routes.contains_key(*route))
+    {
+        anyhow::bail!(
+            "--accept-route-changes {unknown}: {} has no [routes.{unknown}] section (configured routes: {})",
+            path.display(),
+            config.routes.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    config.worker.accept_route_changes = accept_route_changes;
     if let Some(metrics) = &config.metrics {
         telemetry::install_metrics(metrics)?;
     }

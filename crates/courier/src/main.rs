@@ -11,6 +11,7 @@ mod cmd_gameday;
 mod cmd_migrate;
 mod cmd_probe;
 mod cmd_replay;
+mod cmd_routes;
 mod cmd_run;
 mod cmd_status;
 mod config;
@@ -41,13 +42,20 @@ enum Command {
         /// Apply pending migrations before starting (otherwise a schema that is behind refuses to start).
         #[arg(long)]
         migrate: bool,
+        /// Record this worker's delivery settings for ROUTE over the ones the store has (repeatable). For
+        /// a deliberate change on one worker; a fleet uses `courier routes update` before rolling.
+        #[arg(long, value_name = "ROUTE")]
+        accept_route_changes: Vec<String>,
     },
     /// Apply pending schema migrations, once, under an advisory lock. Safe while workers run.
     Migrate {
-        /// Read store settings from this file; without it, DATABASE_URL (or the local development
-        /// cluster) with default timeouts.
+        /// Read store settings from this file; without it, DATABASE_URL with default timeouts.
         #[arg(long, short, env = "COURIER_CONFIG")]
         config: Option<PathBuf>,
+        /// Migrate the local development cluster (`make postgres`) when neither --config nor DATABASE_URL
+        /// names a database (without it, courier refuses to guess).
+        #[arg(long, conflicts_with = "config")]
+        dev: bool,
         /// How long to keep retrying a store that cannot be reached yet (default: worker.boot_timeout
         /// of the file, or 60s), e.g. `10s`, `2m`.
         #[arg(long, value_parser = humantime::parse_duration)]
@@ -60,6 +68,8 @@ enum Command {
     },
     /// Where every route stands: progress, lag, leases, failures, workers. Exit 3 when something needs attention.
     Status(cmd_status::StatusArgs),
+    /// The routes the store has recorded and their delivery settings; change those settings on purpose.
+    Routes(cmd_routes::RoutesArgs),
     /// Deliver again a route's failed ranges, or any window of offsets; audited; `--dry-run`, `--wait`.
     Replay(cmd_replay::ReplayArgs),
     /// The customer's view: produce probe messages, receive them, report 100% or not and latency.
@@ -86,13 +96,19 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(async {
         let done = |result: anyhow::Result<()>| result.map(|()| ExitCode::SUCCESS);
         match cli.command {
-            Command::Run { config, migrate } => done(cmd_run::run(&config, migrate).await),
+            Command::Run {
+                config,
+                migrate,
+                accept_route_changes,
+            } => done(cmd_run::run(&config, migrate, accept_route_changes).await),
             Command::Migrate {
                 config,
+                dev,
                 boot_timeout,
-            } => done(cmd_migrate::run(config.as_deref(), boot_timeout).await),
+            } => done(cmd_migrate::run(config.as_deref(), dev, boot_timeout).await),
             Command::CheckConfig { config } => done(cmd_run::check_config(&config)),
             Command::Status(args) => cmd_status::run(args).await,
+            Command::Routes(args) => done(cmd_routes::run(args).await),
             Command::Replay(args) => done(cmd_replay::run(args).await),
             Command::Probe(args) => cmd_probe::run(args).await,
             Command::Demo(args) => done(cmd_demo::run(args).await),

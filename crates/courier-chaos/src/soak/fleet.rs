@@ -95,6 +95,8 @@ impl Fleet {
     /// Rolls every running worker over to `url`, one at a time: SIGTERM (drain, release), then a new
     /// worker. Empty slots start on `url` when their kill ends. Returns problems stopping the old ones.
     pub async fn redeploy(&mut self, p: &Pipeline, url: &str) -> Result<Vec<String>, ChaosError> {
+        // The deliberate change is recorded first, or the new workers would refuse to start.
+        p.record_url(url).await?;
         self.url = url.to_owned();
         let mut problems = Vec::new();
         for entry in &mut self.slots {
