@@ -217,6 +217,8 @@ async fn deliver(ctx: &Context, route: &Route, lease: &Lease) -> Outcome {
         };
         let batch = Batch {
             route: name,
+            topic: &route.config.topic,
+            replay_id: lease.replay_id,
             partition: lease.partition,
             first_offset: batch_start,
             end_offset: batch_end,
