@@ -676,7 +676,7 @@ async fn keys_headers_tombstones_and_binary_payloads_arrive_whole_in_every_forma
         .iter()
         .find(|r| r.envelopes[0]["offset"] == json!(0))
         .expect("offset 0");
-    assert_eq!(binary.body, [0x89, b'P', b'N', b'G', 0x00, 0xff]);
+    assert_eq!(binary.body[..], [0x89, b'P', b'N', b'G', 0x00, 0xff]);
 }
 
 /// A window replay carves its own ranges, so its batches have other bounds and other batch keys than

@@ -41,7 +41,7 @@ fn batch(start: i64, end: i64, ids: &[i64], at: f64) -> Received {
         content_type: Some("application/json".into()),
         // The judge reads payloads (the elements) and the courier headers only.
         headers: Default::default(),
-        body: Vec::new(),
+        body: Default::default(),
         envelopes: Vec::new(),
         elements: ids
             .iter()

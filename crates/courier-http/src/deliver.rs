@@ -1,5 +1,6 @@
-//! The [`Deliverer`]: one per destination, it POSTs a batch and turns whatever happens into a
-//! [`Delivery`] whose [`Disposition`] decides the range's fate.
+//! The [`Deliverer`]: one per destination, it POSTs a batch (as one body of envelopes, or one request
+//! per message) with its headers, and turns whatever happens into a [`Delivery`] whose
+//! [`Disposition`] decides the range's fate.
 //!
 //! Before each request it consults, in order: the Retry-After gate (the destination asked everyone to
 //! wait), the per-destination concurrency limit (a semaphore held for the whole request), and the

@@ -259,7 +259,7 @@ async fn per_message_sends_the_payload_as_the_body_and_the_rest_as_headers() {
             .map(|v| v.to_str().expect("visible ASCII").to_owned())
     };
     // The raw bytes, not an encoding of them.
-    assert_eq!(received[0].body, [0x89, b'P', b'N', b'G', 0x00, 0xff]);
+    assert_eq!(received[0].body[..], [0x89, b'P', b'N', b'G', 0x00, 0xff]);
     assert_eq!(
         received[0].content_type.as_deref(),
         Some("application/octet-stream")
@@ -296,7 +296,7 @@ async fn per_message_sends_the_payload_as_the_body_and_the_rest_as_headers() {
     assert_eq!(header(1, "x-courier-timestamp"), None);
     assert_eq!(header(1, "x-courier-headers"), None);
     // Text payload; a key with edge spaces would be trimmed by servers, so it goes base64.
-    assert_eq!(received[2].body, b"plain text");
+    assert_eq!(received[2].body[..], b"plain text"[..]);
     assert_eq!(
         received[2].content_type.as_deref(),
         Some("text/plain; charset=utf-8")

@@ -4,6 +4,7 @@
 
 use std::time::SystemTime;
 
+use axum::body::Bytes;
 use axum::http::HeaderMap;
 use serde_json::{json, Map, Value};
 
@@ -44,8 +45,8 @@ pub struct Received {
     pub content_type: Option<String>,
     /// Every request header as sent.
     pub headers: HeaderMap,
-    /// The body as sent.
-    pub body: Vec<u8>,
+    /// The body as sent (shared with the request's buffer, not copied).
+    pub body: Bytes,
     /// The message envelopes: a batch's elements, or for a per-message request (one with
     /// `X-Courier-Id`) the envelope its headers and body stand for (the same fields, see
     /// `courier_http::body`).
@@ -325,7 +326,7 @@ mod tests {
             replay: None,
             content_type: None,
             headers: HeaderMap::new(),
-            body: Vec::new(),
+            body: Bytes::new(),
             envelopes: vec![],
             elements: vec![],
             body_error: None,

@@ -318,7 +318,7 @@ async fn handle(
         replay: header(&headers, "x-courier-replay").and_then(|p| p.trim().parse().ok()),
         content_type: header(&headers, CONTENT_TYPE.as_str()),
         headers,
-        body: body.to_vec(),
+        body,
         envelopes: Vec::new(),
         elements: Vec::new(),
         body_error: None,
