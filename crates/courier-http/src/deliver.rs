@@ -10,13 +10,12 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use courier_core::Disposition;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 use tokio::sync::Semaphore;
-
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine as _;
 
 use crate::batch::{message_id, Batch};
 use crate::body::{encode, headers_json_ascii, is_header_safe, per_message_body};
@@ -444,7 +443,7 @@ impl Deliverer {
 /// Sets header `name` (a static lowercase name) to `text`, or says why it cannot be sent.
 fn insert(headers: &mut HeaderMap, name: &'static str, text: String) -> Result<(), String> {
     let value = HeaderValue::try_from(text.as_str()).map_err(|_| {
-        format!("{name} {text:?} cannot be sent as an HTTP header value: route names must be visible ASCII")
+        format!("{name} {text:?} cannot be sent as an HTTP header value: route and topic names must be visible ASCII")
     })?;
     headers.insert(HeaderName::from_static(name), value);
     Ok(())
