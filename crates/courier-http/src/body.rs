@@ -273,6 +273,7 @@ pub fn headers_json_ascii(headers: &[Header]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::{json, Value};
 
     fn message(offset: i64, payload: Option<&[u8]>) -> Message {
@@ -409,6 +410,62 @@ mod tests {
         );
         assert_eq!(envelopes[1]["key"], json!("wyg="));
         assert_eq!(envelopes[1]["key_encoding"], json!("base64"));
+    }
+
+    /// The bytes an envelope value stands for, by its marker; a JSON payload as its parsed value.
+    fn decode(value: &Value, encoding: &Value) -> Option<Vec<u8>> {
+        match encoding.as_str() {
+            None => None,
+            Some("text") => Some(value.as_str().expect("text").as_bytes().to_vec()),
+            Some("base64") => Some(BASE64.decode(value.as_str().expect("b64")).expect("b64")),
+            Some("json") => Some(serde_json::to_vec(value).expect("json")),
+            Some(other) => panic!("unknown encoding {other}"),
+        }
+    }
+
+    fn bytes() -> impl Strategy<Value = Option<Vec<u8>>> {
+        // Mostly text (with JSON-looking and control characters), sometimes arbitrary bytes.
+        proptest::option::of(prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..40),
+            "[ -~\\n\\t\\u{7f}é😀\"{}\\[\\]0-9]{0,30}".prop_map(String::into_bytes),
+        ])
+    }
+
+    proptest! {
+        #[test]
+        fn no_byte_is_ever_lost(
+            key in bytes(),
+            payload in bytes(),
+            headers in proptest::collection::vec(("[a-zé\\u{7f} -]{0,8}", bytes()), 0..4),
+            ndjson in any::<bool>(),
+        ) {
+            let headers: Vec<Header> =
+                headers.into_iter().map(|(name, value)| Header { name, value }).collect();
+            let message = Message { key: key.clone(), payload: payload.clone(), headers: headers.clone(), ..message(9, None) };
+            let format = if ndjson { Format::Ndjson } else { Format::Json };
+            let body = encode(&batch(std::slice::from_ref(&message)), format);
+            let envelope: Value = if ndjson {
+                prop_assert_eq!(body.iter().filter(|b| **b == b'\n').count(), 1, "one line");
+                serde_json::from_slice(&body).expect("one JSON line")
+            } else {
+                let mut array: Vec<Value> = serde_json::from_slice(&body).expect("a JSON array");
+                array.remove(0)
+            };
+            prop_assert_eq!(decode(&envelope["key"], &envelope["key_encoding"]), key);
+            let got: Vec<Header> = envelope["headers"].as_array().expect("list").iter().map(|h| Header {
+                name: h["name"].as_str().expect("name").to_owned(),
+                value: decode(&h["value"], &h["encoding"]),
+            }).collect();
+            prop_assert_eq!(got, headers);
+            let expected = match (&payload, envelope["payload_encoding"].as_str()) {
+                (Some(bytes), Some("json")) => {
+                    let value: Value = serde_json::from_slice(bytes).expect("was JSON");
+                    Some(serde_json::to_vec(&value).expect("json"))
+                }
+                _ => payload.clone(),
+            };
+            prop_assert_eq!(decode(&envelope["payload"], &envelope["payload_encoding"]), expected);
+        }
     }
 
     #[test]
