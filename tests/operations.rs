@@ -182,11 +182,21 @@ async fn status_shows_failures_replay_redelivers_them_audited_and_status_clears(
     let client = db.raw_client().await;
     let audit = client
         .query_one(
-            "SELECT requested_by, reason, ranges FROM courier_replays",
+            "SELECT requested_by, reason, ranges, id FROM courier_replays",
             &[],
         )
         .await
         .expect("audit row");
+    // Destinations can tell the replay from a retry: every replayed request names it.
+    let replayed: Vec<_> = destination
+        .received()
+        .into_iter()
+        .filter(|r| r.replay.is_some())
+        .collect();
+    assert!(!replayed.is_empty(), "the replay's deliveries name it");
+    assert!(replayed
+        .iter()
+        .all(|r| r.replay == Some(audit.get::<_, i64>(3))));
     assert_eq!(
         (audit.get::<_, String>(0), audit.get::<_, String>(1)),
         ("alice".into(), "TICKET-42 schema fixed".into())

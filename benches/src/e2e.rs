@@ -45,12 +45,25 @@ fn to_message(m: &rdkafka::message::BorrowedMessage<'_>) -> Message {
         offset: m.offset(),
         timestamp_ms: m.timestamp().to_millis(),
         key: m.key().map(<[u8]>::to_vec),
+        // The bench produces none; courier's reader copies them, so the comparison stays fair only
+        // while they are empty.
+        headers: Vec::new(),
         payload: m.payload().map(<[u8]>::to_vec),
     }
 }
 
-async fn post(client: &reqwest::Client, url: &str, batch: &[Message]) -> anyhow::Result<()> {
-    let body = courier_http::body::encode(batch, Format::Json);
+/// Sends `messages` as courier would: a JSON array of envelopes.
+async fn post(client: &reqwest::Client, url: &str, messages: &[Message]) -> anyhow::Result<()> {
+    let batch = courier_http::Batch {
+        route: "bench",
+        topic: "bench",
+        partition: messages.first().map_or(0, |m| m.partition),
+        first_offset: messages.first().map_or(0, |m| m.offset),
+        end_offset: messages.last().map_or(0, |m| m.offset + 1),
+        replay_id: None,
+        messages,
+    };
+    let body = courier_http::body::encode(&batch, Format::Json);
     let response = client
         .post(url)
         .header("content-type", "application/json")

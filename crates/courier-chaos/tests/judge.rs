@@ -37,7 +37,12 @@ fn batch(start: i64, end: i64, ids: &[i64], at: f64) -> Received {
         route: Some("chaos".into()),
         partition: Some(0),
         offsets: Some(format!("{start}-{end}")),
+        replay: None,
         content_type: Some("application/json".into()),
+        // The judge reads payloads (the elements) and the courier headers only.
+        headers: Default::default(),
+        body: Default::default(),
+        envelopes: Vec::new(),
         elements: ids
             .iter()
             .map(|id| json!({ "id": id.to_string(), "seq": id }))

@@ -34,6 +34,10 @@ pub struct Lease {
     /// Where delivery resumes: `range.start()`, or past the batches an earlier attempt delivered before
     /// it failed.
     pub resume_from: Offset,
+    /// The operator's replay (`courier replay`, a row of `courier_replays`) this range is delivered
+    /// again for; `None` for a range's first delivery and its retries. Sent to destinations as
+    /// `X-Courier-Replay` so they can tell a deliberate replay from a retry.
+    pub replay_id: Option<i64>,
 }
 
 impl fmt::Display for Lease {

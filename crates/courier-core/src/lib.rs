@@ -6,7 +6,7 @@
 //! # Layout
 //! - [`range`]: offsets, partitions, the half-open [`OffsetRange`], range states and kinds.
 //! - [`lease`]: the [`Lease`] a worker holds (its fencing [`Epoch`]) and what a checkpoint can answer.
-//! - [`message`]: one Kafka message as it travels to a destination.
+//! - [`message`]: one Kafka message (key, headers, timestamp, payload) as it travels to a destination.
 //! - [`plan`]: carving `[frontier, high_watermark)` into ranges.
 //! - [`retry`]: what a delivery outcome means (success, retry later, give up) and the backoff policy.
 
@@ -20,7 +20,7 @@ pub mod range;
 pub mod retry;
 
 pub use lease::{CheckpointOutcome, Epoch, Lease};
-pub use message::Message;
+pub use message::{Header, Message};
 pub use plan::carve;
 pub use range::{
     Offset, OffsetRange, Ordering, Partition, RangeError, RangeId, RangeKind, RangeState,

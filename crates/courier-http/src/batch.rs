@@ -1,6 +1,6 @@
-//! What one request carries: the [`Batch`] handed to the deliverer, the idempotency key derived from its
-//! bounds, and [`batches`], which splits a range's messages into requests within the destination's
-//! limits.
+//! What one request carries: the [`Batch`] handed to the deliverer, the ids derived from it (the
+//! per-message id and the batch's idempotency key), and [`batches`], which splits a range's messages
+//! into requests within the destination's limits.
 
 use courier_core::{Message, Offset, Partition};
 
@@ -12,17 +12,25 @@ use courier_core::{Message, Offset, Partition};
 #[derive(Debug, Clone, Copy)]
 pub struct Batch<'a> {
     pub route: &'a str,
+    /// The route's source topic, written into every envelope.
+    pub topic: &'a str,
     pub partition: Partition,
     /// The first offset this batch covers.
     pub first_offset: Offset,
     /// The offset after the last one this batch covers (exclusive).
     pub end_offset: Offset,
+    /// The operator's replay this delivery belongs to (`Lease::replay_id`), sent as
+    /// `X-Courier-Replay`; `None` for a first delivery and its retries.
+    pub replay_id: Option<i64>,
     pub messages: &'a [Message],
 }
 
 impl Batch<'_> {
-    /// `route/partition/start-end`: stable across retries, workers and replays, so a destination can
-    /// drop a batch it has already applied. The one place the key is built.
+    /// `route/partition/start-end`: the same on every retry, worker and replay that has the same
+    /// bounds, so a destination can drop a batch it has already applied. Bounds are not stable across
+    /// everything (a window replay carves its own ranges, a retry after compaction may split
+    /// differently): destinations that must never apply a message twice dedupe on [`message_id`],
+    /// which is. The one place the key is built.
     pub fn idempotency_key(&self) -> String {
         format!("{}/{}/{}", self.route, self.partition, self.offsets())
     }
@@ -33,10 +41,35 @@ impl Batch<'_> {
     }
 }
 
-/// The size a message counts for against `max_batch_bytes`: its payload bytes plus one separator.
-/// The body may come out somewhat larger (quoting of non-JSON payloads, brackets).
+/// `route/partition/offset`: names one message for good, whatever batch, attempt, worker or replay
+/// carries it. The envelope's `id`, and the `Idempotency-Key` in `format = "per-message"`.
+pub fn message_id(route: &str, partition: Partition, offset: Offset) -> String {
+    format!("{route}/{partition}/{offset}")
+}
+
+/// An envelope's bytes besides its key, headers and payload: field names, punctuation, numbers, and the
+/// id and topic, counting route and topic names of up to 64 bytes each.
+const ENVELOPE_BYTES: usize = 320;
+/// A header's bytes besides its name and value.
+const HEADER_BYTES: usize = 48;
+
+/// The size a message counts for against `max_batch_bytes`: an estimate of its envelope in the body,
+/// with keys, header values and payloads that are not UTF-8 counted at their base64 length. JSON
+/// escapes inside text are not counted (a few bytes for quotes and control characters).
 pub fn message_size(message: &Message) -> usize {
-    message.payload.as_ref().map_or(0, Vec::len) + 1
+    let value = |bytes: &[u8]| match std::str::from_utf8(bytes) {
+        Ok(_) => bytes.len(),
+        Err(_) => bytes.len().div_ceil(3) * 4,
+    };
+    let headers: usize = message
+        .headers
+        .iter()
+        .map(|h| HEADER_BYTES + h.name.len() + h.value.as_deref().map_or(0, value))
+        .sum();
+    ENVELOPE_BYTES
+        + headers
+        + message.key.as_deref().map_or(0, value)
+        + message.payload.as_deref().map_or(0, value)
 }
 
 /// Splits `messages` into consecutive, non-empty slices of at most `max_messages` messages and at most
@@ -80,6 +113,7 @@ mod tests {
             offset,
             timestamp_ms: None,
             key: None,
+            headers: Vec::new(),
             payload: Some(vec![b'x'; len]),
         }
     }
@@ -87,8 +121,38 @@ mod tests {
     #[test]
     fn an_oversized_message_goes_alone() {
         let messages = [message(0, 10), message(1, 1000), message(2, 10)];
-        let sizes: Vec<usize> = batches(&messages, 10, 100).map(<[Message]>::len).collect();
+        let sizes: Vec<usize> = batches(&messages, 10, 1000).map(<[Message]>::len).collect();
         assert_eq!(sizes, [1, 1, 1]);
+    }
+
+    #[test]
+    fn the_size_estimate_covers_the_envelope_with_binary_counted_as_base64() {
+        let mut binary = message(7, 0);
+        binary.payload = Some(vec![0xff; 3000]);
+        binary.key = Some(vec![0xfe; 30]);
+        binary.headers = vec![courier_core::Header {
+            name: "trace-id".into(),
+            value: Some(vec![0x80; 60]),
+        }];
+        let mut json = message(8, 0);
+        json.payload = Some(br#"{"id": 8, "text": "a"}"#.to_vec());
+        json.timestamp_ms = Some(i64::MAX);
+        let messages = [binary, json];
+        let route = "r".repeat(64);
+        let batch = Batch {
+            route: &route,
+            topic: &"t".repeat(64),
+            partition: i32::MAX,
+            first_offset: 7,
+            end_offset: 9,
+            replay_id: None,
+            messages: &messages,
+        };
+        let body = crate::body::encode(&batch, crate::Format::Json);
+        let estimate: usize = messages.iter().map(message_size).sum();
+        assert!(body.len() <= estimate + 2, "{} > {estimate}", body.len());
+        // Base64 is counted (4000 payload bytes), not the raw length.
+        assert!(message_size(&messages[0]) > 4000);
     }
 
     #[test]
@@ -101,7 +165,7 @@ mod tests {
         fn batches_tile_the_messages_within_limits(
             lens in proptest::collection::vec(0usize..300, 0..200),
             max_messages in 0usize..20,
-            max_bytes in 1usize..1000,
+            max_bytes in 1usize..3000,
         ) {
             let messages: Vec<Message> =
                 lens.iter().enumerate().map(|(i, &len)| message(i as Offset, len)).collect();

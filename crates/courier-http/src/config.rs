@@ -9,26 +9,40 @@ use std::time::Duration;
 use reqwest::header::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
-/// How a batch is encoded in the request body.
+/// What a destination receives: batches of envelopes, or one request per message.
 ///
-/// Either way every message becomes one JSON element: its payload embedded verbatim when it is valid
-/// JSON, otherwise the payload as a JSON string (invalid UTF-8 replaced by U+FFFD), and `null` for a
-/// message without a payload (a tombstone).
+/// An envelope carries one message whole: its id (`route/partition/offset`), topic, partition, offset,
+/// timestamp, key, headers and payload; JSON payloads are embedded as JSON, other bytes are text or
+/// base64 with a marker saying which, and a tombstone keeps its key. No format loses a byte. The
+/// README's "What a destination receives" shows each with examples; `body` documents the envelope.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Format {
-    /// One JSON array of elements, `Content-Type: application/json`.
+    /// One JSON array of envelopes per batch, `Content-Type: application/json`.
     #[default]
     Json,
-    /// One element per line, each line ending in `\n`, `Content-Type: application/x-ndjson`.
+    /// One envelope per line, each line ending in `\n`, `Content-Type: application/x-ndjson`.
     Ndjson,
+    /// One request per message, what most webhook receivers expect: the payload's bytes as the body
+    /// and everything else in `X-Courier-*` headers; the `Idempotency-Key` is the message id.
+    PerMessage,
 }
 
 impl Format {
-    /// The `Content-Type` a body in this format is sent with.
+    /// The name of the format in configuration files (`format = "..."`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Ndjson => "ndjson",
+            Self::PerMessage => "per-message",
+        }
+    }
+
+    /// The `Content-Type` a batch body in this format is sent with. A per-message body's type is
+    /// its payload's (`body::per_message_body`); were one encoded as a batch, it would be a JSON array.
     pub fn content_type(self) -> &'static str {
         match self {
-            Self::Json => "application/json",
+            Self::Json | Self::PerMessage => "application/json",
             Self::Ndjson => "application/x-ndjson",
         }
     }
@@ -48,12 +62,14 @@ pub struct DestinationConfig {
     /// lease TTL. Default: 10 s.
     #[serde(with = "humantime_serde", default = "defaults::timeout")]
     pub timeout: Duration,
-    /// Body encoding: `"json"` (one JSON array per batch) or `"ndjson"` (one element per line).
+    /// What the destination receives: `"json"` (one JSON array of message envelopes per batch),
+    /// `"ndjson"` (one envelope per line) or `"per-message"` (one request per message, the payload as
+    /// the body, key, headers and position in `X-Courier-*` headers; `max_batch_messages` is then 1).
     /// Default: `"json"`.
     #[serde(default)]
     pub format: Format,
     /// Extra request headers, e.g. `{ Authorization = "Bearer ..." }`. The headers courier sets itself
-    /// (`Content-Type`, `Idempotency-Key`, `X-Courier-*`) cannot be overridden. Default: none.
+    /// (`Content-Type`, `Idempotency-Key`, any `X-Courier-*`) cannot be overridden. Default: none.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     /// How many requests to this destination may be in flight at once, across every route of the
@@ -63,7 +79,9 @@ pub struct DestinationConfig {
     /// At most this many messages in one request. Default: 500.
     #[serde(default = "defaults::max_batch_messages")]
     pub max_batch_messages: usize,
-    /// At most this many payload bytes in one request (a single larger message is still sent, alone).
+    /// At most about this many body bytes in one request, as estimated per envelope (payload, key,
+    /// headers, base64 counted at its encoded length, about 320 bytes of envelope fields); keep a
+    /// margin below a destination's hard limit. A single larger message is still sent, alone.
     /// Default: 1 MiB (1048576).
     #[serde(default = "defaults::max_batch_bytes")]
     pub max_batch_bytes: usize,
@@ -140,17 +158,17 @@ mod defaults {
     }
 }
 
-/// Headers courier sets on every request; a configured header must not replace them.
+/// Headers courier sets on requests; a configured header must not replace them. Every `x-courier-`
+/// name is reserved too, including those only some requests carry (`X-Courier-Replay`, per-message
+/// headers).
 const RESERVED_HEADERS: &[&str] = &[
     "content-type",
     "content-length",
     "host",
     "transfer-encoding",
     "idempotency-key",
-    "x-courier-route",
-    "x-courier-partition",
-    "x-courier-offsets",
 ];
+const RESERVED_PREFIX: &str = "x-courier-";
 
 /// A destination setting that cannot work. Each message names the key and what to write instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -305,7 +323,9 @@ impl DestinationConfig {
                 };
                 let header =
                     HeaderName::from_bytes(name.as_bytes()).map_err(|e| invalid(e.to_string()))?;
-                if RESERVED_HEADERS.contains(&header.as_str()) {
+                if RESERVED_HEADERS.contains(&header.as_str())
+                    || header.as_str().starts_with(RESERVED_PREFIX)
+                {
                     return Err(ConfigError::ReservedHeader { name: name.clone() });
                 }
                 let mut value = HeaderValue::from_str(value).map_err(|e| invalid(e.to_string()))?;
@@ -368,7 +388,7 @@ mod tests {
             r#"
             url = "https://hooks.example.com/in"
             timeout = "2s 500ms"
-            format = "ndjson"
+            format = "per-message"
             headers = { Authorization = "Bearer x" }
             max_in_flight = 2
             max_batch_messages = 10
@@ -381,7 +401,7 @@ mod tests {
         )
         .expect("full config parses");
         assert_eq!(config.timeout, Duration::from_millis(2500));
-        assert_eq!(config.format, Format::Ndjson);
+        assert_eq!(config.format, Format::PerMessage);
         assert_eq!(config.pause_for, Duration::from_secs(60));
         assert_eq!(config.too_large_statuses, [413, 400]);
         assert_eq!(
@@ -389,6 +409,21 @@ mod tests {
             Some("Bearer x")
         );
         assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn formats_are_named_in_kebab_case_and_unknown_ones_refused() {
+        for (name, format) in [
+            ("json", Format::Json),
+            ("ndjson", Format::Ndjson),
+            ("per-message", Format::PerMessage),
+        ] {
+            let config = parse(&format!("url = \"http://127.0.0.1/\"\nformat = \"{name}\""))
+                .expect("known format");
+            assert_eq!(config.format, format);
+        }
+        let err = parse("url = \"http://127.0.0.1/\"\nformat = \"payload\"").expect_err("unknown");
+        assert!(err.to_string().contains("per-message"), "{err}");
     }
 
     #[test]
@@ -415,6 +450,10 @@ mod tests {
         assert!(check(|c| c.too_large_statuses = vec![200]).contains("`too_large_statuses`"));
         assert!(check(|c| {
             c.headers.insert("Idempotency-Key".into(), "x".into());
+        })
+        .contains("set by courier"));
+        assert!(check(|c| {
+            c.headers.insert("X-Courier-Replay".into(), "x".into());
         })
         .contains("set by courier"));
         assert!(check(|c| {

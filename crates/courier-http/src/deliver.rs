@@ -1,5 +1,6 @@
-//! The [`Deliverer`]: one per destination, it POSTs a batch and turns whatever happens into a
-//! [`Delivery`] whose [`Disposition`] decides the range's fate.
+//! The [`Deliverer`]: one per destination, it POSTs a batch (as one body of envelopes, or one request
+//! per message) with its headers, and turns whatever happens into a [`Delivery`] whose
+//! [`Disposition`] decides the range's fate.
 //!
 //! Before each request it consults, in order: the Retry-After gate (the destination asked everyone to
 //! wait), the per-destination concurrency limit (a semaphore held for the whole request), and the
@@ -9,15 +10,17 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use courier_core::Disposition;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 use tokio::sync::Semaphore;
 
-use crate::batch::Batch;
-use crate::body::encode;
+use crate::batch::{message_id, Batch};
+use crate::body::{encode, headers_json_ascii, is_header_safe, per_message_body};
 use crate::breaker::{Admission, CircuitBreaker, CircuitState};
-use crate::config::{ConfigError, DestinationConfig};
+use crate::config::{ConfigError, DestinationConfig, Format};
 use crate::resolve::Resolver;
 use crate::retry_after::parse_retry_after;
 
@@ -114,8 +117,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Deliverer {
     /// Validates `config` and builds the client. Redirects are not followed (a 3xx fails the range
     /// permanently) and environment proxy settings are ignored.
-    pub fn new(config: DestinationConfig) -> Result<Self, BuildError> {
+    pub fn new(mut config: DestinationConfig) -> Result<Self, BuildError> {
         config.validate()?;
+        if config.format == Format::PerMessage {
+            // One request per message: batches of one let a failure resume right after the last
+            // message delivered instead of resending the batch's earlier ones.
+            config.max_batch_messages = 1;
+        }
         let url = config.parsed_url()?;
         let headers: HeaderMap = config.header_pairs()?.into_iter().collect();
         let client = reqwest::Client::builder()
@@ -146,7 +154,8 @@ impl Deliverer {
         })
     }
 
-    /// The destination's settings.
+    /// The destination's settings as in effect (with `format = "per-message"`, `max_batch_messages`
+    /// is 1).
     pub fn config(&self) -> &DestinationConfig {
         &self.inner.config
     }
@@ -170,8 +179,9 @@ impl Deliverer {
         lock(&self.inner.breaker).state(Instant::now())
     }
 
-    /// POSTs `batch` and classifies the outcome; never panics on anything the network or the
-    /// destination does. An empty batch sends nothing and succeeds.
+    /// POSTs `batch` (one request, or with `format = "per-message"` one per message in offset order,
+    /// stopping at the first that does not succeed) and classifies the outcome; never panics on
+    /// anything the network or the destination does. An empty batch sends nothing and succeeds.
     pub async fn deliver(&self, batch: &Batch<'_>) -> Delivery {
         if batch.messages.is_empty() {
             return Delivery::unsent(
@@ -196,8 +206,8 @@ impl Deliverer {
             breaker: &self.inner.breaker,
             armed: is_probe,
         };
-        let request = match self.request(batch) {
-            Ok(request) => request,
+        let requests = match self.requests(batch) {
+            Ok(requests) => requests,
             Err(reason) => {
                 return Delivery::unsent(
                     Disposition::Permanent {
@@ -208,7 +218,13 @@ impl Deliverer {
             }
         };
         let sent_at = Instant::now();
-        let (disposition, status, reason) = self.send(request).await;
+        let (mut disposition, mut status, mut reason) = (Disposition::Success, None, String::new());
+        for request in requests {
+            (disposition, status, reason) = self.send(request).await;
+            if disposition != Disposition::Success {
+                break;
+            }
+        }
         let elapsed = sent_at.elapsed();
         probe.armed = false;
         self.record(&disposition, status);
@@ -253,40 +269,90 @@ impl Deliverer {
         }
     }
 
-    fn request(&self, batch: &Batch<'_>) -> Result<reqwest::RequestBuilder, String> {
+    /// The requests that deliver `batch`: one for a batch format, one per message for per-message.
+    /// An `Err` is a header value that cannot be sent (a route name that is not visible ASCII).
+    fn requests(&self, batch: &Batch<'_>) -> Result<Vec<reqwest::RequestBuilder>, String> {
         let format = self.inner.config.format;
-        let value = |header: &str, text: String| {
-            HeaderValue::try_from(text.as_str()).map_err(|_| {
-                format!("{header} {text:?} cannot be sent as an HTTP header value: route names must be visible ASCII")
-            })
-        };
-        let mut headers = self.inner.headers.clone();
-        headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static(format.content_type()),
-        );
-        headers.insert(
-            HeaderName::from_static("idempotency-key"),
-            value("Idempotency-Key", batch.idempotency_key())?,
-        );
-        headers.insert(
-            HeaderName::from_static("x-courier-route"),
-            value("X-Courier-Route", batch.route.to_owned())?,
-        );
-        headers.insert(
+        let mut common = self.inner.headers.clone();
+        insert(&mut common, "x-courier-route", batch.route.to_owned())?;
+        common.insert(
             HeaderName::from_static("x-courier-partition"),
             HeaderValue::from(batch.partition),
         );
-        headers.insert(
-            HeaderName::from_static("x-courier-offsets"),
-            value("X-Courier-Offsets", batch.offsets())?,
-        );
-        Ok(self
-            .inner
-            .client
-            .post(self.inner.url.clone())
-            .headers(headers)
-            .body(encode(batch.messages, format)))
+        if let Some(replay_id) = batch.replay_id {
+            common.insert(
+                HeaderName::from_static("x-courier-replay"),
+                HeaderValue::from(replay_id),
+            );
+        }
+        let post = |headers: HeaderMap, body: Vec<u8>| {
+            self.inner
+                .client
+                .post(self.inner.url.clone())
+                .headers(headers)
+                .body(body)
+        };
+        if format != Format::PerMessage {
+            let mut headers = common;
+            headers.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(format.content_type()),
+            );
+            insert(&mut headers, "idempotency-key", batch.idempotency_key())?;
+            insert(&mut headers, "x-courier-offsets", batch.offsets())?;
+            return Ok(vec![post(headers, encode(batch, format))]);
+        }
+        batch
+            .messages
+            .iter()
+            .map(|message| {
+                let mut headers = common.clone();
+                let (content_type, body) = per_message_body(message);
+                match content_type {
+                    Some(content_type) => {
+                        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+                    }
+                    None => {
+                        headers.insert(
+                            HeaderName::from_static("x-courier-tombstone"),
+                            HeaderValue::from_static("true"),
+                        );
+                    }
+                }
+                let id = message_id(batch.route, message.partition, message.offset);
+                insert(&mut headers, "idempotency-key", id.clone())?;
+                insert(&mut headers, "x-courier-id", id)?;
+                insert(&mut headers, "x-courier-topic", batch.topic.to_owned())?;
+                headers.insert(
+                    HeaderName::from_static("x-courier-offset"),
+                    HeaderValue::from(message.offset),
+                );
+                let offsets = format!("{}-{}", message.offset, message.offset + 1);
+                insert(&mut headers, "x-courier-offsets", offsets)?;
+                if let Some(ms) = message.timestamp_ms {
+                    headers.insert(
+                        HeaderName::from_static("x-courier-timestamp"),
+                        HeaderValue::from(ms),
+                    );
+                }
+                match message.key.as_deref() {
+                    Some(key) if is_header_safe(key) => {
+                        insert(
+                            &mut headers,
+                            "x-courier-key",
+                            String::from_utf8_lossy(key).into(),
+                        )?;
+                    }
+                    Some(key) => insert(&mut headers, "x-courier-key-base64", BASE64.encode(key))?,
+                    None => {}
+                }
+                if !message.headers.is_empty() {
+                    let json = headers_json_ascii(&message.headers);
+                    insert(&mut headers, "x-courier-headers", json)?;
+                }
+                Ok(post(headers, body))
+            })
+            .collect()
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> (Disposition, Option<u16>, String) {
@@ -372,6 +438,15 @@ impl Deliverer {
             }
         }
     }
+}
+
+/// Sets header `name` (a static lowercase name) to `text`, or says why it cannot be sent.
+fn insert(headers: &mut HeaderMap, name: &'static str, text: String) -> Result<(), String> {
+    let value = HeaderValue::try_from(text.as_str()).map_err(|_| {
+        format!("{name} {text:?} cannot be sent as an HTTP header value: route and topic names must be visible ASCII")
+    })?;
+    headers.insert(HeaderName::from_static(name), value);
+    Ok(())
 }
 
 /// Gives a half-open circuit's probe back if the request never reported an outcome (the `deliver`

@@ -1,10 +1,13 @@
-//! Deliver one batch to one HTTP destination: the request, its idempotency key, the classification of
-//! the answer, Retry-After, and the destination's protections (concurrency limit, circuit breaker).
+//! Deliver one batch to one HTTP destination: the request (or one per message), its idempotency key,
+//! the classification of the answer, Retry-After, and the destination's protections (concurrency
+//! limit, circuit breaker).
 //!
 //! # Layout
 //! - [`config`]: [`DestinationConfig`], what an operator writes about a destination, and its checks.
-//! - [`batch`]: the [`Batch`] a request carries, its idempotency key, and the [`batches`] splitter.
-//! - [`body`]: how messages become a JSON array or NDJSON body (the element rule).
+//! - [`batch`]: the [`Batch`] a request carries, its ids (the per-message [`message_id`], always
+//!   stable, and the batch's idempotency key, stable for the same bounds), and the [`batches`] splitter.
+//! - [`body`]: what a destination receives: the message envelope (never lossy) in a JSON array or
+//!   NDJSON, or one message's raw body and `X-Courier-*` values for `format = "per-message"`.
 //! - [`deliver`]: the [`Deliverer`] and the [`Delivery`] it returns.
 //! - [`breaker`]: the [`CircuitBreaker`] that pauses a destination failing continuously.
 //! - [`retry_after`]: parsing `Retry-After` (seconds or HTTP-date).
@@ -26,7 +29,7 @@ pub mod deliver;
 mod resolve;
 pub mod retry_after;
 
-pub use batch::{batches, Batch};
+pub use batch::{batches, message_id, Batch};
 pub use breaker::{Admission, CircuitBreaker, CircuitState};
 pub use config::{ConfigError, DestinationConfig, Format};
 pub use deliver::{BuildError, Deliverer, Delivery};

@@ -6,10 +6,12 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use courier_core::{Disposition, Message};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use courier_core::{Disposition, Header, Message};
 use courier_http::{Batch, CircuitState, Deliverer, Delivery, DestinationConfig, Format};
 use courier_sink::{Answer, Behaviour, Sink};
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// The bound on every await, so a broken test fails instead of hanging.
 const WAIT: Duration = Duration::from_secs(30);
@@ -27,6 +29,7 @@ fn messages(ids: std::ops::Range<i64>) -> Vec<Message> {
         offset: id,
         timestamp_ms: None,
         key: None,
+        headers: Vec::new(),
         payload: Some(format!(r#"{{"id":{id}}}"#).into_bytes()),
     })
     .collect()
@@ -37,11 +40,69 @@ fn batch(messages: &[Message]) -> Batch<'_> {
     let end = messages.last().map_or(first, |m| m.offset + 1);
     Batch {
         route: "orders",
+        topic: "orders-topic",
         partition: 0,
         first_offset: first,
         end_offset: end,
+        replay_id: None,
         messages,
     }
+}
+
+/// What users found lost: a binary key, headers (repeated, null, binary, non-ASCII), a payload that
+/// is not UTF-8, and a tombstone with its key.
+fn faithful_sample() -> Vec<Message> {
+    let header = |name: &str, value: Option<&[u8]>| Header {
+        name: name.to_owned(),
+        value: value.map(<[u8]>::to_vec),
+    };
+    vec![
+        Message {
+            partition: 0,
+            offset: 20,
+            timestamp_ms: Some(1_764_489_600_000),
+            key: Some(vec![0xde, 0xad, 0xbe, 0xef]),
+            headers: vec![
+                header("trace", Some(b"t-1")),
+                header("trace", None),
+                header("sig", Some(&[0xff, 0x00])),
+                header("città", Some("ünï".as_bytes())),
+            ],
+            payload: Some(vec![0x89, b'P', b'N', b'G', 0x00, 0xff]),
+        },
+        Message {
+            partition: 0,
+            offset: 21,
+            timestamp_ms: None,
+            key: Some(b"customer-7".to_vec()),
+            headers: Vec::new(),
+            payload: None,
+        },
+        Message {
+            partition: 0,
+            offset: 22,
+            timestamp_ms: Some(5),
+            key: Some(b" padded key ".to_vec()),
+            headers: Vec::new(),
+            payload: Some(b"plain text".to_vec()),
+        },
+    ]
+}
+
+/// Headers the way the envelope lists them, for [`faithful_sample`]'s first message.
+fn sample_headers() -> Value {
+    json!([
+        {"name": "trace", "value": "t-1", "encoding": "text"},
+        {"name": "trace", "value": null, "encoding": null},
+        {"name": "sig", "value": "/wA=", "encoding": "base64"},
+        {"name": "città", "value": "ünï", "encoding": "text"},
+    ])
+}
+
+fn unbase64(value: &Value) -> Vec<u8> {
+    BASE64
+        .decode(value.as_str().expect("a base64 string"))
+        .expect("valid base64")
 }
 
 fn deliverer(url: &str, edit: impl FnOnce(&mut DestinationConfig)) -> Deliverer {
@@ -113,6 +174,7 @@ async fn ndjson_batches_arrive_one_element_per_line() {
         offset: 2,
         timestamp_ms: None,
         key: None,
+        headers: Vec::new(),
         payload: Some(b"not json\nat all".to_vec()),
     });
     let delivery = deliver(&deliverer, &batch(&messages)).await;
@@ -131,6 +193,184 @@ async fn ndjson_batches_arrive_one_element_per_line() {
             json!("not json\nat all")
         ]
     );
+}
+
+#[tokio::test]
+async fn envelopes_carry_keys_headers_tombstones_and_bytes_that_are_not_utf8() {
+    let sink = sink().await;
+    let deliverer = deliverer(&sink.url(), |_| {});
+    let messages = faithful_sample();
+    let delivery = deliver(&deliverer, &batch(&messages)).await;
+    assert_eq!(delivery.disposition, Disposition::Success);
+
+    let received = sink.received();
+    assert_eq!(received.len(), 1);
+    let envelopes = &received[0].envelopes;
+    assert_eq!(envelopes.len(), 3);
+    let binary = &envelopes[0];
+    assert_eq!(binary["id"], json!("orders/0/20"));
+    assert_eq!(binary["topic"], json!("orders-topic"));
+    assert_eq!(
+        (
+            &binary["partition"],
+            &binary["offset"],
+            &binary["timestamp"]
+        ),
+        (&json!(0), &json!(20), &json!(1_764_489_600_000_i64))
+    );
+    assert_eq!(binary["key_encoding"], json!("base64"));
+    assert_eq!(unbase64(&binary["key"]), [0xde, 0xad, 0xbe, 0xef]);
+    assert_eq!(binary["headers"], sample_headers());
+    assert_eq!(binary["payload_encoding"], json!("base64"));
+    assert_eq!(
+        unbase64(&binary["payload"]),
+        [0x89, b'P', b'N', b'G', 0x00, 0xff]
+    );
+    let tombstone = &envelopes[1];
+    assert_eq!(tombstone["id"], json!("orders/0/21"));
+    assert_eq!(tombstone["key"], json!("customer-7"));
+    assert_eq!(tombstone["payload"], Value::Null);
+    assert_eq!(tombstone["payload_encoding"], Value::Null);
+    assert_eq!(tombstone["timestamp"], Value::Null);
+    assert_eq!(envelopes[2]["payload"], json!("plain text"));
+    assert_eq!(envelopes[2]["payload_encoding"], json!("text"));
+    assert_eq!(received[0].replay, None, "a first delivery is no replay");
+}
+
+#[tokio::test]
+async fn per_message_sends_the_payload_as_the_body_and_the_rest_as_headers() {
+    let sink = sink().await;
+    let deliverer = deliverer(&sink.url(), |c| c.format = Format::PerMessage);
+    assert_eq!(
+        deliverer.config().max_batch_messages,
+        1,
+        "per-message batches hold one message, so a failure resumes after the last delivered"
+    );
+    let messages = faithful_sample();
+    let delivery = deliver(&deliverer, &batch(&messages)).await;
+    assert_eq!(delivery.disposition, Disposition::Success);
+
+    let received = sink.received();
+    assert_eq!(received.len(), 3, "one request per message");
+    let header = |i: usize, name: &str| {
+        received[i]
+            .headers
+            .get(name)
+            .map(|v| v.to_str().expect("visible ASCII").to_owned())
+    };
+    // The raw bytes, not an encoding of them.
+    assert_eq!(received[0].body[..], [0x89, b'P', b'N', b'G', 0x00, 0xff]);
+    assert_eq!(
+        received[0].content_type.as_deref(),
+        Some("application/octet-stream")
+    );
+    assert_eq!(
+        received[0].idempotency_key.as_deref(),
+        Some("orders/0/20"),
+        "the message id is the idempotency key"
+    );
+    assert_eq!(header(0, "x-courier-id").as_deref(), Some("orders/0/20"));
+    assert_eq!(
+        header(0, "x-courier-topic").as_deref(),
+        Some("orders-topic")
+    );
+    assert_eq!(header(0, "x-courier-offset").as_deref(), Some("20"));
+    assert_eq!(received[0].offset_bounds(), Some((20, 21)));
+    assert_eq!(
+        header(0, "x-courier-timestamp").as_deref(),
+        Some("1764489600000")
+    );
+    assert_eq!(header(0, "x-courier-key"), None);
+    assert_eq!(
+        header(0, "x-courier-key-base64").as_deref(),
+        Some("3q2+7w==")
+    );
+    let kafka_headers: Value =
+        serde_json::from_str(&header(0, "x-courier-headers").expect("headers header"))
+            .expect("X-Courier-Headers is JSON");
+    assert_eq!(kafka_headers, sample_headers());
+    // The tombstone: no body, marked, its key kept.
+    assert!(received[1].body.is_empty());
+    assert_eq!(header(1, "x-courier-tombstone").as_deref(), Some("true"));
+    assert_eq!(header(1, "x-courier-key").as_deref(), Some("customer-7"));
+    assert_eq!(header(1, "x-courier-timestamp"), None);
+    assert_eq!(header(1, "x-courier-headers"), None);
+    // Text payload; a key with edge spaces would be trimmed by servers, so it goes base64.
+    assert_eq!(received[2].body[..], b"plain text"[..]);
+    assert_eq!(
+        received[2].content_type.as_deref(),
+        Some("text/plain; charset=utf-8")
+    );
+    assert_eq!(
+        header(2, "x-courier-key-base64").as_deref(),
+        Some(BASE64.encode(b" padded key ").as_str())
+    );
+    // The sink's reading of the headers gives the same envelope a batch would carry.
+    assert_eq!(received[0].envelopes[0]["headers"], sample_headers());
+    assert_eq!(
+        unbase64(&received[0].envelopes[0]["key"]),
+        [0xde, 0xad, 0xbe, 0xef]
+    );
+}
+
+#[tokio::test]
+async fn per_message_stops_at_the_first_failure() {
+    let sink = sink().await;
+    sink.set_behaviour(Behaviour::FailEvery { n: 2, status: 503 });
+    let deliverer = deliverer(&sink.url(), |c| c.format = Format::PerMessage);
+    let messages = messages(0..4);
+    let delivery = deliver(&deliverer, &batch(&messages)).await;
+    assert_retry(&delivery);
+    assert_eq!(delivery.status, Some(503));
+    assert_eq!(sink.received().len(), 1);
+    assert_eq!(sink.failed().len(), 1, "nothing is sent after the failure");
+}
+
+#[tokio::test]
+async fn a_replay_names_itself_and_keeps_the_same_ids() {
+    let sink = sink().await;
+    let deliverer = deliverer(&sink.url(), |_| {});
+    let messages = messages(10..13);
+    let first = batch(&messages);
+    let replay = Batch {
+        replay_id: Some(42),
+        ..first
+    };
+    for batch in [first, replay] {
+        assert_eq!(
+            deliver(&deliverer, &batch).await.disposition,
+            Disposition::Success
+        );
+    }
+    let received = sink.received();
+    assert_eq!(received[0].replay, None);
+    assert_eq!(received[1].replay, Some(42));
+    assert_eq!(
+        received[0].idempotency_key, received[1].idempotency_key,
+        "same bounds, same batch key"
+    );
+    assert_eq!(
+        received[0].envelopes, received[1].envelopes,
+        "same message ids"
+    );
+
+    // Per message too: the id is the idempotency key, and the replay is named.
+    let per_message = deliverer_with_sink(&sink, Format::PerMessage);
+    let replay = Batch {
+        replay_id: Some(42),
+        ..batch(&messages[..1])
+    };
+    assert_eq!(
+        deliver(&per_message, &replay).await.disposition,
+        Disposition::Success
+    );
+    let last = sink.received().pop().expect("a request");
+    assert_eq!(last.replay, Some(42));
+    assert_eq!(last.idempotency_key.as_deref(), Some("orders/0/10"));
+}
+
+fn deliverer_with_sink(sink: &Sink, format: Format) -> Deliverer {
+    deliverer(&sink.url(), |c| c.format = format)
 }
 
 #[tokio::test]

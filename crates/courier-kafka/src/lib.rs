@@ -6,7 +6,8 @@
 //!   commented with why).
 //! - [`reader`]: [`RangeReader`], a pool of consumers that read exact ranges by assign + seek, never
 //!   committing (the store owns progress); [`PartitionWatermarks`] for the planner.
-//! - [`producer`]: [`Producer`], batches acknowledged by all in-sync replicas.
+//! - [`producer`]: [`Producer`], batches acknowledged by all in-sync replicas ([`OutgoingRecord`]s
+//!   carry headers and tombstones).
 //! - [`admin`]: [`create_topic`] (idempotent, waits for leaders) and [`delete_records_before`].
 //! - [`error`]: [`ReadError`] (its variant decides retry or fail) and [`Error`].
 //! - `context`: what librdkafka reports beside its calls (errors, log lines, statistics), classified
@@ -33,6 +34,6 @@ mod traffic;
 pub use admin::{add_partitions, create_topic, create_topic_with_config, delete_records_before};
 pub use config::KafkaConfig;
 pub use error::{Error, ReadError};
-pub use producer::{Delivered, HeaderedRecord, Producer, Record};
+pub use producer::{Delivered, OutgoingRecord, Producer, Record};
 pub use reader::{PartitionWatermarks, RangeReader};
 pub use traffic::RECEIVED_BYTES;

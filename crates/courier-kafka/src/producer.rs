@@ -6,9 +6,9 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use courier_core::{Offset, Partition};
+use courier_core::{Header, Offset, Partition};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header as RdHeader, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer as RdFutureProducer, FutureRecord};
 
 use crate::config::KafkaConfig;
@@ -30,13 +30,28 @@ pub struct Delivered {
 /// (by key hash for keyed messages, at random for the others).
 pub type Record = (Option<Partition>, Option<Vec<u8>>, Vec<u8>);
 
-/// One message with headers (a dead letter): the original key and payload (`None` for a tombstone),
-/// and `(name, value)` headers. The partitioner picks the partition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HeaderedRecord {
+/// One message with everything a Kafka record can hold (headers, a null payload), for
+/// [`Producer::send_records`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutgoingRecord {
+    /// `None` lets the partitioner pick, as for [`Record`].
+    pub partition: Option<Partition>,
     pub key: Option<Vec<u8>>,
+    /// Sent in this order; names may repeat, values may be null.
+    pub headers: Vec<Header>,
+    /// `None` produces a tombstone.
     pub payload: Option<Vec<u8>>,
-    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl From<Record> for OutgoingRecord {
+    fn from((partition, key, payload): Record) -> Self {
+        Self {
+            partition,
+            key,
+            headers: Vec::new(),
+            payload: Some(payload),
+        }
+    }
 }
 
 /// Produces batches and waits until every message is acknowledged.
@@ -78,18 +93,42 @@ impl Producer {
     where
         I: IntoIterator<Item = Record>,
     {
+        self.send_records(topic, messages.into_iter().map(OutgoingRecord::from))
+            .await
+    }
+
+    /// [`send_batch`](Self::send_batch) for records with headers or without a payload (tombstones).
+    pub async fn send_records<I>(&self, topic: &str, messages: I) -> Result<Vec<Delivered>, Error>
+    where
+        I: IntoIterator<Item = OutgoingRecord>,
+    {
         let producer = self.producer()?;
         let _waiting = self.outages.waiting(Waiting::Produce);
         let mut delivered = Vec::new();
         let mut in_flight: VecDeque<DeliveryFuture> = VecDeque::new();
-        for (partition, key, payload) in messages {
+        for message in messages {
             loop {
-                let mut record = FutureRecord::<Vec<u8>, Vec<u8>>::to(topic).payload(&payload);
-                if let Some(partition) = partition {
+                let mut record = FutureRecord::<Vec<u8>, Vec<u8>>::to(topic);
+                if let Some(payload) = &message.payload {
+                    record = record.payload(payload);
+                }
+                if let Some(partition) = message.partition {
                     record = record.partition(partition);
                 }
-                if let Some(key) = &key {
+                if let Some(key) = &message.key {
                     record = record.key(key);
+                }
+                if !message.headers.is_empty() {
+                    let headers = message.headers.iter().fold(
+                        OwnedHeaders::new_with_capacity(message.headers.len()),
+                        |headers, header| {
+                            headers.insert(RdHeader {
+                                key: &header.name,
+                                value: header.value.as_ref(),
+                            })
+                        },
+                    );
+                    record = record.headers(headers);
                 }
                 match producer.send_result(record) {
                     Ok(future) => {
@@ -113,45 +152,6 @@ impl Producer {
             }
         }
         for future in in_flight {
-            delivered.push(self.settle(topic, future).await?);
-        }
-        Ok(delivered)
-    }
-
-    /// Sends `records` to `topic`, one after the other, each acknowledged before the next is sent: for
-    /// a handful of dead letters, not for throughput. Returns where each landed, in input order.
-    pub async fn send_with_headers(
-        &self,
-        topic: &str,
-        records: &[HeaderedRecord],
-    ) -> Result<Vec<Delivered>, Error> {
-        let producer = self.producer()?;
-        let _waiting = self.outages.waiting(Waiting::Produce);
-        let mut delivered = Vec::with_capacity(records.len());
-        for record in records {
-            let headers =
-                record
-                    .headers
-                    .iter()
-                    .fold(OwnedHeaders::new(), |headers, (key, value)| {
-                        headers.insert(Header {
-                            key: key.as_str(),
-                            value: Some(value),
-                        })
-                    });
-            let mut message = FutureRecord::<Vec<u8>, Vec<u8>>::to(topic).headers(headers);
-            if let Some(payload) = &record.payload {
-                message = message.payload(payload);
-            }
-            if let Some(key) = &record.key {
-                message = message.key(key);
-            }
-            let future = producer
-                .send_result(message)
-                .map_err(|(source, _)| Error::Delivery {
-                    topic: topic.to_owned(),
-                    source,
-                })?;
             delivered.push(self.settle(topic, future).await?);
         }
         Ok(delivered)

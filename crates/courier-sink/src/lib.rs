@@ -6,8 +6,9 @@
 //!   ([`Sink::wait_until`]) that tests synchronise on instead of sleeping.
 //! - [`behaviour`]: how it answers ([`Behaviour`]), sink-wide or per path, so one server can host
 //!   several routes' destinations (`/a`, `/b`, ...) that behave differently.
-//! - [`record`]: what it remembers ([`Received`], [`Answer`], [`Stats`]) and how bodies (JSON array or
-//!   NDJSON, by `Content-Type`) are read back into elements.
+//! - [`record`]: what it remembers ([`Received`], [`Answer`], [`Stats`]) and how requests (a JSON
+//!   array or NDJSON of envelopes, or one per-message request) are read back into message envelopes
+//!   and their payloads (the elements).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

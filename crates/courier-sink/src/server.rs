@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::behaviour::{Behaviour, Behaviours, Reply};
-use crate::record::{parse_elements, Answer, Received, Stats};
+use crate::record::{parse_envelopes, Answer, Received, Stats};
 
 /// The largest request body accepted (a larger one is answered 413 and not recorded).
 pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
@@ -53,11 +53,11 @@ pub struct WaitTimeout {
 
 /// A recording HTTP destination on a local port whose answers can be switched at runtime.
 ///
-/// Every `POST` (any path) is a batch: it is recorded with its courier headers and parsed elements,
-/// and answered as the [`Behaviour`] for its path (or the sink-wide one) says. A 2xx answer makes it
-/// delivered ([`received`](Self::received)); any other answer, or none, makes it failed
-/// ([`failed`](Self::failed)). A batch whose body cannot be parsed is answered `400` whatever the
-/// behaviour. A `GET` (any path) answers the counters as JSON and is not recorded.
+/// Every `POST` (any path) is a delivery: it is recorded with its headers, body, message envelopes
+/// and their payloads (the elements), and answered as the [`Behaviour`] for its path (or the sink-wide
+/// one) says. A 2xx answer makes it delivered ([`received`](Self::received)); any other answer, or
+/// none, makes it failed ([`failed`](Self::failed)). A request that is not courier envelopes is
+/// answered `400` whatever the behaviour. A `GET` (any path) answers the counters as JSON and is not recorded.
 ///
 /// Dropping the sink stops it, as [`shutdown`](Self::shutdown) does, without waiting.
 #[derive(Debug)]
@@ -307,8 +307,7 @@ async fn handle(
             .into_response();
     }
     let _in_flight = InFlight::enter(&shared);
-    let content_type = header(&headers, CONTENT_TYPE.as_str());
-    let parsed = parse_elements(content_type.as_deref(), &body);
+    let parsed = parse_envelopes(&headers, &body);
     let mut received = Received {
         received_at: SystemTime::now(),
         path: uri.path().to_owned(),
@@ -316,13 +315,21 @@ async fn handle(
         route: header(&headers, "x-courier-route"),
         partition: header(&headers, "x-courier-partition").and_then(|p| p.trim().parse().ok()),
         offsets: header(&headers, "x-courier-offsets"),
-        content_type,
+        replay: header(&headers, "x-courier-replay").and_then(|p| p.trim().parse().ok()),
+        content_type: header(&headers, CONTENT_TYPE.as_str()),
+        headers,
+        // Shared, not copied: the behaviour below reads the body too.
+        body: body.clone(),
+        envelopes: Vec::new(),
         elements: Vec::new(),
         body_error: None,
         answer: Answer::NoAnswer,
     };
     match parsed {
-        Ok(elements) => received.elements = elements,
+        Ok(envelopes) => {
+            received.elements = envelopes.iter().map(|e| e["payload"].clone()).collect();
+            received.envelopes = envelopes;
+        }
         Err(error) => received.body_error = Some(error),
     }
     let reply = lock(&shared.behaviours).next(uri.path(), &body);

@@ -46,13 +46,30 @@ async fn post(
     (status, response.text().await.expect("answer body"))
 }
 
-async fn post_json(client: &reqwest::Client, url: &str, offsets: &str, elements: Value) -> u16 {
+/// courier's envelope around `payload`, the message at `offset` of partition 1 of route `orders`.
+fn envelope(offset: usize, payload: &Value) -> Value {
+    json!({
+        "id": format!("orders/1/{offset}"), "topic": "orders", "partition": 1, "offset": offset,
+        "timestamp": null, "key": null, "key_encoding": null, "headers": [],
+        "payload": payload, "payload_encoding": "json",
+    })
+}
+
+/// POSTs a JSON array of envelopes around `payloads` (an array), as courier would.
+async fn post_json(client: &reqwest::Client, url: &str, offsets: &str, payloads: Value) -> u16 {
+    let envelopes: Vec<Value> = payloads
+        .as_array()
+        .expect("payloads is an array")
+        .iter()
+        .enumerate()
+        .map(|(offset, payload)| envelope(offset, payload))
+        .collect();
     post(
         client,
         url,
         "application/json",
         offsets,
-        elements.to_string(),
+        Value::from(envelopes).to_string(),
     )
     .await
     .0
@@ -71,7 +88,11 @@ async fn records_json_and_ndjson_batches_with_their_headers() {
         &sink.url(),
         "application/x-ndjson",
         "2-4",
-        "{\"id\":2}\n{\"id\":3}\n",
+        format!(
+            "{}\n{}\n",
+            envelope(2, &json!({"id": 2})),
+            envelope(3, &json!({"id": 3}))
+        ),
     )
     .await;
     assert_eq!(status, 200);
@@ -85,6 +106,7 @@ async fn records_json_and_ndjson_batches_with_their_headers() {
     assert_eq!(received[0].path, "/");
     assert_eq!(received[0].answer, Answer::Status(200));
     assert_eq!(received[1].elements, [json!({"id": 2}), json!({"id": 3})]);
+    assert_eq!(received[1].envelopes[1]["id"], json!("orders/1/3"));
     let stats = sink.stats();
     assert_eq!(
         (
@@ -112,6 +134,16 @@ async fn unparseable_batches_are_refused_with_400() {
     .await;
     assert_eq!(status, 400);
     assert!(body.contains("not an array"), "{body}");
+    let (status, body) = post(
+        &client,
+        &sink.url(),
+        "application/json",
+        "0-1",
+        "[{\"id\": 0}]",
+    )
+    .await;
+    assert_eq!(status, 400, "bare payloads are not courier envelopes");
+    assert!(body.contains("not a courier envelope"), "{body}");
     let (status, _) = post(
         &client,
         &sink.url(),
@@ -123,7 +155,7 @@ async fn unparseable_batches_are_refused_with_400() {
     assert_eq!(status, 400);
 
     let failed = sink.failed();
-    assert_eq!(failed.len(), 2);
+    assert_eq!(failed.len(), 3);
     assert!(failed
         .iter()
         .all(|f| f.answer == Answer::Status(400) && f.body_error.is_some()));

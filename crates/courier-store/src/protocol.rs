@@ -703,7 +703,7 @@ const LEASE_UPDATE: &str = "courier_ranges r
          attempts = r.attempts + 1, updated_at = now()
      FROM picked WHERE r.id = picked.id
      RETURNING r.id, r.partition, r.start_offset, r.end_offset, r.epoch, r.attempts, r.kind,
-               COALESCE(r.resume_offset, r.start_offset), r.route";
+               COALESCE(r.resume_offset, r.start_offset), r.route, r.replay_id";
 
 fn lease_params(request: &LeaseRequest) -> (i64, i64, &'static str) {
     (
@@ -737,5 +737,6 @@ fn lease_from_row(row: &Row, first: usize) -> Result<Lease> {
         attempts: row.get(first + 5),
         kind: kind.parse().map_err(|e: String| invalid("lease", e))?,
         resume_from: row.get(first + 7),
+        replay_id: row.get(first + 9),
     })
 }

@@ -275,6 +275,7 @@ async fn a_window_replay_redelivers_done_offsets_without_moving_the_watermark_ba
         .await
         .expect("lease")
     {
+        assert_eq!(lease.replay_id, None, "a first delivery names no replay");
         store.checkpoint(&lease).await.expect("checkpoint");
     }
     store.advance_watermarks("r").await.expect("advance");
@@ -319,6 +320,8 @@ async fn a_window_replay_redelivers_done_offsets_without_moving_the_watermark_ba
         .expect("replays");
     assert_eq!(replays.len(), 2);
     for lease in &replays {
+        // Destinations are told which replay a delivery belongs to (`X-Courier-Replay`).
+        assert_eq!(lease.replay_id, done.replay_id);
         store.checkpoint(lease).await.expect("checkpoint");
     }
     assert_eq!(

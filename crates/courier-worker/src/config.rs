@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use courier_core::{Backoff, Ordering};
-use courier_http::{DestinationConfig, Format};
+use courier_http::DestinationConfig;
 use courier_store::RouteSettings;
 use serde::Deserialize;
 
@@ -225,13 +225,7 @@ impl RouteConfig {
         let mut settings = RouteSettings::default();
         settings
             .set("destination.url", destination.redacted_url())
-            .set(
-                "destination.format",
-                match destination.format {
-                    Format::Json => "json",
-                    Format::Ndjson => "ndjson",
-                },
-            )
+            .set("destination.format", destination.format.name())
             .set(
                 "ordering",
                 match self.ordering {

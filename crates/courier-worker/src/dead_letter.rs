@@ -6,8 +6,8 @@
 //! destination and HTTP status. Written before the checkpoint: if the checkpoint is then fenced, the
 //! range is delivered again and its dead letters written again (at least once, like deliveries).
 
-use courier_core::Partition;
-use courier_kafka::{HeaderedRecord, Producer};
+use courier_core::{Header, Partition};
+use courier_kafka::{OutgoingRecord, Producer};
 
 use crate::isolate::Refused;
 
@@ -18,9 +18,14 @@ pub(crate) fn record(
     topic: &str,
     partition: Partition,
     refused: &Refused,
-) -> HeaderedRecord {
-    let text = |name: &str, value: String| (name.to_owned(), value.into_bytes());
-    let mut headers = vec![
+) -> OutgoingRecord {
+    let text = |name: &str, value: String| Header {
+        name: name.to_owned(),
+        value: Some(value.into_bytes()),
+    };
+    // The original headers first, as Kafka Connect keeps them, then where it came from and why.
+    let mut headers = refused.message.headers.clone();
+    headers.extend([
         text("__connect.errors.topic", topic.to_owned()),
         text("__connect.errors.partition", partition.to_string()),
         text(
@@ -36,11 +41,12 @@ pub(crate) fn record(
         text("__connect.errors.exception.message", refused.reason.clone()),
         text("courier.route", route.to_owned()),
         text("courier.destination", destination.to_owned()),
-    ];
+    ]);
     if let Some(status) = refused.status {
         headers.push(text("courier.status", status.to_string()));
     }
-    HeaderedRecord {
+    OutgoingRecord {
+        partition: None,
         key: refused.message.key.clone(),
         payload: refused.message.payload.clone(),
         headers,
@@ -51,10 +57,10 @@ pub(crate) fn record(
 pub(crate) async fn write(
     producer: &Producer,
     dead_letter_topic: &str,
-    records: &[HeaderedRecord],
+    records: &[OutgoingRecord],
 ) -> Result<(), String> {
     producer
-        .send_with_headers(dead_letter_topic, records)
+        .send_records(dead_letter_topic, records.iter().cloned())
         .await
         .map(|_| ())
         .map_err(|error| {
@@ -80,6 +86,10 @@ mod tests {
                 offset: 73,
                 timestamp_ms: None,
                 key: Some(b"k".to_vec()),
+                headers: vec![Header {
+                    name: "trace".into(),
+                    value: Some(b"t-1".to_vec()),
+                }],
                 payload: Some(b"{\"bad\":true}".to_vec()),
             },
             reason: "HTTP 400 Bad Request: missing field".into(),
@@ -90,8 +100,9 @@ mod tests {
             record
                 .headers
                 .iter()
-                .find(|(key, _)| key == name)
-                .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
+                .find(|header| header.name == name)
+                .and_then(|header| header.value.as_deref())
+                .map(|value| String::from_utf8_lossy(value).into_owned())
         };
         assert_eq!(
             header("__connect.errors.topic").as_deref(),
@@ -105,6 +116,11 @@ mod tests {
         );
         assert_eq!(header("courier.route").as_deref(), Some("orders"));
         assert_eq!(header("courier.status").as_deref(), Some("400"));
+        assert_eq!(
+            header("trace").as_deref(),
+            Some("t-1"),
+            "the original headers are kept"
+        );
         assert_eq!(record.key.as_deref(), Some(&b"k"[..]));
         assert_eq!(record.payload, refused.message.payload);
     }

@@ -472,6 +472,8 @@ fn bounded_batches<'a>(
         };
         out.push(Batch {
             route: &route.config.name,
+            topic: &route.config.topic,
+            replay_id: lease.replay_id,
             partition: lease.partition,
             first_offset,
             end_offset,

@@ -339,6 +339,7 @@ mod tests {
                 offset,
                 timestamp_ms: None,
                 key: None,
+                headers: Vec::new(),
                 payload: Some(format!("{{\"n\":{offset}}}").into_bytes()),
             })
             .collect()
@@ -363,6 +364,8 @@ mod tests {
     ) -> Isolation {
         let batch = Batch {
             route: "r",
+            topic: "t",
+            replay_id: None,
             partition: 0,
             first_offset: first,
             end_offset: end,
@@ -543,6 +546,8 @@ mod tests {
         let batch = messages(0..8);
         let batch = Batch {
             route: "r",
+            topic: "t",
+            replay_id: None,
             partition: 0,
             first_offset: 0,
             end_offset: 8,

@@ -320,6 +320,7 @@ async fn drive(
             attempts: 1,
             kind: RangeKind::Live,
             resume_from: start,
+            replay_id: None,
         };
         let outcome = harness
             .checkpoint(&stale)

@@ -187,6 +187,15 @@ impl RangeRead<'_> {
             offset: message.offset(),
             timestamp_ms: message.timestamp().to_millis(),
             key: message.key().map(<[u8]>::to_vec),
+            // In the producer's order, duplicates and null values kept: the destination sees them all.
+            headers: message.headers().map_or_else(Vec::new, |headers| {
+                rdkafka::message::Headers::iter(headers)
+                    .map(|header| courier_core::Header {
+                        name: header.key.to_owned(),
+                        value: header.value.map(<[u8]>::to_vec),
+                    })
+                    .collect()
+            }),
             payload: message.payload().map(<[u8]>::to_vec),
         })
     }

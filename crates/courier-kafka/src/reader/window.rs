@@ -130,6 +130,7 @@ mod tests {
             offset,
             timestamp_ms: None,
             key: None,
+            headers: Vec::new(),
             payload: Some(vec![b'x'; 36]),
         }
     }
