@@ -141,7 +141,10 @@ pub(crate) async fn run(
         })
         .await;
         let (outcomes, next) = match settled {
-            Some((outcomes, next)) => (outcomes, next),
+            Some((outcomes, next)) => {
+                ctx.settled.notify_one();
+                (outcomes, next)
+            }
             None => (Vec::new(), Vec::new()),
         };
         for (i, (lease, messages)) in delivered.iter().enumerate() {

@@ -117,6 +117,9 @@ pub(crate) struct Context {
     pub live: idle::Gate,
     /// Idle replay tasks.
     pub replays: idle::Gate,
+    /// Ranges were checkpointed: a planner holding a partition's tail back until its ranges in flight
+    /// settle carves it now rather than at its next tick.
+    pub settled: tokio::sync::Notify,
 }
 
 impl Context {
@@ -297,6 +300,7 @@ impl Worker {
                 route_index,
                 live: idle::Gate::default(),
                 replays: idle::Gate::default(),
+                settled: tokio::sync::Notify::new(),
             }),
         })
     }

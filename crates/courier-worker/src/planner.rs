@@ -60,6 +60,9 @@ struct State {
     progress: HashMap<(String, i32), PartitionProgress>,
     /// At the last tick some partition had messages not carved yet.
     uncarved: bool,
+    /// The last round held some partition's short tail back because ranges of it were in flight: the
+    /// planner ticks again as soon as this worker settles ranges.
+    tail_held: bool,
     /// Kafka's watermarks of every planned topic at the last tick.
     last_marks: HashMap<String, Vec<PartitionWatermarks>>,
     /// Ticks a partition's high watermark stayed below its frontier.
@@ -78,8 +81,11 @@ pub(crate) async fn run(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
     let quiet = busy.max(QUIET_PLAN_INTERVAL);
     let mut wait = busy;
     loop {
+        let settled = ctx.settled.notified();
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
+            // A tail held back behind ranges in flight goes as soon as they settle.
+            () = settled, if state.tail_held => {}
             _ = crate::stopped(&mut stop) => return,
         }
         // Messages arriving: tick at `plan_interval`, so they are carved and delivered within about that
@@ -239,6 +245,16 @@ async fn plan_owned(ctx: &Context, state: &mut State, throttle: &Throttle) -> bo
     match ctx.store.plan_round(&round).await {
         Ok(outcome) => {
             state.last_round = Some(Instant::now());
+            state.tail_held =
+                round
+                    .partitions
+                    .iter()
+                    .zip(&outcome.planned)
+                    .any(|(request, planned)| {
+                        // Short of a range: a tail waiting, not a backlog capped at ranges_ahead.
+                        let left = request.high_watermark - planned.frontier;
+                        left > 0 && left < i64::from(request.range_size)
+                    });
             // One idle task per `leases_per_task` new ranges, at most every task: each that finds work
             // wakes one more.
             let tasks = outcome.carved().div_ceil(ctx.config.leases_per_task.max(1));
@@ -254,6 +270,18 @@ async fn plan_owned(ctx: &Context, state: &mut State, throttle: &Throttle) -> bo
                 .into_iter()
                 .map(|(route, p)| ((route, p.partition), p))
                 .collect();
+            // Against the progress just read (routes just claimed had none before the round): messages
+            // still not carved keep the ticks coming.
+            state.uncarved = owned.iter().any(|route| {
+                marks.get(route.config.topic.as_str()).is_some_and(|marks| {
+                    marks.iter().any(|mark| {
+                        state
+                            .progress
+                            .get(&(route.config.name.clone(), mark.partition))
+                            .is_some_and(|p| mark.high > p.frontier)
+                    })
+                })
+            });
         }
         Err(error) => {
             metrics::store_error("plan");
