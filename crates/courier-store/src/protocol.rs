@@ -287,10 +287,11 @@ impl Store {
                  UPDATE courier_ranges r SET state = 'done', lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
                  FROM unnest($7::bigint[], $8::bigint[]) AS d (id, epoch)
                  WHERE r.id = d.id AND r.epoch = d.epoch AND r.state = 'leased'
-                 RETURNING r.id),
+                 RETURNING r.id, r.epoch),
              {},
              leased AS (UPDATE {LEASE_UPDATE})
-             SELECT (SELECT COALESCE(array_agg(id), '{{}}') FROM done), leased.*
+             SELECT (SELECT COALESCE(array_agg(id), '{{}}') FROM done),
+                    (SELECT COALESCE(array_agg(epoch), '{{}}') FROM done), leased.*
              FROM (SELECT 1) AS one LEFT JOIN leased ON true",
             lease_candidates("AND r.id <> ALL($7::bigint[])")
         );
@@ -316,15 +317,27 @@ impl Store {
                     )
                     .await
                     .map_err(db(OP))?;
-                let checkpointed: Vec<i64> = rows.first().map(|row| row.get(0)).unwrap_or_default();
+                // By (id, epoch): the same range can be in `done` twice, under an expired lease and the
+                // one that replaced it, and only the current one is applied.
+                let checkpointed: Vec<(i64, i64)> = rows
+                    .first()
+                    .map(|row| {
+                        let ids: Vec<i64> = row.get(0);
+                        let epochs: Vec<i64> = row.get(1);
+                        ids.into_iter().zip(epochs).collect()
+                    })
+                    .unwrap_or_default();
                 let outcomes = ids
                     .iter()
-                    .map(|id| epoch_outcome(u64::from(checkpointed.contains(id))))
+                    .zip(&epochs)
+                    .map(|(id, epoch)| {
+                        epoch_outcome(u64::from(checkpointed.contains(&(*id, *epoch))))
+                    })
                     .collect();
                 let leases = rows
                     .iter()
-                    .filter(|row| row.get::<_, Option<i64>>(1).is_some())
-                    .map(|row| lease_from_row(row, 1))
+                    .filter(|row| row.get::<_, Option<i64>>(2).is_some())
+                    .map(|row| lease_from_row(row, 2))
                     .collect::<Result<Vec<_>>>()?;
                 Ok((outcomes, leases))
             })

@@ -271,14 +271,15 @@ async fn plan_owned(ctx: &Context, state: &mut State, throttle: &Throttle) -> bo
                 .map(|(route, p)| ((route, p.partition), p))
                 .collect();
             // Against the progress just read (routes just claimed had none before the round): messages
-            // still not carved keep the ticks coming.
+            // still not carved, or partitions not registered yet (added to the topic), keep the ticks
+            // coming.
             state.uncarved = owned.iter().any(|route| {
                 marks.get(route.config.topic.as_str()).is_some_and(|marks| {
                     marks.iter().any(|mark| {
                         state
                             .progress
                             .get(&(route.config.name.clone(), mark.partition))
-                            .is_some_and(|p| mark.high > p.frontier)
+                            .is_none_or(|p| mark.high > p.frontier)
                     })
                 })
             });
