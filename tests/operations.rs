@@ -679,3 +679,33 @@ async fn a_paused_route_is_not_delivered_is_shown_by_status_and_resumes_recorded
         assert!(text.contains(needle), "{needle:?} missing: {text}");
     }
 }
+
+/// A destination's circuit opening and closing again reach "what changed?" once each: transitions, not
+/// the requests refused while it is open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_circuit_opening_and_closing_is_recorded_once_each() {
+    let db = TestDb::migrated().await;
+    let topic = topic_with("circuit", 1, 400).await;
+    let destination = sink().await;
+    destination.set_behaviour(Behaviour::Status(500));
+    let config = one_route_config(&db.url, &topic, &destination.url(), "").replacen(
+        "max_batch_messages = 50",
+        "max_batch_messages = 50\npause_after_failures = 3\npause_for = \"300ms\"",
+        1,
+    );
+    let config = write_config("courier.toml", &config);
+    let _worker = start_worker(config.to_str().expect("path"));
+    let count = |kind: &str| {
+        format!("SELECT count(*) FROM courier_changes WHERE kind = '{kind}' AND destination = 'd'")
+    };
+    wait_for_count(&db, &count("destination.circuit_opened"), 1).await;
+    destination.set_behaviour(Behaviour::Ok);
+    wait_for_count(&db, &count("destination.circuit_closed"), 1).await;
+    let client = db.raw_client().await;
+    let opened: i64 = client
+        .query_one(count("destination.circuit_opened").as_str(), &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(opened, 1, "probes refused while open are not events");
+}
