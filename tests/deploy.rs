@@ -129,6 +129,30 @@ fn admin_psql(database: &str) -> Result<Command, String> {
     Ok(command)
 }
 
+/// Roles are cluster-wide: dropped when the test ends, passed or not (their database stays until
+/// `scripts/postgres.sh clean-test-databases`).
+struct Roles {
+    database: String,
+    migrator: String,
+    worker: String,
+}
+
+impl Drop for Roles {
+    fn drop(&mut self) {
+        // One role per statement: PostgreSQL 15 trips over a default ACL naming both when given both.
+        for (database, sql) in [
+            (&self.database, format!("DROP OWNED BY \"{}\"", self.worker)),
+            (&self.database, format!("DROP OWNED BY \"{}\"", self.migrator)),
+            (&"postgres".to_owned(), format!("DROP ROLE IF EXISTS \"{}\"", self.worker)),
+            (&"postgres".to_owned(), format!("DROP ROLE IF EXISTS \"{}\"", self.migrator)),
+        ] {
+            if let Ok(mut psql) = admin_psql(database) {
+                let _ = psql.args(["-c", &sql]).stderr(Stdio::null()).status();
+            }
+        }
+    }
+}
+
 fn run_admin(mut command: Command, what: &str) {
     let output = command.output().unwrap_or_else(|e| panic!("{what}: cannot run psql: {e}"));
     assert!(output.status.success(), "{what}: {}", stderr_of(&output));
@@ -148,6 +172,11 @@ async fn courier_runs_as_the_worker_role_of_roles_sql_which_cannot_run_ddl() {
     let worker = unique_name("worker");
     psql.args(["-v", &format!("migrator={migrator}"), "-v", &format!("worker={worker}")]);
     psql.arg("-f").arg(deploy("roles.sql"));
+    let _roles = Roles {
+        database: db.name.clone(),
+        migrator: migrator.clone(),
+        worker: worker.clone(),
+    };
     run_admin(psql, "deploy/roles.sql");
     let mut passwords = admin_psql(&db.name).expect("admin");
     passwords.args([
@@ -207,12 +236,4 @@ async fn courier_runs_as_the_worker_role_of_roles_sql_which_cannot_run_ddl() {
     assert!(pause.status.success(), "pause as the worker role: {}", stderr_of(&pause));
     let changes = String::from_utf8_lossy(&changes.stdout);
     assert!(changes.contains("route.paused") && changes.contains("worker.started"), "{changes}");
-
-    // The roles are cluster-wide: leave none behind (their database goes with scripts/postgres.sh).
-    let mut cleanup = admin_psql(&db.name).expect("admin");
-    cleanup.args(["-c", &format!("DROP OWNED BY \"{migrator}\", \"{worker}\"")]);
-    run_admin(cleanup, "drop what the roles own");
-    let mut cleanup = admin_psql("postgres").expect("admin");
-    cleanup.args(["-c", &format!("DROP ROLE \"{worker}\""), "-c", &format!("DROP ROLE \"{migrator}\"")]);
-    run_admin(cleanup, "drop the roles");
 }
