@@ -12,7 +12,9 @@ use courier_testkit::{unique_name, TestDb};
 use tokio_postgres::error::SqlState;
 
 fn deploy(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy").join(file)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy")
+        .join(file)
 }
 
 fn read(file: &str) -> String {
@@ -47,8 +49,16 @@ fn the_systemd_unit_verifies_restarts_on_failure_and_outlasts_the_drain() {
         "TimeoutStopSec={stop}s leaves no room for the drain ({:?}): systemd would SIGKILL a draining worker",
         default_stop_time()
     );
-    for needle in ["Restart=on-failure", "NoNewPrivileges=yes", "ProtectSystem=strict", "KillSignal=SIGTERM"] {
-        assert!(unit.contains(needle), "{needle} missing from deploy/courier.service");
+    for needle in [
+        "Restart=on-failure",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "KillSignal=SIGTERM",
+    ] {
+        assert!(
+            unit.contains(needle),
+            "{needle} missing from deploy/courier.service"
+        );
     }
     let Ok(verify) = Command::new("systemd-analyze").arg("--version").output() else {
         eprintln!(
@@ -95,7 +105,10 @@ fn the_kubernetes_example_probes_the_admin_endpoint_and_outlasts_the_drain() {
         "listen = \"0.0.0.0:9464\"",
         "args: [\"migrate\"]",
     ] {
-        assert!(manifest.contains(needle), "{needle} missing from deploy/kubernetes.yaml");
+        assert!(
+            manifest.contains(needle),
+            "{needle} missing from deploy/kubernetes.yaml"
+        );
     }
 }
 
@@ -124,8 +137,24 @@ fn admin_psql(database: &str) -> Result<Command, String> {
         ));
     }
     let mut command = Command::new("runuser");
-    command.args(["-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1"]);
-    command.args(["-h", "/var/run/postgresql", "-p", &port.to_string(), "-d", database]);
+    command.args([
+        "-u",
+        "postgres",
+        "--",
+        "psql",
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+    ]);
+    command.args([
+        "-h",
+        "/var/run/postgresql",
+        "-p",
+        &port.to_string(),
+        "-d",
+        database,
+    ]);
     Ok(command)
 }
 
@@ -142,9 +171,18 @@ impl Drop for Roles {
         // One role per statement: PostgreSQL 15 trips over a default ACL naming both when given both.
         for (database, sql) in [
             (&self.database, format!("DROP OWNED BY \"{}\"", self.worker)),
-            (&self.database, format!("DROP OWNED BY \"{}\"", self.migrator)),
-            (&"postgres".to_owned(), format!("DROP ROLE IF EXISTS \"{}\"", self.worker)),
-            (&"postgres".to_owned(), format!("DROP ROLE IF EXISTS \"{}\"", self.migrator)),
+            (
+                &self.database,
+                format!("DROP OWNED BY \"{}\"", self.migrator),
+            ),
+            (
+                &"postgres".to_owned(),
+                format!("DROP ROLE IF EXISTS \"{}\"", self.worker),
+            ),
+            (
+                &"postgres".to_owned(),
+                format!("DROP ROLE IF EXISTS \"{}\"", self.migrator),
+            ),
         ] {
             if let Ok(mut psql) = admin_psql(database) {
                 let _ = psql.args(["-c", &sql]).stderr(Stdio::null()).status();
@@ -154,7 +192,9 @@ impl Drop for Roles {
 }
 
 fn run_admin(mut command: Command, what: &str) {
-    let output = command.output().unwrap_or_else(|e| panic!("{what}: cannot run psql: {e}"));
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run psql: {e}"));
     assert!(output.status.success(), "{what}: {}", stderr_of(&output));
 }
 
@@ -170,7 +210,12 @@ async fn courier_runs_as_the_worker_role_of_roles_sql_which_cannot_run_ddl() {
     };
     let migrator = unique_name("migrator");
     let worker = unique_name("worker");
-    psql.args(["-v", &format!("migrator={migrator}"), "-v", &format!("worker={worker}")]);
+    psql.args([
+        "-v",
+        &format!("migrator={migrator}"),
+        "-v",
+        &format!("worker={worker}"),
+    ]);
     psql.arg("-f").arg(deploy("roles.sql"));
     let _roles = Roles {
         database: db.name.clone(),
@@ -186,12 +231,22 @@ async fn courier_runs_as_the_worker_role_of_roles_sql_which_cannot_run_ddl() {
         &format!("ALTER ROLE \"{worker}\" PASSWORD 'w'"),
     ]);
     run_admin(passwords, "set passwords");
-    let as_role = |role: &str, password: &str| db.url.replacen("courier:courier@", &format!("{role}:{password}@"), 1);
+    let as_role = |role: &str, password: &str| {
+        db.url
+            .replacen("courier:courier@", &format!("{role}:{password}@"), 1)
+    };
     let (migrator_url, worker_url) = (as_role(&migrator, "m"), as_role(&worker, "w"));
 
     // The migrator applies the schema and owns it.
-    let output = courier(&["migrate"]).env("DATABASE_URL", &migrator_url).output().expect("migrate");
-    assert!(output.status.success(), "migrate as {migrator}: {}", stderr_of(&output));
+    let output = courier(&["migrate"])
+        .env("DATABASE_URL", &migrator_url)
+        .output()
+        .expect("migrate");
+    assert!(
+        output.status.success(),
+        "migrate as {migrator}: {}",
+        stderr_of(&output)
+    );
 
     // The worker cannot create, alter or drop anything.
     let (client, connection) = tokio_postgres::connect(&worker_url, tokio_postgres::NoTls)
@@ -205,7 +260,11 @@ async fn courier_runs_as_the_worker_role_of_roles_sql_which_cannot_run_ddl() {
         "DROP TABLE courier_changes",
     ] {
         let error = client.batch_execute(ddl).await.expect_err(ddl);
-        assert_eq!(error.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{ddl}: {error}");
+        assert_eq!(
+            error.code(),
+            Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+            "{ddl}: {error}"
+        );
     }
 
     drop(client);
@@ -213,7 +272,10 @@ async fn courier_runs_as_the_worker_role_of_roles_sql_which_cannot_run_ddl() {
     // ... and `courier run` delivers everything as the worker, then drains on SIGTERM.
     let topic = topic_with("roles", 2, 300).await;
     let destination = sink().await;
-    let config = write_config("courier.toml", &one_route_config(&worker_url, &topic, &destination.url(), ""));
+    let config = write_config(
+        "courier.toml",
+        &one_route_config(&worker_url, &topic, &destination.url(), ""),
+    );
     let config = config.to_str().expect("utf-8 path");
     let run = courier(&["run", "--config", config])
         .stdout(Stdio::null())
@@ -224,16 +286,37 @@ async fn courier_runs_as_the_worker_role_of_roles_sql_which_cannot_run_ddl() {
         .wait_until(|s| s.delivered_elements >= 600, Duration::from_secs(120))
         .await;
     // The operator's tools work as the worker role too.
-    let pause = courier(&["pause", "r", "--reason", "roles test", "--config", config]).output().expect("pause");
-    let changes = courier(&["changes", "--config", config]).output().expect("changes");
-    let _ = Command::new("kill").args(["-TERM", &run.id().to_string()]).status();
+    let pause = courier(&["pause", "r", "--reason", "roles test", "--config", config])
+        .output()
+        .expect("pause");
+    let changes = courier(&["changes", "--config", config])
+        .output()
+        .expect("changes");
+    let _ = Command::new("kill")
+        .args(["-TERM", &run.id().to_string()])
+        .status();
     let exit = tokio::task::spawn_blocking(move || run.wait_with_output())
         .await
         .expect("join")
         .expect("wait");
-    assert!(delivered.is_ok(), "not delivered as the worker role: {}", String::from_utf8_lossy(&exit.stderr));
-    assert!(exit.status.success(), "{}", String::from_utf8_lossy(&exit.stderr));
-    assert!(pause.status.success(), "pause as the worker role: {}", stderr_of(&pause));
+    assert!(
+        delivered.is_ok(),
+        "not delivered as the worker role: {}",
+        String::from_utf8_lossy(&exit.stderr)
+    );
+    assert!(
+        exit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&exit.stderr)
+    );
+    assert!(
+        pause.status.success(),
+        "pause as the worker role: {}",
+        stderr_of(&pause)
+    );
     let changes = String::from_utf8_lossy(&changes.stdout);
-    assert!(changes.contains("route.paused") && changes.contains("worker.started"), "{changes}");
+    assert!(
+        changes.contains("route.paused") && changes.contains("worker.started"),
+        "{changes}"
+    );
 }

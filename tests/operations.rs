@@ -624,12 +624,23 @@ async fn a_paused_route_is_not_delivered_is_shown_by_status_and_resumes_recorded
         .await
         .expect("record the route");
     let output = courier(&[
-        "pause", "r", "--reason", "destination down, INC-7", "--by", "alice", "--config", config,
+        "pause",
+        "r",
+        "--reason",
+        "destination down, INC-7",
+        "--by",
+        "alice",
+        "--config",
+        config,
     ])
     .output()
     .expect("pause");
     assert!(output.status.success(), "{}", stderr_of(&output));
-    assert!(stdout_of(&output).contains("Paused route r"), "{}", stdout_of(&output));
+    assert!(
+        stdout_of(&output).contains("Paused route r"),
+        "{}",
+        stdout_of(&output)
+    );
 
     let _worker = start_worker(config);
     // The planner keeps carving while the route is paused, so the lag stays visible ...
@@ -645,19 +656,30 @@ async fn a_paused_route_is_not_delivered_is_shown_by_status_and_resumes_recorded
     let ever_leased: i64 = db
         .raw_client()
         .await
-        .query_one("SELECT count(*) FROM courier_ranges WHERE route = 'r' AND epoch > 0", &[])
+        .query_one(
+            "SELECT count(*) FROM courier_ranges WHERE route = 'r' AND epoch > 0",
+            &[],
+        )
         .await
         .expect("count")
         .get(0);
     assert_eq!(ever_leased, 0, "a paused route's range was leased");
 
-    let output = courier(&["status", "--config", config]).output().expect("status");
+    let output = courier(&["status", "--config", config])
+        .output()
+        .expect("status");
     let text = stdout_of(&output);
-    assert_eq!(output.status.code(), Some(3), "a paused route needs attention: {text}");
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "a paused route needs attention: {text}"
+    );
     for needle in ["PAUSED", "INC-7", "alice", "courier resume r"] {
         assert!(text.contains(needle), "{needle:?} missing: {text}");
     }
-    let output = courier(&["status", "--json", "--config", config]).output().expect("status --json");
+    let output = courier(&["status", "--json", "--config", config])
+        .output()
+        .expect("status --json");
     let status: Value = serde_json::from_slice(&output.stdout).expect("status --json");
     assert_eq!(status["paused"][0]["route"], "r", "{status}");
 
@@ -670,9 +692,11 @@ async fn a_paused_route_is_not_delivered_is_shown_by_status_and_resumes_recorded
         .await
         .expect("everything delivered once resumed");
 
-    let output = courier(&["changes", "--since", "1h", "--route", "r", "--config", config])
-        .output()
-        .expect("changes");
+    let output = courier(&[
+        "changes", "--since", "1h", "--route", "r", "--config", config,
+    ])
+    .output()
+    .expect("changes");
     let text = stdout_of(&output);
     assert!(output.status.success(), "{}", stderr_of(&output));
     for needle in ["route.paused", "route.resumed", "INC-7", "[alice]"] {

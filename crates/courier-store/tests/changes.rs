@@ -20,7 +20,10 @@ fn spec(name: &str) -> RouteSpec {
 }
 
 async fn route_with_ranges(store: &Store, name: &str, high_watermark: i64) {
-    store.ensure_route(&spec(name), &[(0, 0)]).await.expect("route");
+    store
+        .ensure_route(&spec(name), &[(0, 0)])
+        .await
+        .expect("route");
     store
         .plan(&PlanRequest {
             route: name.into(),
@@ -75,7 +78,10 @@ async fn a_paused_route_is_never_leased_and_pause_and_resume_are_recorded_once()
     assert_eq!(paused.len(), 1);
     assert_eq!(paused[0].route, "a");
     assert_eq!(paused[0].by.as_deref(), Some("alice@laptop"));
-    assert_eq!(paused[0].reason.as_deref(), Some("destination returns 500, INC-1"));
+    assert_eq!(
+        paused[0].reason.as_deref(),
+        Some("destination returns 500, INC-1")
+    );
 
     // Both lease paths skip the paused route, however many ranges are asked for.
     let leases = store.lease(&lease_both(100)).await.expect("lease");
@@ -85,20 +91,39 @@ async fn a_paused_route_is_never_leased_and_pause_and_resume_are_recorded_once()
         .checkpoint_all_and_lease(&leases, Some(&lease_both(100)))
         .await
         .expect("checkpoint and lease");
-    assert!(more.is_empty(), "a paused route's ranges were leased: {more:?}");
+    assert!(
+        more.is_empty(),
+        "a paused route's ranges were leased: {more:?}"
+    );
     // Replays of a paused route wait too.
-    let replay = LeaseRequest::one_route("a", Ordering::None, "w", 10, Duration::from_secs(60), RangeKind::Replay);
+    let replay = LeaseRequest::one_route(
+        "a",
+        Ordering::None,
+        "w",
+        10,
+        Duration::from_secs(60),
+        RangeKind::Replay,
+    );
     store
-        .replay_window("a", 0, courier_core::OffsetRange::new(0, 100).expect("range"), 100, &ReplayAudit {
-            requested_by: "alice".into(),
-            reason: "check".into(),
-            dry_run: false,
-        })
+        .replay_window(
+            "a",
+            0,
+            courier_core::OffsetRange::new(0, 100).expect("range"),
+            100,
+            &ReplayAudit {
+                requested_by: "alice".into(),
+                reason: "check".into(),
+                dry_run: false,
+            },
+        )
         .await
         .expect("replay window");
     assert!(store.lease(&replay).await.expect("lease replay").is_empty());
 
-    assert!(store.set_route_paused("a", false, "fixed", "alice").await.expect("resume"));
+    assert!(store
+        .set_route_paused("a", false, "fixed", "alice")
+        .await
+        .expect("resume"));
     assert!(store.paused_routes().await.expect("paused").is_empty());
     let leases = store.lease(&lease_both(100)).await.expect("lease");
     assert_eq!(leases.len(), 3, "a's ranges are leased again once resumed");
@@ -119,7 +144,10 @@ async fn a_paused_route_is_never_leased_and_pause_and_resume_are_recorded_once()
         .expect_err("unknown route");
     assert!(matches!(error, StoreError::Invalid { .. }));
     let message = error.to_string();
-    assert!(message.contains("\"nope\"") && message.contains("a, b"), "{message}");
+    assert!(
+        message.contains("\"nope\"") && message.contains("a, b"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
@@ -130,7 +158,9 @@ async fn events_are_recorded_with_their_change_and_only_on_transitions() {
     // The migration that created the timeline recorded itself.
     let migrations = recent(&store, ChangeKind::MigrationApplied).await;
     assert!(
-        migrations.iter().any(|c| c.summary.contains("0006_changes.sql")),
+        migrations
+            .iter()
+            .any(|c| c.summary.contains("0006_changes.sql")),
         "{migrations:?}"
     );
 
@@ -139,7 +169,14 @@ async fn events_are_recorded_with_their_change_and_only_on_transitions() {
 
     // A retry is not an event; failing for good is, once.
     let leases = store
-        .lease(&LeaseRequest::one_route("a", Ordering::None, "w", 2, Duration::from_secs(60), RangeKind::Live))
+        .lease(&LeaseRequest::one_route(
+            "a",
+            Ordering::None,
+            "w",
+            2,
+            Duration::from_secs(60),
+            RangeKind::Live,
+        ))
         .await
         .expect("lease");
     assert_eq!(leases.len(), 2);
@@ -150,20 +187,34 @@ async fn events_are_recorded_with_their_change_and_only_on_transitions() {
         max_attempts: 5,
         delivered_to: None,
     };
-    store.fail(&leases[0], &failure(false)).await.expect("retryable");
+    store
+        .fail(&leases[0], &failure(false))
+        .await
+        .expect("retryable");
     assert!(recent(&store, ChangeKind::RangeFailed).await.is_empty());
-    store.fail(&leases[1], &failure(true)).await.expect("permanent");
+    store
+        .fail(&leases[1], &failure(true))
+        .await
+        .expect("permanent");
     let failed = recent(&store, ChangeKind::RangeFailed).await;
     assert_eq!(failed.len(), 1, "{failed:?}");
-    assert!(failed[0].summary.contains("HTTP 400"), "{}", failed[0].summary);
+    assert!(
+        failed[0].summary.contains("HTTP 400"),
+        "{}",
+        failed[0].summary
+    );
 
     // A replay of it is recorded with who asked and why.
     store
-        .replay_failed("a", &ReplayFilter::default(), &ReplayAudit {
-            requested_by: "alice".into(),
-            reason: "payload fixed".into(),
-            dry_run: false,
-        })
+        .replay_failed(
+            "a",
+            &ReplayFilter::default(),
+            &ReplayAudit {
+                requested_by: "alice".into(),
+                reason: "payload fixed".into(),
+                dry_run: false,
+            },
+        )
         .await
         .expect("replay");
     let replays = recent(&store, ChangeKind::Replay).await;
@@ -185,21 +236,36 @@ async fn events_are_recorded_with_their_change_and_only_on_transitions() {
     // A settings change on purpose is recorded, naming the key.
     let mut settings = RouteSettings::default();
     settings.set("destination.format", "json");
-    store.update_route_settings(&spec("a"), &settings).await.expect("adopt");
+    store
+        .update_route_settings(&spec("a"), &settings)
+        .await
+        .expect("adopt");
     settings.set("destination.format", "ndjson");
-    store.update_route_settings(&spec("a"), &settings).await.expect("update");
+    store
+        .update_route_settings(&spec("a"), &settings)
+        .await
+        .expect("update");
     let changed = recent(&store, ChangeKind::RouteSettingsChanged).await;
     assert_eq!(changed.len(), 2, "{changed:?}");
-    assert!(changed[1].summary.contains("ndjson") && changed[1].summary.contains("courier routes update"));
+    assert!(
+        changed[1].summary.contains("ndjson")
+            && changed[1].summary.contains("courier routes update")
+    );
 
     // Recorded on its own (a worker starting), filtered by route, newest kept under a limit.
     store
         .record_change(&Change::new(ChangeKind::WorkerStarted, "worker w started").actor("w"))
         .await
         .expect("record");
-    let of_a = store.changes(Duration::from_secs(3600), Some("a"), 1000).await.expect("changes");
+    let of_a = store
+        .changes(Duration::from_secs(3600), Some("a"), 1000)
+        .await
+        .expect("changes");
     assert!(of_a.iter().all(|c| c.route.as_deref() == Some("a")) && !of_a.is_empty());
-    let newest = store.changes(Duration::from_secs(3600), None, 1).await.expect("changes");
+    let newest = store
+        .changes(Duration::from_secs(3600), None, 1)
+        .await
+        .expect("changes");
     assert_eq!(newest.len(), 1);
     assert_eq!(newest[0].kind, "worker.started");
 }
@@ -218,10 +284,16 @@ async fn events_older_than_the_retention_are_pruned() {
         .expect("record");
     let client = db.raw_client().await;
     client
-        .execute("UPDATE courier_changes SET at = now() - interval '40 days' WHERE summary = 'old'", &[])
+        .execute(
+            "UPDATE courier_changes SET at = now() - interval '40 days' WHERE summary = 'old'",
+            &[],
+        )
         .await
         .expect("age one event");
-    let pruned = store.prune_changes(Duration::from_secs(30 * 24 * 3600)).await.expect("prune");
+    let pruned = store
+        .prune_changes(Duration::from_secs(30 * 24 * 3600))
+        .await
+        .expect("prune");
     assert_eq!(pruned, 1);
     let left: Vec<String> = store
         .changes(Duration::from_secs(365 * 24 * 3600), None, 1000)

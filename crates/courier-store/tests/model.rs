@@ -196,7 +196,12 @@ impl Model {
     /// Ranges a lease call may return, in the order it must prefer them (oldest carved first).
     fn leasable(&self) -> Vec<RangeKey> {
         let mut out: Vec<(u64, RangeKey)> = Vec::new();
-        for (r, route) in self.routes.iter().enumerate().filter(|(_, route)| !route.paused) {
+        for (r, route) in self
+            .routes
+            .iter()
+            .enumerate()
+            .filter(|(_, route)| !route.paused)
+        {
             for (p, part) in route.partitions.iter().enumerate() {
                 let mut unsettled = part.ranges.iter().filter(|(_, r)| !r.state.is_settled());
                 let candidates: Vec<(&i64, &ModelRange)> = match route.ordering {
@@ -767,7 +772,15 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCase
 /// is lost.
 async fn drain_and_check_no_loss(store: &Store, model: &mut Model) -> Result<(), TestCaseError> {
     for route in 0..ROUTES {
-        apply(store, model, &Op::Pause { route, paused: false }).await?;
+        apply(
+            store,
+            model,
+            &Op::Pause {
+                route,
+                paused: false,
+            },
+        )
+        .await?;
     }
     for worker in 0..WORKERS {
         for lease in std::mem::take(&mut model.held[worker]) {

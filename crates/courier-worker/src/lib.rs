@@ -576,7 +576,11 @@ async fn watch_circuits(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
                     format!("destination {name}: circuit closed on worker {}: a request succeeded", ctx.id),
                 ),
             };
-            record_change(&ctx, courier_store::Change::new(kind, summary).destination(name)).await;
+            record_change(
+                &ctx,
+                courier_store::Change::new(kind, summary).destination(name),
+            )
+            .await;
         }
     }
 }
@@ -588,7 +592,10 @@ fn started_change(ctx: &Context, host: &str) -> courier_store::Change {
         "worker {} started on host {host} (pid {}), version {VERSION}, config {}, routes {}",
         ctx.id,
         std::process::id(),
-        ctx.config.config_hash.as_deref().unwrap_or("not from a file"),
+        ctx.config
+            .config_hash
+            .as_deref()
+            .unwrap_or("not from a file"),
         routes.join(", ")
     );
     courier_store::Change::new(courier_store::ChangeKind::WorkerStarted, summary)

@@ -143,19 +143,34 @@ pub async fn changes(args: ChangesArgs) -> anyhow::Result<()> {
         println!("Nothing changed in the last {since}.");
         return Ok(());
     }
-    println!("CHANGES in the last {since} ({} event(s), oldest first)", rows.len());
-    println!("  {:<24} {:<28} {:<20} summary", "at (UTC)", "kind", "route/destination");
+    println!(
+        "CHANGES in the last {since} ({} event(s), oldest first)",
+        rows.len()
+    );
+    println!(
+        "  {:<24} {:<28} {:<20} summary",
+        "at (UTC)", "kind", "route/destination"
+    );
     for c in &rows {
         let subject = c
             .route
             .as_deref()
             .or(c.destination.as_deref())
             .unwrap_or("-");
-        let actor = c.actor.as_deref().map_or(String::new(), |a| format!(" [{a}]"));
-        println!("  {:<24} {:<28} {:<20} {}{actor}", c.at, c.kind, subject, c.summary);
+        let actor = c
+            .actor
+            .as_deref()
+            .map_or(String::new(), |a| format!(" [{a}]"));
+        println!(
+            "  {:<24} {:<28} {:<20} {}{actor}",
+            c.at, c.kind, subject, c.summary
+        );
     }
     if rows.len() as i64 >= args.limit {
-        println!("  (only the newest {}: raise --limit or narrow --since)", args.limit);
+        println!(
+            "  (only the newest {}: raise --limit or narrow --since)",
+            args.limit
+        );
     }
     Ok(())
 }

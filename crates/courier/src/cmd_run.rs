@@ -141,7 +141,11 @@ fn file_hash(path: &Path) -> Option<String> {
     let digest = Sha256::digest(&bytes);
     Some(format!(
         "sha256:{}",
-        digest.iter().take(6).map(|b| format!("{b:02x}")).collect::<String>()
+        digest
+            .iter()
+            .take(6)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
     ))
 }
 
