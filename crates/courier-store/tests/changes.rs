@@ -305,3 +305,47 @@ async fn events_older_than_the_retention_are_pruned() {
         .collect();
     assert_eq!(left, vec!["new".to_owned()]);
 }
+
+#[tokio::test]
+async fn a_range_quarantining_messages_is_one_event_not_one_per_message() {
+    let db = TestDb::migrated().await;
+    let store = db.store().await;
+    route_with_ranges(&store, "a", 100).await;
+    let leases = store
+        .lease(&LeaseRequest::one_route(
+            "a",
+            Ordering::None,
+            "w",
+            1,
+            Duration::from_secs(60),
+            RangeKind::Live,
+        ))
+        .await
+        .expect("lease");
+    let refused: Vec<courier_store::Quarantined> = [7, 42, 99]
+        .into_iter()
+        .map(|offset| courier_store::Quarantined {
+            offset,
+            status: Some(422),
+            reason: "HTTP 422: schema".into(),
+            dead_letter_topic: None,
+        })
+        .collect();
+    store
+        .checkpoint_with_quarantine(&leases[0], &refused)
+        .await
+        .expect("checkpoint with quarantine");
+    let events = recent(&store, ChangeKind::RangeQuarantined).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(
+        events[0].summary.starts_with("3 message(s)") && events[0].summary.contains("7, 42, 99"),
+        "{}",
+        events[0].summary
+    );
+    // A fenced checkpoint quarantines nothing and records nothing.
+    store
+        .checkpoint_with_quarantine(&leases[0], &refused)
+        .await
+        .expect("fenced checkpoint");
+    assert_eq!(recent(&store, ChangeKind::RangeQuarantined).await.len(), 1);
+}
