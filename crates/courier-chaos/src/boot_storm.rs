@@ -133,8 +133,10 @@ async fn drive(
         })
         .await
         .map_err(|e| ChaosError::Setup(format!("reading courier_migrations: {e}")))?;
-    let expected_version = Migrator::embedded().expected_version();
-    let expected: Vec<i64> = (1..=expected_version).collect();
+    // The versions embedded, not 1..=last: a number can be reserved for a migration of another branch.
+    let migrator = Migrator::embedded();
+    let expected: Vec<i64> = migrator.migrations().iter().map(|m| m.version).collect();
+    let expected_version = expected.len() as i64;
     applied.sort_unstable();
     let judgement = p.judge(None).await?;
 

@@ -54,7 +54,7 @@ pub fn fast_worker_config() -> WorkerConfig {
         boot_timeout: Duration::from_secs(60),
         retry_base: Duration::from_millis(50),
         retry_cap: Duration::from_secs(1),
-        accept_route_changes: Vec::new(),
+        ..WorkerConfig::default()
     }
 }
 
