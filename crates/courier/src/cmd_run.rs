@@ -1,8 +1,10 @@
-//! `courier run`: one worker process, until a signal, then a graceful drain.
+//! `courier run`: one worker process, until a signal, then a graceful drain; its admin endpoint (status
+//! page, `/healthz`, `/readyz`, `/metrics`) from before it boots until it exits.
 
 use std::path::Path;
 
 use anyhow::Context as _;
+use courier_admin::{AdminServer, Setup};
 use courier_worker::{open_store, BootRetry, Schema, Worker, WorkerStats};
 use tokio::sync::watch;
 
@@ -26,9 +28,13 @@ pub async fn run(
         );
     }
     config.worker.accept_route_changes = accept_route_changes;
-    if let Some(metrics) = &config.metrics {
-        telemetry::install_metrics(metrics)?;
-    }
+    let admin_on = config
+        .admin
+        .address()
+        .map_err(anyhow::Error::msg)?
+        .is_some();
+    let telemetry = telemetry::install_metrics(config.metrics.as_ref(), admin_on)?;
+    let admin = start_admin(&config, telemetry).await?;
     let boot = BootRetry::new(config.worker.boot_timeout);
     let schema = if migrate {
         Schema::Migrate
@@ -45,6 +51,9 @@ pub async fn run(
     )
     .await
     .context("cannot start the worker")?;
+    if let Some(admin) = &admin {
+        admin.attach(worker.view());
+    }
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -60,6 +69,37 @@ pub async fn run(
         "Worker summary."
     );
     Ok(())
+}
+
+/// Starts the admin endpoint, before the worker boots. A busy default port is a warning (another worker
+/// on this host has it); a busy port the configuration chose stops the start.
+async fn start_admin(
+    config: &Config,
+    telemetry: telemetry::Telemetry,
+) -> anyhow::Result<Option<AdminServer>> {
+    let topics: std::collections::BTreeSet<&str> =
+        config.routes.values().map(|r| r.topic.as_str()).collect();
+    let setup = Setup {
+        config: config.admin.clone(),
+        stall_bound: config
+            .admin
+            .stall_bound(topics.len(), config.kafka.read_timeout),
+        prometheus: telemetry.prometheus,
+        latency: telemetry.latency,
+        kafka: config.kafka.clone(),
+        routes: config.configured_routes(),
+        status: config.status.clone(),
+        heartbeat_every: config.worker.heartbeat_every,
+        version: courier_worker::VERSION,
+    };
+    match AdminServer::start(setup).await {
+        Ok(server) => Ok(server),
+        Err(error) if error.is_busy_default(&config.admin) => {
+            tracing::warn!(%error, "Running without the admin endpoint.");
+            Ok(None)
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// SIGTERM (orchestrators) or SIGINT (a terminal).
@@ -93,6 +133,13 @@ pub fn check_config(path: &Path) -> anyhow::Result<()> {
         config.store.pool_size, config.store.timeouts.client_deadline
     );
     println!("  kafka: {}", config.kafka.brokers);
+    match config.admin.address().map_err(anyhow::Error::msg)? {
+        Some(address) => println!(
+            "  admin: http://{address}/ (status page, /healthz, /readyz, /metrics)"
+        ),
+        None => println!("  admin: off"),
+    }
+    println!("  log format: {:?}", config.log.format);
     for route in config.routes.values() {
         println!(
             "  route {}: topic {:?} -> destination {:?} ({}), ranges of {}, ordering {:?}",
