@@ -64,7 +64,7 @@ fn slug(name: &str) -> String {
 
 const STYLE: &str = "
 body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1b1f24;background:#f6f7f9}
-header,main>section{padding:8px 20px}
+header,main>section,footer{padding:8px 20px}
 header{background:#1b1f24;color:#fff}
 h1{font-size:18px;margin:4px 0}
 h2{font-size:15px;margin:14px 0 6px}
@@ -143,9 +143,9 @@ pub fn render(input: &PageInput<'_>) -> String {
         }
     }
     html.push_str(
-        "</main><footer><section><p>Also: <a href=\"/metrics\">/metrics</a> (Prometheus) · \
+        "</main><footer><p>Also: <a href=\"/metrics\">/metrics</a> (Prometheus) · \
          <a href=\"/healthz\">/healthz</a> · <a href=\"/readyz\">/readyz</a> · \
-         <a href=\"/status.json\">/status.json</a> (as <code>courier status --json</code>)</p></section></footer></div>",
+         <a href=\"/status.json\">/status.json</a> (as <code>courier status --json</code>)</p></footer></div>",
     );
     let _ = write!(html, "<script>{SCRIPT}</script></body></html>");
     html
@@ -189,13 +189,13 @@ fn attention(html: &mut String, report: &Report) {
     for item in &report.attention {
         let since = item.since_unix.map_or(String::new(), |since| {
             format!(
-                " <span class=\"since\">since {}</span>",
+                " <span class=\"since\">Since {}.</span>",
                 escape(&since_text(since, now))
             )
         });
         let _ = write!(
             html,
-            "<li data-code=\"{code}\"><b>{code}</b>: {}{since}. Runbook: <code>{}</code></li>",
+            "<li data-code=\"{code}\"><b>{code}</b>: {}.{since} Runbook: <code>{}</code></li>",
             escape(item.message.trim_end_matches('.')),
             item.runbook(),
             code = item.code.as_str(),

@@ -134,9 +134,9 @@ pub fn check_config(path: &Path) -> anyhow::Result<()> {
     );
     println!("  kafka: {}", config.kafka.brokers);
     match config.admin.address().map_err(anyhow::Error::msg)? {
-        Some(address) => println!(
-            "  admin: http://{address}/ (status page, /healthz, /readyz, /metrics)"
-        ),
+        Some(address) => {
+            println!("  admin: http://{address}/ (status page, /healthz, /readyz, /metrics)")
+        }
         None => println!("  admin: off"),
     }
     println!("  log format: {:?}", config.log.format);
