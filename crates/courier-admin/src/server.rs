@@ -67,13 +67,16 @@ impl AdminError {
     }
 }
 
+/// A status report, or why the store could not be read, as shared between concurrent page loads.
+type SharedReport = Arc<Result<Report, String>>;
+
 struct AppState {
     setup: Setup,
     started: Instant,
     worker: OnceLock<WorkerView>,
     readiness: Readiness,
     reader: tokio::sync::OnceCell<RangeReader>,
-    report: tokio::sync::Mutex<Option<(Instant, Arc<Result<Report, String>>)>>,
+    report: tokio::sync::Mutex<Option<(Instant, SharedReport)>>,
 }
 
 /// A running admin endpoint. Dropping it stops it.
@@ -178,7 +181,7 @@ impl AppState {
     }
 
     /// The report, at most half a refresh old.
-    async fn report(&self, worker: &WorkerView) -> Arc<Result<Report, String>> {
+    async fn report(&self, worker: &WorkerView) -> SharedReport {
         let mut cached = self.report.lock().await;
         let fresh_for = (self.setup.config.refresh / 2).max(Duration::from_secs(1));
         if let Some((at, report)) = &*cached {
