@@ -339,3 +339,64 @@ async fn status_needs_attention_for_routes_nobody_runs_and_a_silent_broker_costs
     assert!(status["partitions"][0]["lag"].is_null(), "lag is unknown");
     drop(silent);
 }
+
+#[test]
+fn logs_are_json_lines_on_request_never_coloured_into_a_pipe_and_help_names_rust_log() {
+    // A worker that cannot reach its store logs its retries, then gives up: enough to read its logs.
+    let config = write_config(
+        "courier.toml",
+        &format!(
+            "{}\n[admin]\nlisten = \"\"\n",
+            one_route_config(
+                "postgres://courier:courier@127.0.0.1:9/courier",
+                "t",
+                "http://127.0.0.1:9/",
+                ""
+            )
+            .replace(
+                "heartbeat_every = \"1s\"",
+                "heartbeat_every = \"1s\"\nboot_timeout = \"1s\""
+            )
+        ),
+    );
+    let config = config.to_str().expect("path");
+
+    let output = courier(&["--log-format", "json", "run", "--config", config])
+        .output()
+        .expect("courier run");
+    assert!(!output.status.success());
+    let stderr = stderr_of(&output);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(lines.len() >= 2, "retries and the final error: {stderr}");
+    for line in &lines {
+        let event: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(
+            event["level"].is_string() && event["message"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(
+        lines
+            .last()
+            .is_some_and(|l| l.contains("\"ERROR\"") && l.contains("store-unavailable.md")),
+        "the final error is a JSON line too: {stderr}"
+    );
+
+    // Text, the default; stderr is a pipe here, so no colour codes, NO_COLOR or not.
+    let output = courier(&["run", "--config", config])
+        .env_remove("NO_COLOR")
+        .output()
+        .expect("courier run");
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains("WARN") && !stderr.contains('\u{1b}'),
+        "plain text into a pipe: {stderr:?}"
+    );
+
+    let help = stdout_of(&courier(&["--help"]).output().expect("courier --help"));
+    assert!(
+        help.contains("RUST_LOG") && help.contains("--log-format") && help.contains("NO_COLOR"),
+        "{help}"
+    );
+}

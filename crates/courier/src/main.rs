@@ -151,8 +151,11 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(error) => {
-            // One line: what happened and, from the error itself, what to do.
-            eprintln!("courier: error: {error:#}");
+            // One line: what happened and, from the error itself, what to do. A JSON log stays JSON.
+            match log_format {
+                telemetry::LogFormat::Text => eprintln!("courier: error: {error:#}"),
+                telemetry::LogFormat::Json => tracing::error!("courier: error: {error:#}"),
+            }
             ExitCode::FAILURE
         }
     }
