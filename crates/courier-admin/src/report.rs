@@ -256,19 +256,23 @@ pub struct PartitionView {
     pub watermark: i64,
     pub frontier: i64,
     pub unsettled_ranges: i64,
+    /// Settled offsets at or above the watermark (see `PartitionRow::settled_ahead`): not lag.
+    pub settled_ahead: i64,
     /// Kafka's low and high watermarks, when Kafka answered.
     pub kafka: Option<(i64, i64)>,
     /// Offsets of failed ranges: settled without being delivered, not part of lag.
     pub failed_offsets: i64,
     pub failed_ranges: i64,
-    /// Age of the oldest message not settled yet (the one at the watermark), when it could be read.
+    /// Age of the oldest message not settled yet, when it could be read.
     pub oldest_age: Option<Duration>,
 }
 
 impl PartitionView {
-    /// Messages not settled yet (Kafka's high watermark minus courier's watermark), when Kafka answered.
+    /// Messages not settled yet (Kafka's high watermark minus courier's watermark, minus what is settled
+    /// above the watermark already), when Kafka answered. Failed offsets are never part of it.
     pub fn lag(&self) -> Option<i64> {
-        self.kafka.map(|(_, high)| (high - self.watermark).max(0))
+        self.kafka
+            .map(|(_, high)| (high - self.watermark - self.settled_ahead).max(0))
     }
 }
 
@@ -366,10 +370,11 @@ pub async fn gather(
                 watermark: p.watermark,
                 frontier: p.frontier,
                 unsettled_ranges: p.unsettled_ranges,
+                settled_ahead: p.settled_ahead,
                 kafka: facts.marks.get(&key).copied(),
                 failed_offsets,
                 failed_ranges,
-                oldest_age: facts.ages.get(&(key, p.watermark)).copied(),
+                oldest_age: facts.ages.get(&(key, p.first_unsettled)).copied(),
             }
         })
         .collect();
@@ -390,7 +395,7 @@ pub async fn gather(
 struct KafkaFacts {
     /// (low, high) by (topic, partition).
     marks: HashMap<(String, i32), (i64, i64)>,
-    /// Age of the message at an offset, by ((topic, partition), offset).
+    /// Age of the first unsettled message, by ((topic, partition), its offset).
     ages: HashMap<((String, i32), i64), Duration>,
     error: Option<String>,
 }
@@ -438,16 +443,17 @@ async fn ask_kafka(
             }
         }
     }
-    // The oldest undelivered message of each partition behind: the one at its watermark.
+    // The oldest undelivered message of each partition behind: its first unsettled offset.
     for p in partitions {
         let key = (p.topic.clone(), p.partition);
         let Some((_, high)) = facts.marks.get(&key).copied() else {
             continue;
         };
-        if high <= p.watermark {
+        let first = p.first_unsettled;
+        if high <= first {
             continue;
         }
-        let Ok(range) = OffsetRange::new(p.watermark, p.watermark + 1) else {
+        let Ok(range) = OffsetRange::new(first, first + 1) else {
             continue;
         };
         let bound = deadline
@@ -471,7 +477,7 @@ async fn ask_kafka(
                         Some(now.saturating_sub(Duration::from_millis(ms)))
                     });
                 if let Some(age) = age {
-                    facts.ages.insert((key, p.watermark), age);
+                    facts.ages.insert((key, first), age);
                 }
             }
             // Deleted by retention, say: the age stays unknown; other partitions may answer.
@@ -728,7 +734,7 @@ fn judge(report: &Report, bounds: &StatusConfig) -> Vec<Attention> {
             let entry = lag_by_route
                 .entry(&view.route)
                 .or_insert((0, None, &view.destination));
-            entry.0 += (high - view.watermark).max(0);
+            entry.0 += view.lag().unwrap_or(0);
             if let Some(age) = view.oldest_age {
                 let since = oldest_since(age);
                 entry.1 = Some(entry.1.map_or(since, |s: i64| s.min(since)));
@@ -822,6 +828,7 @@ mod tests {
             watermark,
             frontier: watermark,
             unsettled_ranges: 0,
+            settled_ahead: 0,
             kafka: Some((0, high)),
             failed_offsets: 0,
             failed_ranges: 0,
@@ -928,6 +935,15 @@ mod tests {
     }
 
     #[test]
+    fn offsets_settled_above_a_watermark_not_moved_yet_are_not_lag() {
+        // No worker moved the watermark past a failed range of 200 and 300 delivered offsets.
+        let mut view = partition("a", 0, 600);
+        view.settled_ahead = 500;
+        view.failed_offsets = 200;
+        assert_eq!(view.lag(), Some(100));
+    }
+
+    #[test]
     fn a_destination_failing_now_needs_attention_before_anything_fails_for_good() {
         let snapshot = Snapshot {
             routes: vec![recorded("a", Some("w1"))],
@@ -959,6 +975,8 @@ mod tests {
                 frontier: 0,
                 watermark: 0,
                 unsettled_ranges: 0,
+                settled_ahead: 0,
+                first_unsettled: 0,
             }],
             ..Snapshot::default()
         };

@@ -25,6 +25,12 @@ pub struct PartitionRow {
     pub watermark: i64,
     /// Ranges planned but not settled.
     pub unsettled_ranges: i64,
+    /// Offsets at or above the watermark in ranges already settled (delivered or failed): the planner
+    /// moves the watermark past them lazily, and not at all while no worker runs. Not lag.
+    pub settled_ahead: i64,
+    /// The first offset not settled yet: the start of the lowest pending or leased range, else the
+    /// frontier (everything carved is settled).
+    pub first_unsettled: i64,
 }
 
 /// A range leased right now.
@@ -188,7 +194,13 @@ impl Store {
                     .query(
                         "SELECT p.route, r.topic, r.destination, p.partition, p.frontier, p.watermark,
                                 (SELECT count(*) FROM courier_ranges x WHERE x.route = p.route AND x.partition = p.partition
-                                   AND x.kind = 'live' AND x.state IN ('pending', 'leased'))
+                                   AND x.kind = 'live' AND x.state IN ('pending', 'leased')),
+                                (SELECT COALESCE(sum(x.end_offset - x.start_offset), 0)::bigint FROM courier_ranges x
+                                 WHERE x.route = p.route AND x.partition = p.partition AND x.kind = 'live'
+                                   AND x.state IN ('done', 'failed') AND x.start_offset >= p.watermark),
+                                COALESCE((SELECT min(x.start_offset) FROM courier_ranges x
+                                          WHERE x.route = p.route AND x.partition = p.partition AND x.kind = 'live'
+                                            AND x.state IN ('pending', 'leased')), p.frontier)
                          FROM courier_partitions p JOIN courier_routes r ON r.name = p.route
                          ORDER BY p.route, p.partition",
                         &[],
@@ -204,6 +216,8 @@ impl Store {
                         frontier: r.get(4),
                         watermark: r.get(5),
                         unsettled_ranges: r.get(6),
+                        settled_ahead: r.get(7),
+                        first_unsettled: r.get(8),
                     })
                     .collect();
                 let leases = c
