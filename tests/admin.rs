@@ -245,6 +245,39 @@ async fn the_status_page_of_a_running_worker_shows_a_failing_destination_with_it
         "a real screenshot, {} bytes",
         png.len()
     );
+
+    // The store goes away: not ready (with the reason), yet alive: a restart would not bring it back.
+    let (admin_db, connection) =
+        tokio_postgres::connect(&courier_testkit::db::server_url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect to the server's own database");
+    tokio::spawn(connection);
+    admin_db
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = '{name}' AND pid <> pg_backend_pid();",
+            name = db.name
+        ))
+        .await
+        .expect("cut the worker off its store");
+    let not_ready = poll_until(
+        &client,
+        &format!("{base}/readyz"),
+        Duration::from_secs(30),
+        |s, _| s == 503,
+    )
+    .await;
+    assert!(
+        not_ready.contains("the store") && not_ready.contains("store-unavailable.md"),
+        "{not_ready}"
+    );
+    let alive = client
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .expect("healthz answers");
+    assert_eq!(alive.status().as_u16(), 200, "{:?}", alive.text().await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
