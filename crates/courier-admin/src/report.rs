@@ -171,7 +171,7 @@ impl Attention {
             partition: None,
             destination: None,
             since_unix: None,
-            message,
+            message: without_runbook(message),
         }
     }
 
@@ -222,6 +222,17 @@ impl Attention {
             "runbook": self.runbook(),
             "message": self.message,
         })
+    }
+}
+
+/// `message` without a closing "Runbook: docs/runbooks/x.md" (an error's own words often end so): an
+/// attention item carries its runbook apart, and says it once.
+fn without_runbook(message: String) -> String {
+    match message.rfind(" Runbook: ") {
+        Some(at) if !message[at + " Runbook: ".len()..].trim().contains(' ') => {
+            message[..at].trim_end().to_owned()
+        }
+        _ => message,
     }
 }
 
@@ -988,6 +999,18 @@ mod tests {
             .attention
             .iter()
             .all(|a| a.since_unix == Some(NOW - 300)));
+    }
+
+    #[test]
+    fn an_error_s_own_runbook_is_said_once() {
+        let item = Attention::new(
+            Code::KafkaUnreachable,
+            "Kafka did not answer. Runbook: docs/runbooks/kafka-unavailable.md".into(),
+        );
+        assert_eq!(
+            item.line(NOW),
+            "Kafka did not answer. Runbook: docs/runbooks/kafka-unavailable.md"
+        );
     }
 
     #[test]
