@@ -246,6 +246,22 @@ async fn the_status_page_of_a_running_worker_shows_a_failing_destination_with_it
         png.len()
     );
 
+    // The destination recovers: everything is delivered, the page says all is well and shows the
+    // end-to-end latency this worker measured.
+    destination.set_behaviour(Behaviour::Ok);
+    let html = poll_until(
+        &client,
+        &format!("{base}/"),
+        Duration::from_secs(90),
+        |_, body| body.contains("id=\"all-well\""),
+    )
+    .await;
+    let route_row = row(&html, "route-r-0");
+    assert!(
+        route_row.contains(" ms</td>") && !route_row.contains("class=\"bad\""),
+        "p50 and p99 shown for the route: {route_row}"
+    );
+
     // The store goes away: not ready (with the reason), yet alive: a restart would not bring it back.
     let (admin_db, connection) =
         tokio_postgres::connect(&courier_testkit::db::server_url(), tokio_postgres::NoTls)
