@@ -262,6 +262,25 @@ async fn the_status_page_of_a_running_worker_shows_a_failing_destination_with_it
         "p50 and p99 shown for the route: {route_row}"
     );
 
+    let body = client
+        .get(format!("{base}/status.json"))
+        .send()
+        .await
+        .expect("status.json answers")
+        .text()
+        .await
+        .expect("status.json body");
+    let status: Value = serde_json::from_str(&body).expect("status.json is JSON");
+    assert_eq!(
+        (
+            &status["schema_version"],
+            &status["ok"],
+            &status["routes"][0]["live"]
+        ),
+        (&Value::from(2), &Value::from(true), &Value::from(true)),
+        "the same report as `courier status --json`: {status}"
+    );
+
     // The store goes away: not ready (with the reason), yet alive: a restart would not bring it back.
     let (admin_db, connection) =
         tokio_postgres::connect(&courier_testkit::db::server_url(), tokio_postgres::NoTls)
