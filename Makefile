@@ -16,7 +16,7 @@ demo: ## Run the pipeline end to end: local services (stopped again after), a de
 	scripts/demo.sh
 
 .PHONY: test
-test: services ## Run the whole test suite against real PostgreSQL, Kafka and HTTP (~10 min from a cold build on 2 cores)
+test: services browser ## Run the whole test suite against real PostgreSQL, Kafka and HTTP (~10 min from a cold build on 2 cores)
 	scripts/postgres.sh clean-test-databases
 	$(CARGO) test --workspace --no-fail-fast
 
@@ -54,6 +54,10 @@ postgres: ## Install (if missing) and start a PostgreSQL cluster on 127.0.0.1:54
 .PHONY: kafka
 kafka: ## Fetch the broker from Maven Central (once) and start Kafka in KRaft mode on 127.0.0.1:9092
 	scripts/kafka.sh start
+
+.PHONY: browser
+browser: ## Install (if missing) Debian's chromium, in which a test loads the status page headless
+	scripts/chromium.sh >/dev/null
 
 .PHONY: stop
 stop: ## Stop the local Kafka broker and PostgreSQL cluster

@@ -161,6 +161,27 @@ impl Migrator {
         Ok(version)
     }
 
+    /// [`Migrator::check`] through `store`'s pool, without a new connection: what a running worker's
+    /// readiness check asks every few seconds.
+    pub async fn check_store(&self, store: &crate::Store) -> Result<SchemaVersion> {
+        let applied = store
+            .run("check the schema version", |c| {
+                Box::pin(async move { read_applied(c).await })
+            })
+            .await?
+            .ok_or_else(|| StoreError::SchemaMissing {
+                target: store.target().to_owned(),
+            })?;
+        let version = self.verify(&applied)?;
+        if version.applied < version.expected {
+            return Err(StoreError::SchemaBehind {
+                applied: version.applied,
+                expected: version.expected,
+            });
+        }
+        Ok(version)
+    }
+
     /// Checks applied rows against the known migrations: checksums match, nothing unknown is applied.
     fn verify(&self, applied: &[(i64, String)]) -> Result<SchemaVersion> {
         let expected = self.expected_version();

@@ -23,6 +23,7 @@
 //! - `idle`: idle delivery tasks take turns polling; the planner wakes one per range it carves.
 //! - `isolate`: bisecting a batch the destination refused for good, to quarantine only the bad messages.
 //! - `planner`: the planner tick.
+//! - [`view`]: what the admin endpoint sees: loop beats ([`Liveness`]), routes, destinations' circuits.
 
 #![forbid(unsafe_code)]
 
@@ -34,6 +35,7 @@ mod idle;
 mod isolate;
 pub mod metrics;
 mod planner;
+pub mod view;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
@@ -49,6 +51,7 @@ use tokio::task::JoinSet;
 
 pub use boot::{open_store, BootError, BootRetry, GaveUp, Schema, Service};
 pub use config::{OnPoison, RouteConfig, StartFrom, WorkerConfig};
+pub use view::{DestinationState, Liveness, Loop, WorkerView};
 
 /// The version recorded in `courier_workers`, shown by `courier status`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -122,6 +125,8 @@ pub(crate) struct Context {
     /// Ranges were checkpointed: a planner holding a partition's tail back until its ranges in flight
     /// settle carves it now rather than at its next tick.
     pub settled: tokio::sync::Notify,
+    /// When each loop last came round, for `/healthz`.
+    pub liveness: Liveness,
 }
 
 impl Context {
@@ -303,6 +308,7 @@ impl Worker {
                 live: idle::Gate::default(),
                 replays: idle::Gate::default(),
                 settled: tokio::sync::Notify::new(),
+                liveness: Liveness::default(),
             }),
         })
     }
@@ -310,6 +316,13 @@ impl Worker {
     /// This worker's id, as recorded in `lease_owner` and `courier_workers`.
     pub fn id(&self) -> &str {
         &self.context.id
+    }
+
+    /// A read-only handle for the admin endpoint, valid while and after the worker runs.
+    pub fn view(&self) -> WorkerView {
+        WorkerView {
+            ctx: Arc::clone(&self.context),
+        }
     }
 
     /// Live counters, readable while the worker runs.
@@ -360,6 +373,7 @@ impl Worker {
 
         // A closed channel (the sender dropped) also means stop.
         stopped(&mut shutdown).await;
+        ctx.liveness.set_draining();
         tracing::info!(worker = %ctx.id, drain_timeout = ?ctx.config.drain_timeout, "Draining: no new leases; finishing in-flight ranges.");
         let _ = stop_leasing.send(true);
         let drained = tokio::time::timeout(ctx.config.drain_timeout, async {
@@ -511,6 +525,7 @@ async fn heartbeat(ctx: Arc<Context>, host: String, mut stop: watch::Receiver<bo
             _ = every.tick() => {}
             _ = crate::stopped(&mut stop) => return,
         }
+        ctx.liveness.beat(Loop::Heartbeat);
         if let Err(error) = ctx
             .store
             .heartbeat(&ctx.id, &host, std::process::id(), VERSION)

@@ -92,6 +92,7 @@ pub(crate) async fn run(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
             _ = crate::stopped(&mut stop) => return,
         }
         last_tick = tokio::time::Instant::now();
+        ctx.liveness.beat(crate::Loop::Planner);
         // Messages arriving: tick at `plan_interval`, so they are carved and delivered within about that
         // long. Nothing moving: slow down, so an idle worker's planner costs little.
         wait = if tick(&ctx, &mut state, &throttle).await {

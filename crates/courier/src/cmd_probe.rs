@@ -88,7 +88,7 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
         let Some(metrics) = &config.metrics else {
             bail!("--every emits metrics: add a [metrics] section with statsd_host");
         };
-        telemetry::install_metrics(metrics)?;
+        telemetry::install_metrics(Some(metrics), false)?;
     }
     let sink = Sink::start(args.listen)
         .await

@@ -5,10 +5,14 @@
 //! `worker.drain_timeout`, the rest are released, the stop is recorded, exit 0. SIGHUP does not reload
 //! the configuration: a reload would change a route's delivery settings under ranges in flight, and a
 //! restart (which the service manager does after the drain) is the one way settings change.
+//!
+//! Its admin endpoint (status page, `/healthz`, `/readyz`, `/metrics`) serves from before it boots until
+//! it exits.
 
 use std::path::Path;
 
 use anyhow::Context as _;
+use courier_admin::{AdminServer, Setup};
 use courier_worker::{open_store, BootRetry, Schema, Worker, WorkerStats};
 use tokio::sync::watch;
 
@@ -33,9 +37,13 @@ pub async fn run(
     }
     config.worker.accept_route_changes = accept_route_changes;
     config.worker.config_hash = file_hash(path);
-    if let Some(metrics) = &config.metrics {
-        telemetry::install_metrics(metrics)?;
-    }
+    let admin_on = config
+        .admin
+        .address()
+        .map_err(anyhow::Error::msg)?
+        .is_some();
+    let telemetry = telemetry::install_metrics(config.metrics.as_ref(), admin_on)?;
+    let admin = start_admin(&config, telemetry).await?;
     // Installed first: from here on a stop signal is handled, never the default action (SIGHUP's kills
     // the process on the spot). While starting nothing is leased yet, so a signal just ends the start.
     let mut signals = Signals::install().context(
@@ -48,6 +56,9 @@ pub async fn run(
             return Ok(());
         }
     };
+    if let Some(admin) = &admin {
+        admin.attach(worker.view());
+    }
     let (stop, stopped) = watch::channel(false);
     let id = worker.id().to_owned();
     tokio::spawn(async move {
@@ -65,6 +76,37 @@ pub async fn run(
         "Worker summary."
     );
     Ok(())
+}
+
+/// Starts the admin endpoint, before the worker boots. A busy default port is a warning (another worker
+/// on this host has it); a busy port the configuration chose stops the start.
+async fn start_admin(
+    config: &Config,
+    telemetry: telemetry::Telemetry,
+) -> anyhow::Result<Option<AdminServer>> {
+    let topics: std::collections::BTreeSet<&str> =
+        config.routes.values().map(|r| r.topic.as_str()).collect();
+    let setup = Setup {
+        config: config.admin.clone(),
+        stall_bound: config
+            .admin
+            .stall_bound(topics.len(), config.kafka.read_timeout),
+        prometheus: telemetry.prometheus,
+        latency: telemetry.latency,
+        kafka: config.kafka.clone(),
+        routes: config.configured_routes(),
+        status: config.status.clone(),
+        heartbeat_every: config.worker.heartbeat_every,
+        version: courier_worker::VERSION,
+    };
+    match AdminServer::start(setup).await {
+        Ok(server) => Ok(server),
+        Err(error) if error.is_busy_default(&config.admin) => {
+            tracing::warn!(%error, "Running without the admin endpoint.");
+            Ok(None)
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// Reaches the store (migrating it with `--migrate`) and Kafka, records the routes.
@@ -157,6 +199,13 @@ pub fn check_config(path: &Path) -> anyhow::Result<()> {
         config.store.pool_size, config.store.timeouts.client_deadline
     );
     println!("  kafka: {}", config.kafka.brokers);
+    match config.admin.address().map_err(anyhow::Error::msg)? {
+        Some(address) => {
+            println!("  admin: http://{address}/ (status page, /healthz, /readyz, /metrics)")
+        }
+        None => println!("  admin: off"),
+    }
+    println!("  log format: {:?}", config.log.format);
     for route in config.routes.values() {
         println!(
             "  route {}: topic {:?} -> destination {:?} ({}), ranges of {}, ordering {:?}",

@@ -1,21 +1,20 @@
 //! `courier status`: where every route stands, who holds what, what failed, who runs which version.
 //!
-//! Exit status: 0 when all is well, 3 when something needs attention (failed ranges, quarantined
-//! messages, lag or age over the
-//! thresholds, a destination holding everyone off, no live worker, a high watermark below the frontier,
-//! a paused route: a forgotten pause is lag nobody is alerted to),
-//! 1 when the status could not be read. Every warning names its runbook.
+//! Exit status: 0 only when nothing needs attention: every configured route has a live worker, nothing
+//! failed, is quarantined or is being retried, no destination holds everyone off, Kafka answered, and
+//! lag and the oldest message's age are under their bounds (`[status]`, `--max-lag`, `--max-age`);
+//! 3 when something needs attention; 1 when the status could not be read. Every attention item says
+//! what, since when and which runbook; `--json` carries them as objects with a code (see
+//! `courier_admin::report`, which judges for this command and the status page alike). A paused route
+//! needs attention for as long as it is paused: a pause forgotten after an incident is lag nobody is
+//! alerted to.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use courier_core::OffsetRange;
-use courier_kafka::RangeReader;
-use courier_store::status::Snapshot;
+use courier_admin::report::{self, connect_reader, gather, seconds, Inputs, Report};
 use courier_worker::{open_store, BootRetry, Schema};
-use serde_json::json;
 
 use crate::config::Config;
 
@@ -26,201 +25,78 @@ pub const ATTENTION: u8 = 3;
 pub struct StatusArgs {
     #[arg(long, short, env = "COURIER_CONFIG", default_value = "courier.toml")]
     config: PathBuf,
-    /// Machine-readable output.
+    /// Machine-readable output (its layout is versioned: `schema_version`).
     #[arg(long)]
     json: bool,
-    /// Lag (messages) above which a route needs attention.
-    #[arg(long, default_value_t = 100_000)]
-    max_lag: i64,
-    /// Age of the oldest undelivered message above which a route needs attention.
-    #[arg(long, default_value = "3m", value_parser = humantime::parse_duration)]
-    max_age: Duration,
+    /// Lag (messages, per route) above which a route needs attention [default: status.max_lag, 100000].
+    #[arg(long)]
+    max_lag: Option<i64>,
+    /// Age of the oldest undelivered message above which a partition needs attention [default:
+    /// status.max_age, 1m].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    max_age: Option<Duration>,
+    /// Bound on each Kafka call and on waiting for the store [default: status.timeout, 5s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
 }
 
-struct PartitionView {
-    route: String,
-    topic: String,
-    partition: i32,
-    watermark: i64,
-    frontier: i64,
-    high: Option<i64>,
-    oldest_age: Option<Duration>,
+impl StatusArgs {
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config)?;
-    // A database without the schema, or behind it, is a clear message rather than a query error.
-    let boot = BootRetry::new(config.worker.boot_timeout);
+    let mut bounds = config.status.clone();
+    bounds.max_lag = args.max_lag.unwrap_or(bounds.max_lag);
+    bounds.max_age = args.max_age.unwrap_or(bounds.max_age);
+    bounds.timeout = args.timeout.unwrap_or(bounds.timeout);
+    // A database without the schema, or behind it, is a clear message rather than a query error; a store
+    // that does not answer costs `timeout`, not the worker's boot timeout.
+    let boot = BootRetry::new(bounds.timeout);
     let (store, _) = open_store(&config.store, Schema::Check, &boot).await?;
-    let snapshot = store.snapshot().await?;
-    let reader = RangeReader::connect(config.kafka.clone()).await.ok();
-
-    let mut high: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
-    let mut warnings: Vec<String> = Vec::new();
-    if let Some(reader) = &reader {
-        let topics: std::collections::BTreeSet<&str> = snapshot
-            .partitions
-            .iter()
-            .map(|p| p.topic.as_str())
-            .collect();
-        for topic in topics {
-            match reader.high_watermarks(topic).await {
-                Ok(marks) => high.extend(
-                    marks
-                        .into_iter()
-                        .map(|m| ((topic.to_owned(), m.partition), (m.low, m.high))),
-                ),
-                Err(error) => warnings.push(format!(
-                    "cannot read Kafka watermarks of topic {topic:?}: {error}"
-                )),
-            }
-        }
-    } else {
-        warnings.push(format!(
-            "cannot reach Kafka at {}: lag is unknown. Runbook: docs/runbooks/lag.md",
-            config.kafka.brokers
-        ));
-    }
-
-    let mut views = Vec::new();
-    for p in &snapshot.partitions {
-        let marks = high.get(&(p.topic.clone(), p.partition)).copied();
-        let oldest_age = match (&reader, marks) {
-            (Some(reader), Some((_, hw))) if hw > p.watermark => {
-                oldest_undelivered_age(reader, &p.topic, p.partition, p.watermark).await
-            }
-            _ => None,
-        };
-        views.push(PartitionView {
-            route: p.route.clone(),
-            topic: p.topic.clone(),
-            partition: p.partition,
-            watermark: p.watermark,
-            frontier: p.frontier,
-            high: marks.map(|(_, h)| h),
-            oldest_age,
-        });
-    }
-    collect_warnings(&args, &snapshot, &views, &config, &mut warnings);
-    let paused = store.paused_routes().await?;
-    paused_warnings(&paused, &mut warnings);
-
+    let reader = connect_reader(&config.kafka, bounds.timeout).await;
+    let configured = config.configured_routes();
+    let inputs = Inputs {
+        configured: &configured,
+        status: &bounds,
+        heartbeat_every: config.worker.heartbeat_every,
+        brokers: &config.kafka.brokers,
+    };
+    let report = gather(&store, reader.as_ref().map_err(Clone::clone), &inputs).await?;
     if args.json {
-        let mut value = as_json(&snapshot, &views, &warnings);
-        value["paused"] = paused_json(&paused);
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
     } else {
-        print_paused(&paused);
-        print_tables(&snapshot, &views, &warnings);
+        print_tables(&report);
     }
-    Ok(if warnings.is_empty() {
+    Ok(if report.ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(ATTENTION)
     })
 }
 
-/// Age of the message at `offset`: the oldest one not yet settled. `None` when it cannot be read.
-async fn oldest_undelivered_age(
-    reader: &RangeReader,
-    topic: &str,
-    partition: i32,
-    offset: i64,
-) -> Option<Duration> {
-    let range = OffsetRange::new(offset, offset + 1).ok()?;
-    let messages = reader.read(topic, partition, range).await.ok()?;
-    let timestamp = messages.first()?.timestamp_ms?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?;
-    Some(now.saturating_sub(Duration::from_millis(u64::try_from(timestamp).ok()?)))
-}
-
-fn collect_warnings(
-    args: &StatusArgs,
-    snapshot: &Snapshot,
-    views: &[PartitionView],
-    config: &Config,
-    warnings: &mut Vec<String>,
-) {
-    let mut lag_by_route: BTreeMap<&str, i64> = BTreeMap::new();
-    for view in views {
-        if let Some(high) = view.high {
-            *lag_by_route.entry(&view.route).or_default() += (high - view.watermark).max(0);
-            if high < view.frontier {
-                warnings.push(format!(
-                    "route {} partition {}: Kafka's high watermark {high} is below courier's frontier {}: topic {:?} was recreated? Runbook: docs/runbooks/lag.md",
-                    view.route, view.partition, view.frontier, view.topic
-                ));
-            }
-        }
-        if let Some(age) = view.oldest_age.filter(|age| *age > args.max_age) {
-            warnings.push(format!(
-                "route {} partition {}: the oldest undelivered message is {} old (threshold {}). Runbook: docs/runbooks/lag.md",
-                view.route,
-                view.partition,
-                humantime::format_duration(Duration::from_secs(age.as_secs())),
-                humantime::format_duration(args.max_age)
-            ));
-        }
-    }
-    for (route, lag) in lag_by_route
-        .into_iter()
-        .filter(|(_, lag)| *lag > args.max_lag)
-    {
-        warnings.push(format!(
-            "route {route}: lag {lag} messages (threshold {}). Runbook: docs/runbooks/lag.md",
-            args.max_lag
-        ));
-    }
-    for failed in &snapshot.failed {
-        warnings.push(format!(
-            "route {}: {} failed range(s), {} offsets not delivered; newest error: {}. Replay with `courier replay --route {} --failed` once fixed. Runbook: docs/runbooks/failed-ranges.md",
-            failed.route, failed.ranges, failed.offsets, failed.newest_error, failed.route
-        ));
-    }
-    for quarantine in &snapshot.quarantine {
-        warnings.push(format!(
-            "route {}: {} message(s) quarantined (the destination refused them on their own; the rest of their ranges was delivered); newest answer: {}. \
-             Fix the cause, then `courier replay --route {} --quarantined`. Runbook: docs/runbooks/quarantined-messages.md",
-            quarantine.route, quarantine.messages, quarantine.newest_reason, quarantine.route
-        ));
-    }
-    for deferred in &snapshot.deferred {
-        warnings.push(format!(
-            "destination {} asked every worker to wait {} more ({}). Runbook: docs/runbooks/destination-paused.md",
-            deferred.destination,
-            humantime::format_duration(Duration::from_millis(u64::try_from(deferred.wait_ms).unwrap_or(0))),
-            deferred.reason
-        ));
-    }
-    let stale_after = (config.worker.heartbeat_every * 3).as_secs() as i64;
-    let alive = snapshot
-        .workers
-        .iter()
-        .filter(|w| !w.stopped && w.heartbeat_secs_ago <= stale_after.max(1))
-        .count();
-    if alive == 0 && !snapshot.partitions.is_empty() {
-        warnings.push("no live worker: no heartbeat in the last 3 heartbeat intervals. Start `courier run`. Runbook: docs/runbooks/lag.md".into());
-    }
-}
-
-fn print_tables(snapshot: &Snapshot, views: &[PartitionView], warnings: &[String]) {
+fn print_tables(report: &Report) {
+    let snapshot = &report.snapshot;
     println!("ROUTES");
     println!(
-        "  {:<24} {:>4} {:>12} {:>12} {:>12} {:>10} {:>12}",
-        "route", "part", "watermark", "frontier", "kafka high", "lag", "oldest"
+        "  {:<24} {:>4} {:>12} {:>12} {:>12} {:>10} {:>10} {:>12}",
+        "route", "part", "watermark", "frontier", "kafka high", "lag", "failed", "oldest"
     );
-    for v in views {
-        let lag = v
-            .high
-            .map_or("?".to_owned(), |h| (h - v.watermark).max(0).to_string());
-        let high = v.high.map_or("?".to_owned(), |h| h.to_string());
-        let oldest = v.oldest_age.map_or("-".to_owned(), |a| {
-            humantime::format_duration(Duration::from_secs(a.as_secs())).to_string()
-        });
+    for v in &report.partitions {
+        let lag = v.lag().map_or("?".to_owned(), |lag| lag.to_string());
+        let high = v.kafka.map_or("?".to_owned(), |(_, high)| high.to_string());
+        let oldest = v.oldest_age.map_or("-".to_owned(), seconds);
         println!(
-            "  {:<24} {:>4} {:>12} {:>12} {:>12} {:>10} {:>12}",
-            v.route, v.partition, v.watermark, v.frontier, high, lag, oldest
+            "  {:<24} {:>4} {:>12} {:>12} {:>12} {:>10} {:>10} {:>12}",
+            v.route, v.partition, v.watermark, v.frontier, high, lag, v.failed_offsets, oldest
         );
+    }
+    for name in report.route_names() {
+        if !report.partitions.iter().any(|p| p.route == name) {
+            println!("  {name:<24} (no partitions recorded: never started)");
+        }
     }
     println!("LEASES ({} shown)", snapshot.leases.len());
     for l in &snapshot.leases {
@@ -247,6 +123,20 @@ fn print_tables(snapshot: &Snapshot, views: &[PartitionView], warnings: &[String
             "  {:<24} {} range(s), {} offsets; newest error: {}",
             f.route, f.ranges, f.offsets, f.newest_error
         );
+    }
+    if !snapshot.retrying.is_empty() {
+        println!("RETRYING");
+        for r in &snapshot.retrying {
+            println!(
+                "  {:<24} {} range(s), {} offsets, destination {}, since {}; newest error: {}",
+                r.route,
+                r.ranges,
+                r.offsets,
+                r.destination,
+                report::since_text(r.oldest_unix, report.now_unix()),
+                r.newest_error
+            );
+        }
     }
     if !snapshot.quarantine.is_empty() {
         println!("QUARANTINED");
@@ -275,6 +165,12 @@ fn print_tables(snapshot: &Snapshot, views: &[PartitionView], warnings: &[String
             );
         }
     }
+    if !report.paused.is_empty() {
+        println!("PAUSED");
+        for p in &report.paused {
+            println!("  {:<24}{}", p.route, crate::cmd_changes::describe_pause(p));
+        }
+    }
     for (route, open) in &snapshot.pending_replays {
         println!("  {route:<24} replay in progress: {open} range(s) to go");
     }
@@ -288,84 +184,25 @@ fn print_tables(snapshot: &Snapshot, views: &[PartitionView], warnings: &[String
             w.version,
             w.started_secs_ago,
             w.heartbeat_secs_ago,
-            if w.stopped { " (stopped)" } else { "" }
+            if w.stopped {
+                " (stopped)"
+            } else if report.worker_is_live(w) {
+                ""
+            } else {
+                " (NOT LIVE)"
+            }
         );
     }
-    if warnings.is_empty() {
+    if report.ok() {
         println!("OK: nothing needs attention.");
     } else {
         println!("ATTENTION");
-        for warning in warnings {
-            println!("  - {warning}");
+        for item in &report.attention {
+            println!(
+                "  - [{}] {}",
+                item.code.as_str(),
+                item.line(report.now_unix())
+            );
         }
     }
-}
-
-fn as_json(snapshot: &Snapshot, views: &[PartitionView], warnings: &[String]) -> serde_json::Value {
-    json!({
-        "partitions": views.iter().map(|v| json!({
-            "route": v.route, "topic": v.topic, "partition": v.partition, "watermark": v.watermark,
-            "frontier": v.frontier, "kafka_high_watermark": v.high,
-            "lag": v.high.map(|h| (h - v.watermark).max(0)),
-            "oldest_undelivered_age_seconds": v.oldest_age.map(|a| a.as_secs_f64()),
-        })).collect::<Vec<_>>(),
-        "leases": snapshot.leases.iter().map(|l| json!({
-            "route": l.route, "partition": l.partition, "start_offset": l.start_offset, "end_offset": l.end_offset,
-            "owner": l.owner, "epoch": l.epoch, "expires_in_ms": l.expires_in_ms, "replay": l.replay,
-        })).collect::<Vec<_>>(),
-        "failed": snapshot.failed.iter().map(|f| json!({
-            "route": f.route, "ranges": f.ranges, "offsets": f.offsets, "newest_error": f.newest_error,
-        })).collect::<Vec<_>>(),
-        "quarantine": snapshot.quarantine.iter().map(|q| json!({
-            "route": q.route, "messages": q.messages, "newest_reason": q.newest_reason,
-        })).collect::<Vec<_>>(),
-        "quarantined": snapshot.quarantined.iter().map(|q| json!({
-            "route": q.route, "partition": q.partition, "offset": q.offset, "status": q.status, "reason": q.reason,
-            "times": q.times, "dead_letter_topic": q.dead_letter_topic, "age_secs": q.age_secs,
-        })).collect::<Vec<_>>(),
-        "workers": snapshot.workers.iter().map(|w| json!({
-            "id": w.id, "host": w.host, "pid": w.pid, "version": w.version, "started_secs_ago": w.started_secs_ago,
-            "heartbeat_secs_ago": w.heartbeat_secs_ago, "stopped": w.stopped,
-        })).collect::<Vec<_>>(),
-        "deferred_destinations": snapshot.deferred.iter().map(|d| json!({
-            "destination": d.destination, "wait_ms": d.wait_ms, "reason": d.reason,
-        })).collect::<Vec<_>>(),
-        "pending_replays": snapshot.pending_replays.iter().map(|(route, open)| json!({"route": route, "open_ranges": open})).collect::<Vec<_>>(),
-        "attention": warnings,
-    })
-}
-
-/// A paused route needs attention for as long as it is paused: its lag grows on purpose, and a pause
-/// forgotten after an incident is an outage nobody is paged for.
-fn paused_warnings(paused: &[courier_store::PausedRoute], warnings: &mut Vec<String>) {
-    for p in paused {
-        warnings.push(format!(
-            "route {} is paused{}: no worker leases its ranges. Resume with `courier resume {}` once its destination is fixed. Runbook: docs/runbooks/lag.md",
-            p.route,
-            crate::cmd_changes::describe_pause(p),
-            p.route
-        ));
-    }
-}
-
-fn print_paused(paused: &[courier_store::PausedRoute]) {
-    if paused.is_empty() {
-        return;
-    }
-    println!("PAUSED");
-    for p in paused {
-        println!("  {:<24}{}", p.route, crate::cmd_changes::describe_pause(p));
-    }
-}
-
-fn paused_json(paused: &[courier_store::PausedRoute]) -> serde_json::Value {
-    paused
-        .iter()
-        .map(|p| {
-            json!({
-                "route": p.route, "since": p.since, "paused_secs_ago": p.paused_secs_ago,
-                "by": p.by, "reason": p.reason,
-            })
-        })
-        .collect()
 }

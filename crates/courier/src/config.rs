@@ -12,11 +12,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Context as _};
+use courier_admin::{AdminConfig, ConfiguredRoute, StatusConfig};
 use courier_http::DestinationConfig;
 use courier_kafka::KafkaConfig;
 use courier_store::StoreConfig;
 use courier_worker::{RouteConfig, WorkerConfig};
 use serde::Deserialize;
+
+use crate::telemetry::LogFormat;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -28,18 +31,41 @@ pub struct Config {
     pub worker: WorkerConfig,
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// The admin endpoint every worker serves (on by default, on 127.0.0.1).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// When `courier status` and the status page say something needs attention.
+    #[serde(default)]
+    pub status: StatusConfig,
+    #[serde(default)]
+    pub log: LogConfig,
     #[serde(default)]
     pub destinations: BTreeMap<String, DestinationConfig>,
     #[serde(default)]
     pub routes: BTreeMap<String, RouteConfig>,
 }
 
-/// Where metrics go (StatsD over UDP). Without this section metrics are not exported.
+/// How courier logs (to stderr). `--log-format` and `COURIER_LOG_FORMAT` win over it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// Where metrics go over StatsD (UDP). Without this section metrics are not sent over StatsD (the admin
+/// endpoint's `/metrics` serves them to Prometheus either way).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// StatsD host, e.g. `127.0.0.1` (the Datadog agent's DogStatsD listens on 8125).
     pub statsd_host: String,
+    /// The line format: `dogstatsd` (labels as `|#key:value` tags, histograms as `|d` distributions;
+    /// the Datadog agent, Telegraf's statsd input with datadog extensions) or `plain` (Etsy StatsD: no
+    /// tags, labels folded into the name as `.key.value`, histograms as `|ms` timers in milliseconds;
+    /// statsd, statsd_exporter, Graphite).
+    #[serde(default)]
+    pub dialect: StatsdDialect,
     #[serde(default = "default_statsd_port")]
     pub statsd_port: u16,
     /// Prepended to every metric name with a dot, e.g. `myteam` gives `myteam.courier_ranges_leased_total`.
@@ -52,6 +78,15 @@ pub struct MetricsConfig {
 
 fn default_statsd_port() -> u16 {
     8125
+}
+
+/// The StatsD line format. See [`MetricsConfig::dialect`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StatsdDialect {
+    #[default]
+    Dogstatsd,
+    Plain,
 }
 
 impl Config {
@@ -125,6 +160,8 @@ impl Config {
     /// Cross-field rules, checked before anything connects.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.store.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.admin.validate().map_err(|e| anyhow::anyhow!(e))?;
+        self.status.validate().map_err(|e| anyhow::anyhow!(e))?;
         for (name, destination) in &self.destinations {
             destination
                 .validate()
@@ -156,6 +193,37 @@ impl Config {
 
     pub fn route_list(&self) -> Vec<RouteConfig> {
         self.routes.values().cloned().collect()
+    }
+
+    /// The routes that should be running, as `courier status` and the status page judge them.
+    pub fn configured_routes(&self) -> Vec<ConfiguredRoute> {
+        self.routes
+            .values()
+            .map(|route| ConfiguredRoute {
+                name: route.name.clone(),
+                topic: route.topic.clone(),
+                destination: route.destination.clone(),
+            })
+            .collect()
+    }
+}
+
+/// The `[log] format` of the file at `path` (with `COURIER__LOG__FORMAT` over it), read before logging
+/// is set up; `None` when neither says, or the file cannot be read (loading it properly reports why).
+pub fn peek_log_format(path: &Path) -> Option<LogFormat> {
+    let from_env = std::env::var("COURIER__LOG__FORMAT").ok();
+    let raw = match from_env {
+        Some(value) => value,
+        None => {
+            let text = std::fs::read_to_string(path).ok()?;
+            let table: toml::Table = toml::from_str(&text).ok()?;
+            table.get("log")?.get("format")?.as_str()?.to_owned()
+        }
+    };
+    match raw.trim() {
+        "text" => Some(LogFormat::Text),
+        "json" => Some(LogFormat::Json),
+        _ => None,
     }
 }
 
@@ -272,6 +340,9 @@ impl Source<'_> {
             "kafka",
             "worker",
             "metrics",
+            "admin",
+            "status",
+            "log",
             "destinations",
             "routes",
         ];
@@ -493,6 +564,31 @@ mod tests {
                 && message.contains("worker.renew_every: courier.toml:13:15"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn admin_status_and_log_sections_have_defaults_and_are_read() {
+        let config = parse(MINIMAL, &[]).expect("valid");
+        assert_eq!(
+            config.admin.address(),
+            Ok(Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9464))))
+        );
+        assert_eq!(config.status.max_age, std::time::Duration::from_secs(60));
+        assert_eq!(config.log.format, LogFormat::Text);
+        let text = format!(
+            "{MINIMAL}\n[admin]\nlisten = \"\"\n[status]\nmax_lag = 10\n[log]\nformat = \"json\"\n[metrics]\nstatsd_host = \"127.0.0.1\"\ndialect = \"plain\"\n"
+        );
+        let config = parse(&text, &[]).expect("valid");
+        assert_eq!(config.admin.address(), Ok(None));
+        assert_eq!(config.status.max_lag, 10);
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(
+            config.metrics.map(|m| m.dialect),
+            Some(StatsdDialect::Plain)
+        );
+        let err =
+            parse(&format!("{MINIMAL}\n[admin]\nlisten = \"9464\"\n"), &[]).expect_err("no host");
+        assert!(format!("{err:#}").contains("admin.listen"), "{err:#}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! - [`config`]: `courier.toml`, layered with the environment, validated.
-//! - [`telemetry`]: tracing to stderr, metrics to StatsD.
+//! - [`telemetry`]: logs to stderr (text or JSON); metrics to StatsD, Prometheus and the status page.
 //! - `cmd_*`: one module per subcommand.
 
 mod cmd_changes;
@@ -18,7 +18,7 @@ mod cmd_status;
 mod config;
 mod telemetry;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -27,15 +27,41 @@ use clap::{Parser, Subcommand};
 /// never a lost message, duplicates only where a lease was interrupted, and no startup DDL outside
 /// `courier migrate`.
 #[derive(Debug, Parser)]
-#[command(name = "courier", version, about, long_about = None)]
+#[command(name = "courier", version, about, long_about = None, after_help = LOGGING_HELP)]
 struct Cli {
+    /// Log line format on stderr: `text` for people, `json` (one object per line) for log pipelines.
+    /// Default: `[log] format` of the configuration file, else text.
+    #[arg(long, global = true, env = "COURIER_LOG_FORMAT", value_enum)]
+    log_format: Option<telemetry::LogFormat>,
     #[command(subcommand)]
     command: Command,
+}
+
+const LOGGING_HELP: &str = "\
+Logging:
+  Logs go to stderr. RUST_LOG sets what is logged, as tracing-subscriber's EnvFilter reads it
+  (default: \"warn,courier=info\"), e.g. RUST_LOG=debug, RUST_LOG=warn,courier=debug,
+  RUST_LOG=courier=info,librdkafka=warn. --log-format json writes one JSON object per line.
+  Text logs are coloured only when stderr is a terminal, and never when NO_COLOR is set.";
+
+impl Command {
+    /// The configuration file this command reads, if any: its `[log] format` applies.
+    fn config_path(&self) -> Option<&Path> {
+        match self {
+            Command::Run { config, .. } | Command::CheckConfig { config } => Some(config.as_path()),
+            Command::Migrate { config, .. } => config.as_deref(),
+            Command::Status(args) => Some(args.config_path()),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a worker: plan, lease, deliver and checkpoint ranges until SIGTERM, SIGINT or SIGHUP, then drain.
+    /// Serves the admin endpoint ([admin], default http://127.0.0.1:9464/: status page, /healthz,
+    /// /readyz, /metrics).
+    #[command(after_help = LOGGING_HELP)]
     Run {
         /// The configuration file (see courier.example.toml).
         #[arg(long, short, env = "COURIER_CONFIG", default_value = "courier.toml")]
@@ -91,7 +117,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::install_logging();
+    let log_format = cli
+        .log_format
+        .or_else(|| cli.command.config_path().and_then(config::peek_log_format))
+        .unwrap_or_default();
+    telemetry::install_logging(log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -133,8 +163,11 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(error) => {
-            // One line: what happened and, from the error itself, what to do.
-            eprintln!("courier: error: {error:#}");
+            // One line: what happened and, from the error itself, what to do. A JSON log stays JSON.
+            match log_format {
+                telemetry::LogFormat::Text => eprintln!("courier: error: {error:#}"),
+                telemetry::LogFormat::Json => tracing::error!("courier: error: {error:#}"),
+            }
             ExitCode::FAILURE
         }
     }

@@ -89,6 +89,7 @@ pub(crate) async fn run(
     let mut idle_wait = ctx.config.poll_interval;
     let mut leases: Vec<Lease> = Vec::new();
     loop {
+        ctx.liveness.beat(crate::Loop::Delivery);
         if leases.is_empty() {
             if *stop_leasing.borrow() {
                 return;
@@ -282,6 +283,7 @@ async fn renew_while_held(
     );
     loop {
         every.tick().await;
+        ctx.liveness.beat(crate::Loop::Delivery);
         for (lease, lost) in leases.iter().zip(lost) {
             if *lost.borrow() {
                 continue;
