@@ -27,6 +27,13 @@ const MIGRATION_LOCK_KEY: i64 = 0x636f_7572_6965_7200;
 /// How often a migration whose DDL could not get its table lock is tried again before giving up.
 const DDL_ATTEMPTS: u32 = 8;
 
+/// Between DDL attempts that timed out on their lock: full jitter under a ceiling that doubles from
+/// 200 ms (the first retry is attempt 1) to at most 5 s.
+const DDL_BACKOFF: courier_core::Backoff = courier_core::Backoff {
+    base: Duration::from_millis(100),
+    cap: Duration::from_secs(5),
+};
+
 /// One forward-only schema change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Migration {
@@ -128,9 +135,7 @@ impl Migrator {
                 Err(StoreError::LockTimeout { .. }) if attempt + 1 < DDL_ATTEMPTS => {
                     attempt += 1;
                     report.ddl_retries += 1;
-                    let ceiling =
-                        Duration::from_millis(100 * (1 << attempt)).min(Duration::from_secs(5));
-                    let pause = ceiling.mul_f64(rand::rng().random::<f64>());
+                    let pause = DDL_BACKOFF.delay(attempt, rand::rng().random::<f64>());
                     tracing::warn!(
                         attempt,
                         ?pause,
