@@ -16,20 +16,21 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReadError {
-    /// The range starts below the partition's log start offset: retention (or `DeleteRecords`) removed
-    /// messages before they were delivered. They are gone; the reader never skips them silently.
+    /// Offsets `deleted` of the range were deleted by retention (or `DeleteRecords`) before they were
+    /// read: from [`RangeReader::read`](crate::RangeReader::read), which reads all or nothing. Delivery
+    /// does not fail on it: it reads with
+    /// [`RangeReader::read_surviving`](crate::RangeReader::read_surviving), delivers what Kafka still
+    /// holds and records the deleted offsets as a loss.
     #[error(
-        "{topic}/{partition}: offsets {requested_start}..{log_start} were deleted by retention before \
-         they were delivered (the log now starts at {log_start}). Those messages are lost to this route: \
-         the range fails with reason `retention`. Check consumer lag against the topic's retention.ms \
-         and whether the destination was down for longer than the retention; see \
-         docs/runbooks/retention.md."
+        "{topic}/{partition}: offsets {deleted} were deleted by Kafka (retention or DeleteRecords) before \
+         they were read; the log of the partition starts after them now. No replay can bring them back \
+         from Kafka; see docs/runbooks/retention.md."
     )]
     Retention {
         topic: String,
         partition: Partition,
-        requested_start: Offset,
-        log_start: Offset,
+        /// The offsets found deleted (the first run, when there were several).
+        deleted: OffsetRange,
     },
     /// The range reaches past what the partition holds (or, under `read_committed`, past the last
     /// stable offset: an open transaction). Retry later: the messages may not be written yet.

@@ -322,9 +322,8 @@ async fn offsets_deleted_by_retention_are_an_explicit_error() {
                 Err(ReadError::Retention {
                     topic: t,
                     partition: 0,
-                    requested_start,
-                    log_start: 10,
-                }) if t == topic && requested_start == start => {}
+                    deleted,
+                }) if t == topic && deleted == range(start, end.min(10)) => {}
                 other => panic!("[{start}, {end}): expected a retention error, got {other:?}"),
             }
         }
@@ -906,11 +905,84 @@ fn errors_read_well() {
     let error = ReadError::Retention {
         topic: "orders".into(),
         partition: 3,
-        requested_start: 100,
-        log_start: 250,
+        deleted: range(100, 250),
     };
     let text = error.to_string();
     assert!(text.contains("orders/3"), "{text}");
-    assert!(text.contains("100..250"), "{text}");
-    assert!(text.contains("retention"), "{text}");
+    assert!(text.contains("[100, 250)"), "{text}");
+    assert!(text.contains("retention.md"), "{text}");
+    // The data is gone from Kafka: a replay cannot help, and the message must not say it would.
+    assert!(text.contains("No replay can bring them back"), "{text}");
+    assert!(!text.contains("replay the"), "{text}");
+}
+
+/// Kafka's log start inside a range (retention never lines up with ranges): what Kafka still holds is
+/// read, and the offsets deleted are reported exactly, whether the read starts afresh, continues a
+/// consumer that stood before the deletion, or lies wholly below the log start.
+#[tokio::test]
+async fn a_range_across_the_log_start_yields_what_kafka_holds_and_exactly_what_was_deleted() {
+    bounded(async {
+        let topic = topic_with_messages("log-start", 1, &[(0, 60)]).await;
+        let reader = RangeReader::connect(config()).await.expect("reader");
+        // The consumer continues at 10 after this read, before the deletion.
+        let first = reader
+            .read_surviving(&topic, 0, range(0, 10))
+            .await
+            .expect("[0, 10)");
+        assert_exact(&first.messages, 0, 0, 10);
+        assert!(first.deleted.is_empty());
+        let low = delete_records_before(&config(), &topic, 0, 23)
+            .await
+            .expect("delete records below 23");
+        assert_eq!(low, 23);
+
+        // A continuing read: its consumer stood at 10, now below the log start. What it had prefetched
+        // before the deletion was read all the same; every offset is either read or reported deleted.
+        let across = reader
+            .read_surviving(&topic, 0, range(10, 30))
+            .await
+            .expect("[10, 30)");
+        let mut covered = offsets(&across.messages);
+        covered.extend(across.deleted.iter().flat_map(|d| d.start()..d.end()));
+        covered.sort_unstable();
+        assert_eq!(covered, (10..30).collect::<Vec<_>>(), "{across:?}");
+        assert!(across.deleted.iter().all(|d| d.end() <= 23), "{across:?}");
+        // The consumer re-assigned at the log start continues into the next range.
+        let next = reader
+            .read_surviving(&topic, 0, range(30, 40))
+            .await
+            .expect("[30, 40)");
+        assert_exact(&next.messages, 0, 30, 40);
+        assert!(next.deleted.is_empty());
+
+        // A fresh reader: a range straddling the log start, one wholly below it (no hang, no error),
+        // and the read after it.
+        let fresh = RangeReader::connect(config()).await.expect("reader");
+        let wholly = fresh
+            .read_surviving(&topic, 0, range(0, 20))
+            .await
+            .expect("[0, 20)");
+        assert!(
+            wholly.messages.is_empty(),
+            "{:?}",
+            offsets(&wholly.messages)
+        );
+        assert_eq!(wholly.deleted, vec![range(0, 20)]);
+        let straddling = fresh
+            .read_surviving(&topic, 0, range(20, 50))
+            .await
+            .expect("[20, 50)");
+        assert_exact(&straddling.messages, 0, 23, 50);
+        assert_eq!(straddling.deleted, vec![range(20, 23)]);
+        assert_eq!(straddling.deleted_offsets(), 3);
+        // Served from the window now: the deletion is not in it, so a read of [20, 30) again still
+        // reports it rather than taking it for a gap.
+        let again = fresh
+            .read_surviving(&topic, 0, range(20, 30))
+            .await
+            .expect("[20, 30) again");
+        assert_exact(&again.messages, 0, 23, 30);
+        assert_eq!(again.deleted, vec![range(20, 23)]);
+    })
+    .await;
 }

@@ -4,6 +4,7 @@
 use courier_core::Partition;
 
 use crate::error::{Result, StoreError};
+use crate::losses::{LossRow, LossSummary, LOSSES_LISTED, RECENT_LOSSES_HOURS};
 use crate::pool::Store;
 use crate::quarantine::QuarantineRow;
 
@@ -88,6 +89,11 @@ pub struct Snapshot {
     pub deferred: Vec<DeferredRow>,
     /// Replay ranges not yet settled, per route.
     pub pending_replays: Vec<(String, i64)>,
+    /// Per route, the losses recorded in the last [`RECENT_LOSSES_HOURS`] hours (offsets Kafka deleted
+    /// before delivery).
+    pub recent_losses: Vec<LossSummary>,
+    /// The newest [`LOSSES_LISTED`] losses, recent or not.
+    pub losses: Vec<LossRow>,
 }
 
 fn db(operation: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
@@ -121,6 +127,7 @@ impl Store {
         if !snapshot.quarantine.is_empty() {
             snapshot.quarantined = self.quarantined(None, QUARANTINE_LISTED).await?;
         }
+        snapshot.losses = self.losses(None, LOSSES_LISTED).await?;
         Ok(snapshot)
     }
 
@@ -245,7 +252,29 @@ impl Store {
                     .iter()
                     .map(|r| (r.get(0), r.get(1)))
                     .collect();
-                Ok(Snapshot { partitions, leases, failed, quarantine, quarantined: Vec::new(), workers, deferred, pending_replays })
+                let recent_losses = c
+                    .query(
+                        "SELECT route, count(*), sum(end_offset - start_offset)::bigint FROM courier_losses
+                         WHERE recorded_at > now() - $1::bigint * interval '1 hour' GROUP BY route ORDER BY route",
+                        &[&RECENT_LOSSES_HOURS],
+                    )
+                    .await
+                    .map_err(db(OP))?
+                    .iter()
+                    .map(|r| LossSummary { route: r.get(0), losses: r.get(1), offsets: r.get(2) })
+                    .collect();
+                Ok(Snapshot {
+                    partitions,
+                    leases,
+                    failed,
+                    quarantine,
+                    quarantined: Vec::new(),
+                    workers,
+                    deferred,
+                    pending_replays,
+                    recent_losses,
+                    losses: Vec::new(),
+                })
             })
         })
         .await

@@ -6,7 +6,10 @@
 //! `ordering = "partition"` one at a time in offset order. What each range came to is decided once, as a
 //! [`Verdict`], and reported in one place ([`report`]); the ranges delivered are checkpointed together,
 //! with the next lease, in one store transaction. A batch the destination refuses for good is bisected by
-//! `isolate`; a range with messages it set aside is checkpointed on its own, recording them as quarantined.
+//! `isolate`. A range with something set aside is checkpointed on its own, recording it: messages the
+//! destination refused on their own (quarantined), and offsets Kafka had deleted (retention,
+//! `DeleteRecords`) before they could be delivered (losses: what Kafka still held of the range is
+//! delivered, the rest recorded exactly, never failed for a replay that cannot bring it back).
 //!
 //! The store sees this task only for milliseconds at a time: a lease, a renewal now and then, and the
 //! reports. Kafka reads and HTTP requests happen with no store transaction open.
@@ -18,6 +21,7 @@ use courier_core::{
     Backoff, CheckpointOutcome, Disposition, Lease, Message, OffsetRange, Ordering, RangeKind,
 };
 use courier_http::{batches, Batch, CircuitState, Delivery};
+use courier_kafka::RangeContents;
 use courier_kafka::ReadError;
 use courier_store::{FailOutcome, Failure};
 use futures::stream::{self, StreamExt};
@@ -31,11 +35,14 @@ use crate::{dead_letter, metrics, Context, Route, Throttle, WorkerStats};
 enum Verdict {
     /// Every batch was acknowledged: checkpoint it.
     Delivered { messages: usize },
-    /// Every message was acknowledged except `refused`, which the destination refuses on their own:
-    /// checkpoint the range with them quarantined (and written to the dead-letter topic, if any).
-    Quarantined {
+    /// Every message Kafka still held was acknowledged except `refused`, which the destination refuses on
+    /// their own, and Kafka had deleted the offsets `lost` before they were read: checkpoint the range
+    /// recording both (the refused messages quarantined and written to the dead-letter topic, if any;
+    /// the lost offsets as losses).
+    SetAside {
         messages: usize,
         refused: Vec<Refused>,
+        lost: Vec<OffsetRange>,
     },
     /// Try again after `backoff`; an attempt is counted, and the range fails for good after the route's
     /// `max_attempts`. `delivered_to`: everything below was acknowledged (the next attempt resumes there).
@@ -44,8 +51,8 @@ enum Verdict {
         backoff: Duration,
         delivered_to: Option<i64>,
     },
-    /// No retry can help (a refused batch, offsets deleted by retention): fail the range, listed by
-    /// `courier status` for a replay once the cause is fixed.
+    /// No retry can help (a refused batch, a topic gone, an undecodable batch): fail the range, listed
+    /// by `courier status` for a replay once the cause is fixed.
     Fail {
         reason: String,
         delivered_to: Option<i64>,
@@ -300,20 +307,80 @@ async fn deliver(ctx: &Context, route: &Route, lease: &Lease) -> Verdict {
         // Everything was delivered by an earlier attempt that could not checkpoint.
         return Verdict::Delivered { messages: 0 };
     };
-    let messages = match ctx
+    let contents = match ctx
         .reader
-        .read(&route.config.topic, lease.partition, to_read)
+        .read_surviving(&route.config.topic, lease.partition, to_read)
         .await
     {
-        Ok(messages) => messages,
+        Ok(contents) => contents,
         Err(error) => return read_verdict(ctx, route, lease, &error),
     };
+    let verdict = send(ctx, route, lease, to_read, &contents.messages).await;
+    with_losses(route, lease, &contents, verdict)
+}
+
+/// The verdict on a range whose read found offsets deleted: the loss is recorded with the checkpoint.
+/// A retry must read the range from its start again, so that it finds the loss again and records it:
+/// no attempt resumes past it.
+fn with_losses(
+    route: &Route,
+    lease: &Lease,
+    contents: &RangeContents,
+    verdict: Verdict,
+) -> Verdict {
+    if contents.deleted.is_empty() {
+        return verdict;
+    }
+    let lost = contents.deleted.clone();
+    let set_aside = |messages: usize, refused: Vec<Refused>| {
+        tracing::error!(
+            route = %route.config.name,
+            %lease,
+            lost = ?lost,
+            delivered = messages,
+            "Kafka deleted offsets of the range (retention or DeleteRecords) before they were delivered: \
+             delivered what Kafka still held, recording the rest as lost. Runbook: docs/runbooks/retention.md"
+        );
+        Verdict::SetAside {
+            messages,
+            refused,
+            lost: lost.clone(),
+        }
+    };
+    match verdict {
+        Verdict::Delivered { messages } => set_aside(messages, Vec::new()),
+        Verdict::SetAside {
+            messages, refused, ..
+        } => set_aside(messages, refused),
+        Verdict::Retry {
+            reason, backoff, ..
+        } => Verdict::Retry {
+            reason,
+            backoff,
+            delivered_to: None,
+        },
+        Verdict::Fail { reason, .. } => Verdict::Fail {
+            reason,
+            delivered_to: None,
+        },
+        other => other,
+    }
+}
+
+/// Delivers the messages read of `to_read` in batches.
+async fn send(
+    ctx: &Context,
+    route: &Route,
+    lease: &Lease,
+    to_read: OffsetRange,
+    messages: &[Message],
+) -> Verdict {
     let config = route.deliverer.config();
     let batches = bounded_batches(
         route,
         lease,
         to_read,
-        &messages,
+        messages,
         config.max_batch_messages,
         config.max_batch_bytes,
     );
@@ -391,9 +458,10 @@ async fn deliver(ctx: &Context, route: &Route, lease: &Lease) -> Verdict {
         return verdict;
     }
     if !quarantined.is_empty() {
-        return Verdict::Quarantined {
+        return Verdict::SetAside {
             messages: messages.len() - quarantined.len(),
             refused: quarantined,
+            lost: Vec::new(),
         };
     }
     Verdict::Delivered {
@@ -564,7 +632,7 @@ fn read_verdict(ctx: &Context, route: &Route, lease: &Lease, error: &ReadError) 
             delivered_to: None,
         }
     } else {
-        // Retention, or a topic or partition that is gone: no retry will bring the messages back.
+        // A topic or partition that is gone, an undecodable batch: reading again fails the same way.
         tracing::error!(route = %route.config.name, %lease, %error, "Range cannot be read from Kafka; failing it so the partition keeps moving. Runbook: docs/runbooks/failed-ranges.md");
         Verdict::Fail {
             reason,
@@ -590,26 +658,28 @@ async fn report(ctx: &Context, lease: &Lease, verdict: Verdict) -> Outcome {
                 None => Outcome::Abandoned,
             };
         }
-        Verdict::Quarantined { messages, refused } => {
-            match write_dead_letters(ctx, lease, &refused).await {
-                Ok(topic) => {
-                    return checkpoint_quarantined(ctx, lease, messages, &refused, topic).await
-                }
-                Err(reason) => (
-                    Failure {
-                        reason,
-                        permanent: false,
-                        backoff: ctx
-                            .config
-                            .backoff()
-                            .delay(attempt(lease), rand::random::<f64>()),
-                        max_attempts,
-                        delivered_to: None,
-                    },
-                    false,
-                ),
+        Verdict::SetAside {
+            messages,
+            refused,
+            lost,
+        } => match write_dead_letters(ctx, lease, &refused).await {
+            Ok(topic) => {
+                return checkpoint_set_aside(ctx, lease, messages, &refused, &lost, topic).await
             }
-        }
+            Err(reason) => (
+                Failure {
+                    reason,
+                    permanent: false,
+                    backoff: ctx
+                        .config
+                        .backoff()
+                        .delay(attempt(lease), rand::random::<f64>()),
+                    max_attempts,
+                    delivered_to: None,
+                },
+                false,
+            ),
+        },
         Verdict::Release { wait } => {
             return match with_retries(ttl, "release", || ctx.store.release(lease, wait)).await {
                 Some(CheckpointOutcome::Applied) => Outcome::Released,
@@ -674,7 +744,7 @@ async fn write_dead_letters<'a>(
     lease: &Lease,
     refused: &[Refused],
 ) -> Result<Option<&'a str>, String> {
-    let Some(route) = ctx.route(&lease.route) else {
+    let Some(route) = ctx.route(&lease.route).filter(|_| !refused.is_empty()) else {
         return Ok(None);
     };
     let config = &route.config;
@@ -702,12 +772,14 @@ async fn write_dead_letters<'a>(
     Ok(Some(topic))
 }
 
-/// Settles the range and records its quarantined messages in one store transaction.
-async fn checkpoint_quarantined(
+/// Settles the range and records what was set aside of it (quarantined messages, lost offsets) in one
+/// store transaction.
+async fn checkpoint_set_aside(
     ctx: &Context,
     lease: &Lease,
     messages: usize,
     refused: &[Refused],
+    lost: &[OffsetRange],
     topic: Option<&str>,
 ) -> Outcome {
     let ttl = ctx.config.lease_ttl;
@@ -720,17 +792,37 @@ async fn checkpoint_quarantined(
             dead_letter_topic: topic.map(str::to_owned),
         })
         .collect();
+    let topic_of_route = ctx
+        .route(&lease.route)
+        .map_or("?", |route| route.config.topic.as_str());
+    let losses: Vec<courier_store::Loss> = lost
+        .iter()
+        .map(|offsets| courier_store::Loss {
+            offsets: *offsets,
+            reason: format!(
+                "retention: Kafka deleted offsets {offsets} of {topic_of_route}/{} (retention or \
+                 DeleteRecords) before they were delivered",
+                lease.partition
+            ),
+        })
+        .collect();
     match with_retries(ttl, "checkpoint", || {
-        ctx.store.checkpoint_with_quarantine(lease, &quarantined)
+        ctx.store
+            .checkpoint_setting_aside(lease, &quarantined, &losses)
     })
     .await
     {
         Some(CheckpointOutcome::Applied) => {
-            metrics::messages_quarantined(&lease.route, quarantined.len());
+            if !quarantined.is_empty() {
+                metrics::messages_quarantined(&lease.route, quarantined.len());
+            }
+            if !losses.is_empty() {
+                metrics::offsets_lost(&lease.route, lost.iter().map(OffsetRange::len).sum());
+            }
             Outcome::Checkpointed { messages }
         }
         Some(CheckpointOutcome::Fenced) => {
-            tracing::info!(%lease, "Checkpoint fenced: the lease was lost before the range was settled; another worker delivers it (and isolates its refused messages again).");
+            tracing::info!(%lease, "Checkpoint fenced: the lease was lost before the range was settled; another worker delivers it (and sets aside what it must again).");
             Outcome::Fenced
         }
         None => Outcome::Abandoned,

@@ -1,9 +1,14 @@
 //! `courier status`: where every route stands, who holds what, what failed, who runs which version.
 //!
 //! Exit status: 0 when all is well, 3 when something needs attention (failed ranges, quarantined
-//! messages, lag or age over the
-//! thresholds, a destination holding everyone off, no live worker, a high watermark below the frontier),
-//! 1 when the status could not be read. Every warning names its runbook.
+//! messages, offsets Kafka deleted before courier delivered them (found by comparing Kafka's log start
+//! with courier's progress, or recorded as losses in the last day), lag or age over the thresholds, a
+//! destination holding everyone off, no live worker, a high watermark below the frontier), 1 when the
+//! status could not be read. Every warning names its runbook.
+//!
+//! Lag counts only offsets Kafka still holds: from courier's watermark or Kafka's log start, whichever is
+//! higher, to the high watermark. Offsets below the log start that courier never delivered are reported
+//! apart, as deleted before delivery.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use courier_core::OffsetRange;
 use courier_kafka::RangeReader;
 use courier_store::status::Snapshot;
+use courier_store::{DeletedBeforeDelivery, LossRow};
 use courier_worker::{open_store, BootRetry, Schema};
 use serde_json::json;
 
@@ -42,8 +48,22 @@ struct PartitionView {
     partition: i32,
     watermark: i64,
     frontier: i64,
+    /// Kafka's log start offset: everything below was deleted.
+    log_start: Option<i64>,
     high: Option<i64>,
+    /// Offsets below the log start courier has neither delivered nor recorded as lost.
+    deleted_before_delivery: Option<i64>,
     oldest_age: Option<Duration>,
+}
+
+impl PartitionView {
+    /// Offsets Kafka holds that courier has not settled: from the watermark or the log start, whichever
+    /// is higher (offsets that no longer exist are no lag: they are reported apart).
+    fn lag(&self) -> Option<i64> {
+        let high = self.high?;
+        let from = self.watermark.max(self.log_start.unwrap_or(0));
+        Some((high - from).max(0))
+    }
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
@@ -81,12 +101,41 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         ));
     }
 
+    // Courier's progress against Kafka's log start, in one store query: offsets deleted before delivery
+    // are flagged now, not when a worker reaches them.
+    let log_starts: Vec<(String, i32, i64)> = snapshot
+        .partitions
+        .iter()
+        .filter_map(|p| {
+            let (low, _) = high.get(&(p.topic.clone(), p.partition))?;
+            Some((p.route.clone(), p.partition, *low))
+        })
+        .collect();
+    let deleted: BTreeMap<(String, i32), i64> = if log_starts.is_empty() {
+        BTreeMap::new()
+    } else {
+        store
+            .deleted_before_delivery(&log_starts)
+            .await?
+            .into_iter()
+            .map(
+                |DeletedBeforeDelivery {
+                     route,
+                     partition,
+                     offsets,
+                     ..
+                 }| ((route, partition), offsets),
+            )
+            .collect()
+    };
+
     let mut views = Vec::new();
     for p in &snapshot.partitions {
         let marks = high.get(&(p.topic.clone(), p.partition)).copied();
+        // The oldest undelivered message Kafka still holds.
         let oldest_age = match (&reader, marks) {
-            (Some(reader), Some((_, hw))) if hw > p.watermark => {
-                oldest_undelivered_age(reader, &p.topic, p.partition, p.watermark).await
+            (Some(reader), Some((low, hw))) if hw > p.watermark.max(low) => {
+                oldest_undelivered_age(reader, &p.topic, p.partition, p.watermark.max(low)).await
             }
             _ => None,
         };
@@ -96,7 +145,9 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             partition: p.partition,
             watermark: p.watermark,
             frontier: p.frontier,
+            log_start: marks.map(|(low, _)| low),
             high: marks.map(|(_, h)| h),
+            deleted_before_delivery: deleted.get(&(p.route.clone(), p.partition)).copied(),
             oldest_age,
         });
     }
@@ -140,8 +191,21 @@ fn collect_warnings(
 ) {
     let mut lag_by_route: BTreeMap<&str, i64> = BTreeMap::new();
     for view in views {
-        if let Some(high) = view.high {
-            *lag_by_route.entry(&view.route).or_default() += (high - view.watermark).max(0);
+        if let Some(deleted) = view.deleted_before_delivery.filter(|d| *d > 0) {
+            warnings.push(format!(
+                "route {} partition {}: {deleted} offset(s) below Kafka's log start {} were deleted (retention or \
+                 DeleteRecords) before courier delivered them (courier's watermark: {}). Those messages are lost: \
+                 no replay can bring them back from Kafka; workers record them as losses when they reach them and \
+                 deliver what Kafka still holds. Likely cause: lag longer than the topic's retention.ms (a \
+                 destination down, too few workers). Runbook: docs/runbooks/retention.md",
+                view.route,
+                view.partition,
+                view.log_start.unwrap_or_default(),
+                view.watermark
+            ));
+        }
+        if let (Some(high), Some(lag)) = (view.high, view.lag()) {
+            *lag_by_route.entry(&view.route).or_default() += lag;
             if high < view.frontier {
                 warnings.push(format!(
                     "route {} partition {}: Kafka's high watermark {high} is below courier's frontier {}: topic {:?} was recreated? Runbook: docs/runbooks/lag.md",
@@ -181,6 +245,24 @@ fn collect_warnings(
             quarantine.route, quarantine.messages, quarantine.newest_reason, quarantine.route
         ));
     }
+    for recent in &snapshot.recent_losses {
+        let newest = snapshot
+            .losses
+            .iter()
+            .find(|l| l.route == recent.route)
+            .map_or(String::new(), |l| {
+                format!("; newest: partition {} offsets {}", l.partition, l.offsets)
+            });
+        warnings.push(format!(
+            "route {}: {} offset(s) lost in {} loss(es) recorded in the last {} hours: Kafka deleted them (retention \
+             or DeleteRecords) before courier delivered them; the rest of their ranges was delivered{newest}. \
+             No replay can bring them back from Kafka. Runbook: docs/runbooks/retention.md",
+            recent.route,
+            recent.offsets,
+            recent.losses,
+            courier_store::losses::RECENT_LOSSES_HOURS
+        ));
+    }
     for deferred in &snapshot.deferred {
         warnings.push(format!(
             "destination {} asked every worker to wait {} more ({}). Runbook: docs/runbooks/destination-paused.md",
@@ -203,20 +285,33 @@ fn collect_warnings(
 fn print_tables(snapshot: &Snapshot, views: &[PartitionView], warnings: &[String]) {
     println!("ROUTES");
     println!(
-        "  {:<24} {:>4} {:>12} {:>12} {:>12} {:>10} {:>12}",
-        "route", "part", "watermark", "frontier", "kafka high", "lag", "oldest"
+        "  {:<24} {:>4} {:>12} {:>12} {:>12} {:>12} {:>10} {:>10} {:>12}",
+        "route",
+        "part",
+        "watermark",
+        "frontier",
+        "kafka start",
+        "kafka high",
+        "lag",
+        "deleted",
+        "oldest"
     );
+    let known = |value: Option<i64>| value.map_or("?".to_owned(), |v| v.to_string());
     for v in views {
-        let lag = v
-            .high
-            .map_or("?".to_owned(), |h| (h - v.watermark).max(0).to_string());
-        let high = v.high.map_or("?".to_owned(), |h| h.to_string());
         let oldest = v.oldest_age.map_or("-".to_owned(), |a| {
             humantime::format_duration(Duration::from_secs(a.as_secs())).to_string()
         });
         println!(
-            "  {:<24} {:>4} {:>12} {:>12} {:>12} {:>10} {:>12}",
-            v.route, v.partition, v.watermark, v.frontier, high, lag, oldest
+            "  {:<24} {:>4} {:>12} {:>12} {:>12} {:>12} {:>10} {:>10} {:>12}",
+            v.route,
+            v.partition,
+            v.watermark,
+            v.frontier,
+            known(v.log_start),
+            known(v.high),
+            known(v.lag()),
+            known(v.deleted_before_delivery),
+            oldest
         );
     }
     println!("LEASES ({} shown)", snapshot.leases.len());
@@ -272,6 +367,12 @@ fn print_tables(snapshot: &Snapshot, views: &[PartitionView], warnings: &[String
             );
         }
     }
+    if !snapshot.losses.is_empty() {
+        println!("LOST (offsets Kafka deleted before delivery; newest first)");
+        for loss in &snapshot.losses {
+            print_loss(loss);
+        }
+    }
     for (route, open) in &snapshot.pending_replays {
         println!("  {route:<24} replay in progress: {open} range(s) to go");
     }
@@ -298,12 +399,28 @@ fn print_tables(snapshot: &Snapshot, views: &[PartitionView], warnings: &[String
     }
 }
 
+fn print_loss(loss: &LossRow) {
+    println!(
+        "  {:<24} {:>4} offsets {} ({} offset(s)) {} ago{}: {}",
+        loss.route,
+        loss.partition,
+        loss.offsets,
+        loss.offsets.len(),
+        humantime::format_duration(Duration::from_secs(
+            u64::try_from(loss.age_secs).unwrap_or(0)
+        )),
+        loss.replay_id
+            .map_or(String::new(), |id| format!(" (found by replay {id})")),
+        loss.reason
+    );
+}
+
 fn as_json(snapshot: &Snapshot, views: &[PartitionView], warnings: &[String]) -> serde_json::Value {
     json!({
         "partitions": views.iter().map(|v| json!({
             "route": v.route, "topic": v.topic, "partition": v.partition, "watermark": v.watermark,
-            "frontier": v.frontier, "kafka_high_watermark": v.high,
-            "lag": v.high.map(|h| (h - v.watermark).max(0)),
+            "frontier": v.frontier, "kafka_log_start": v.log_start, "kafka_high_watermark": v.high,
+            "lag": v.lag(), "deleted_before_delivery": v.deleted_before_delivery,
             "oldest_undelivered_age_seconds": v.oldest_age.map(|a| a.as_secs_f64()),
         })).collect::<Vec<_>>(),
         "leases": snapshot.leases.iter().map(|l| json!({
@@ -326,6 +443,14 @@ fn as_json(snapshot: &Snapshot, views: &[PartitionView], warnings: &[String]) ->
         })).collect::<Vec<_>>(),
         "deferred_destinations": snapshot.deferred.iter().map(|d| json!({
             "destination": d.destination, "wait_ms": d.wait_ms, "reason": d.reason,
+        })).collect::<Vec<_>>(),
+        "losses": snapshot.losses.iter().map(|l| json!({
+            "route": l.route, "partition": l.partition, "start_offset": l.offsets.start(),
+            "end_offset": l.offsets.end(), "offsets": l.offsets.len(), "reason": l.reason,
+            "replay_id": l.replay_id, "age_secs": l.age_secs,
+        })).collect::<Vec<_>>(),
+        "recent_losses": snapshot.recent_losses.iter().map(|l| json!({
+            "route": l.route, "losses": l.losses, "offsets": l.offsets,
         })).collect::<Vec<_>>(),
         "pending_replays": snapshot.pending_replays.iter().map(|(route, open)| json!({"route": route, "open_ranges": open})).collect::<Vec<_>>(),
         "attention": warnings,
