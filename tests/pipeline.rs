@@ -990,4 +990,13 @@ async fn offsets_deleted_before_delivery_are_flagged_recorded_exactly_and_the_su
         "{attention}"
     );
     assert!(!attention.contains("failed range"), "{attention}");
+    // The text output lists the losses too.
+    let output = common::courier(&["status", "--config", config])
+        .output()
+        .expect("courier status");
+    let text = common::stdout_of(&output);
+    assert!(
+        text.contains("LOST") && text.contains("[300, 371) (71 offset(s))"),
+        "{text}"
+    );
 }
