@@ -65,12 +65,15 @@ pub enum ReadError {
     /// A record batch in the range cannot be decoded: compressed with a codec this build lacks, or
     /// corrupt. Reading it again fails the same way, so it is not retryable.
     #[error(
-        "{topic}/{partition}: the records from offset {offset} cannot be decoded ({cause}), so range \
-         {range} cannot be delivered and fails with reason `undecodable`. Reading it again fails the \
-         same way. 'Not implemented' means the batch is compressed with a codec this build of \
-         courier lacks (it reads none, gzip, snappy, lz4 and zstd): upgrade courier, then replay the \
-         range. A CRC or decompression failure means the batch is corrupt on the broker: inspect it \
-         with kafka-dump-log.sh, then replay or accept the loss; see docs/runbooks/failed-ranges.md."
+        "{topic}/{partition}: the records from offset {offset} cannot be decoded ({cause}). The \
+         messages of range {range} before offset {offset} were delivered; the range fails there with \
+         reason `undecodable` (the Kafka client cannot step over a record batch it cannot decode, so \
+         the rest of that batch cannot be read; reading it again fails the same way). 'Not \
+         implemented' means the batch is compressed with a codec this build of courier lacks (it reads \
+         none, gzip, snappy, lz4 and zstd): upgrade courier, then replay the range (it resumes at offset \
+         {offset}). A CRC or decompression failure means the batch is corrupt on the broker: inspect it \
+         with kafka-dump-log.sh; a replay only helps once Kafka serves it differently; see \
+         docs/runbooks/failed-ranges.md."
     )]
     Undecodable {
         topic: String,

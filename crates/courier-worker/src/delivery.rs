@@ -316,7 +316,40 @@ async fn deliver(ctx: &Context, route: &Route, lease: &Lease) -> Verdict {
         Err(error) => return read_verdict(ctx, route, lease, &error),
     };
     let verdict = send(ctx, route, lease, to_read, &contents.messages).await;
+    let undecodable = contents.undecodable_error(&route.config.topic, lease.partition, to_read);
+    let verdict = match (undecodable, &verdict) {
+        (Some(error), Verdict::Delivered { .. } | Verdict::SetAside { .. }) => {
+            match read_verdict(ctx, route, lease, &error) {
+                Verdict::Fail { reason, .. } => {
+                    let at = contents.undecodable.as_ref().map(|u| u.offset);
+                    stopped_at_undecodable(verdict, reason, at)
+                }
+                // Not permanent after all: as any read error.
+                other => other,
+            }
+        }
+        _ => verdict,
+    };
     with_losses(route, lease, &contents, verdict)
+}
+
+/// The verdict on a range whose read stopped at an undecodable record `at`, the messages before it sent
+/// (`verdict`): once they all went through, the range fails with `reason`, resuming at the record (a
+/// replay after the cause is fixed does not deliver them again). Messages set aside before it are not
+/// recorded by a failing range: its retry or replay starts over, so none is skipped.
+fn stopped_at_undecodable(verdict: Verdict, reason: String, at: Option<i64>) -> Verdict {
+    match verdict {
+        Verdict::Delivered { .. } => Verdict::Fail {
+            reason,
+            delivered_to: at,
+        },
+        Verdict::SetAside { .. } => Verdict::Fail {
+            reason,
+            delivered_to: None,
+        },
+        // Not all of them went through: the range's retry reads it again and stops at the record again.
+        other => other,
+    }
 }
 
 /// The verdict on a range whose read found offsets deleted: the loss is recorded with the checkpoint.
@@ -873,4 +906,49 @@ fn since_unix_millis(timestamp_ms: i64) -> Duration {
     now.saturating_sub(Duration::from_millis(
         u64::try_from(timestamp_ms).unwrap_or(0),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_stopped_at_an_undecodable_record_fails_there_once_the_messages_before_went_through()
+    {
+        let reason =
+            || "undecodable: orders/2: the records from offset 150 cannot be decoded".to_owned();
+        match stopped_at_undecodable(Verdict::Delivered { messages: 50 }, reason(), Some(150)) {
+            Verdict::Fail {
+                reason,
+                delivered_to: Some(150),
+            } => assert!(reason.contains("offset 150"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        // Something set aside before it is not recorded by a failing range: nothing may be skipped.
+        let set_aside = Verdict::SetAside {
+            messages: 49,
+            refused: Vec::new(),
+            lost: vec![OffsetRange::new(100, 110).expect("range")],
+        };
+        assert!(matches!(
+            stopped_at_undecodable(set_aside, reason(), Some(150)),
+            Verdict::Fail {
+                delivered_to: None,
+                ..
+            }
+        ));
+        // The messages before it did not all go through: retried as any delivery.
+        let retry = Verdict::Retry {
+            reason: "HTTP 503".into(),
+            backoff: Duration::from_secs(1),
+            delivered_to: Some(120),
+        };
+        assert!(matches!(
+            stopped_at_undecodable(retry, reason(), Some(150)),
+            Verdict::Retry {
+                delivered_to: Some(120),
+                ..
+            }
+        ));
+    }
 }

@@ -32,9 +32,10 @@
 //!      from the log start: what Kafka still holds of the range is read, and a range wholly below the
 //!      log start comes back with no message and all of it deleted. Past the end:
 //!      [`ReadError::NotYetWritten`];
-//!    - a record batch cannot be decoded (a codec this build lacks, a corrupt batch):
-//!      [`ReadError::Undecodable`] at the first offset not read, permanent, before any later message is
-//!      taken (so an undecodable batch is never stepped over as if it were a gap). Why the read cannot
+//!    - a record batch cannot be decoded (a codec this build lacks, a corrupt batch): the read stops at
+//!      the first offset not read, [`RangeContents::undecodable`], with the messages before it (so the
+//!      caller can deliver them) and none after (so an undecodable batch is never stepped over as if it
+//!      were a gap); [`RangeReader::read`] makes it [`ReadError::Undecodable`]. Why the read cannot
 //!      step over just the bad record (librdkafka 2.12, `rdkafka_msgset_reader.c`): a batch that fails
 //!      to decompress or parse is reported at its *base* offset and the fetch position stays there, so
 //!      librdkafka fetches the same batch again and again; assigning at any offset inside the batch
@@ -120,9 +121,38 @@ pub struct RangeContents {
     /// order, disjoint. Usually one run at the start of the range; another only if retention moved on
     /// while the range was read. No message of `messages` lies in one.
     pub deleted: Vec<OffsetRange>,
+    /// The read stopped short of the range's end at a record it cannot decode: `messages` holds the
+    /// range's messages below it, none at or after it (see the module docs for why it cannot go on).
+    pub undecodable: Option<Undecodable>,
+}
+
+/// Where a read stopped: a record batch that cannot be decoded (a codec this build lacks, a corrupt
+/// batch). Permanent: the same bytes fail the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undecodable {
+    /// The first offset not read: the undecodable batch holds it, or the next record.
+    pub offset: Offset,
+    /// librdkafka's words (codec, batch offset and size), else the error code.
+    pub cause: String,
 }
 
 impl RangeContents {
+    /// [`ReadError::Undecodable`] for the read of `range`, if it stopped at an undecodable record.
+    pub fn undecodable_error(
+        &self,
+        topic: &str,
+        partition: Partition,
+        range: OffsetRange,
+    ) -> Option<ReadError> {
+        self.undecodable.as_ref().map(|u| ReadError::Undecodable {
+            topic: topic.to_owned(),
+            partition,
+            range,
+            offset: u.offset,
+            cause: u.cause.clone(),
+        })
+    }
+
     /// How many offsets were deleted before they were read.
     pub fn deleted_offsets(&self) -> u64 {
         self.deleted.iter().map(OffsetRange::len).sum()
@@ -230,8 +260,9 @@ impl RangeReader {
     }
 
     /// Reads exactly the messages of `topic`/`partition` with offsets in `range`, in offset order, all
-    /// or nothing: offsets of the range deleted before they were read fail it with
-    /// [`ReadError::Retention`] (naming the first run deleted). Delivery uses
+    /// or nothing: an undecodable record fails it with [`ReadError::Undecodable`], offsets of the range
+    /// deleted before they were read with [`ReadError::Retention`] (naming the first run deleted).
+    /// Delivery uses
     /// [`read_surviving`](Self::read_surviving) instead.
     ///
     /// The result may hold fewer than `range.len()` messages (compaction and transaction markers leave
@@ -244,6 +275,9 @@ impl RangeReader {
         range: OffsetRange,
     ) -> Result<Vec<Message>, ReadError> {
         let contents = self.read_surviving(topic, partition, range).await?;
+        if let Some(error) = contents.undecodable_error(topic, partition, range) {
+            return Err(error);
+        }
         match contents.deleted.first() {
             None => Ok(contents.messages),
             Some(deleted) => Err(ReadError::Retention {
@@ -257,7 +291,8 @@ impl RangeReader {
     /// Reads what Kafka still holds of `range`: its messages as [`read`](Self::read) does, and the
     /// offsets found deleted (retention, `DeleteRecords`) before they were read, exactly. A range partly
     /// below the partition's log start yields the messages from the log start on; one wholly below it,
-    /// no message and all of it deleted.
+    /// no message and all of it deleted. A read that meets an undecodable record stops there
+    /// ([`RangeContents::undecodable`]) with the messages before it.
     pub async fn read_surviving(
         &self,
         topic: &str,
@@ -381,7 +416,7 @@ impl Inner {
             Some(covered) if covered >= range.end() => {
                 return Ok(RangeContents {
                     messages,
-                    deleted: Vec::new(),
+                    ..RangeContents::default()
                 })
             }
             Some(covered) => covered,
@@ -391,7 +426,7 @@ impl Inner {
             // Cannot happen: the window covered less than the range.
             return Ok(RangeContents {
                 messages,
-                deleted: Vec::new(),
+                ..RangeContents::default()
             });
         };
         // The partition's consumer stands a little behind: read on through the gap (another task's range,
@@ -401,7 +436,13 @@ impl Inner {
             .filter(|&next| next < from && from - next <= lane.window.reach());
         if let Some(next) = behind {
             if let Ok(through) = OffsetRange::new(next, range.end()) {
-                if let Ok(read) = self.read_exact(topic, partition, through, deadline) {
+                // A read through that stopped at an undecodable record: read this range alone, so that
+                // where it stops is this range's own.
+                let through_read = self
+                    .read_exact(topic, partition, through, deadline)
+                    .ok()
+                    .filter(|read| read.undecodable.is_none());
+                if let Some(read) = through_read {
                     remember(&mut lane.window, through, &read);
                     messages.extend(read.messages.into_iter().filter(|m| m.offset >= from));
                     // Only what was deleted of this range is this range's to report.
@@ -410,7 +451,11 @@ impl Inner {
                         .iter()
                         .filter_map(|d| OffsetRange::new(d.start().max(from), d.end()).ok())
                         .collect();
-                    return Ok(RangeContents { messages, deleted });
+                    return Ok(RangeContents {
+                        messages,
+                        deleted,
+                        undecodable: None,
+                    });
                 }
                 // The gap could not be read: read this range alone, so its outcome is its own.
             }
@@ -421,19 +466,24 @@ impl Inner {
         Ok(RangeContents {
             messages,
             deleted: read.deleted,
+            undecodable: read.undecodable,
         })
     }
 }
 
 /// Keeps what a read from Kafka of `read` held in the lane's window: only the part after the last
-/// offset found deleted, so that no later range is served from the window with a deletion taken for a
-/// gap in the log.
+/// offset found deleted and before an undecodable record, so that no later range is served from the
+/// window with a deletion or an undecodable batch taken for a gap in the log.
 fn remember(window: &mut Window, read: OffsetRange, contents: &RangeContents) {
     let from = contents
         .deleted
         .last()
         .map_or(read.start(), OffsetRange::end);
-    if let Ok(kept) = OffsetRange::new(from, read.end()) {
+    let to = contents
+        .undecodable
+        .as_ref()
+        .map_or(read.end(), |u| u.offset);
+    if let Ok(kept) = OffsetRange::new(from, to) {
         let first = contents.messages.partition_point(|m| m.offset < from);
         window.append(kept, &contents.messages[first..]);
     }

@@ -12,7 +12,7 @@ use rdkafka::{Offset as RdOffset, TopicPartitionList};
 use tracing::{debug, warn};
 
 use super::pool::Loan;
-use super::{lock, remaining, BaseConsumer, Inner, RangeContents};
+use super::{lock, remaining, BaseConsumer, Inner, RangeContents, Undecodable};
 use crate::error::{is_timeout, is_undecodable, is_unknown_topic, ReadError};
 
 /// A consumer left assigned to `topic`/`partition` after reading a range that ended at `next`: the next
@@ -67,11 +67,13 @@ impl Inner {
             at_end: false,
             last_error: None,
             deleted: Vec::new(),
+            undecodable: None,
             fetch_stopped: false,
         };
         let result = read.run(cursor).map(|messages| RangeContents {
             messages,
             deleted: std::mem::take(&mut read.deleted),
+            undecodable: read.undecodable.take(),
         });
         let (stash, at_end) = (read.stash.take(), read.at_end);
         if result.is_ok() && !read.fetch_stopped {
@@ -121,6 +123,8 @@ struct RangeRead<'a> {
     /// Offsets of the range Kafka had deleted (retention, `DeleteRecords`) before they were read, in
     /// order, contiguous runs merged.
     deleted: Vec<OffsetRange>,
+    /// Where the read stopped at a record batch it cannot decode.
+    undecodable: Option<Undecodable>,
     /// The consumer's fetch stopped at an out-of-range offset and was not re-assigned: it cannot continue
     /// into the next range.
     fetch_stopped: bool,
@@ -279,17 +283,20 @@ impl RangeRead<'_> {
                 )?;
                 Err(self.kafka_error("fetching", error))
             }
-            Some(code) if is_undecodable(code) => Err(ReadError::Undecodable {
-                topic: self.topic.to_owned(),
-                partition: self.partition,
-                range: self.range,
-                offset: self.next,
-                cause: self
-                    .consumer
-                    .context()
-                    .take_undecodable()
-                    .unwrap_or_else(|| error.to_string()),
-            }),
+            Some(code) if is_undecodable(code) => {
+                // Stop here with the messages before it: librdkafka refetches the same batch forever
+                // and cannot step inside it (module docs), so nothing after it is read.
+                self.undecodable = Some(Undecodable {
+                    offset: self.next,
+                    cause: self
+                        .consumer
+                        .context()
+                        .take_undecodable()
+                        .unwrap_or_else(|| error.to_string()),
+                });
+                self.fetch_stopped = true;
+                Ok(Step::Done)
+            }
             Some(RDKafkaErrorCode::TopicAuthorizationFailed) => {
                 Err(self.kafka_error("fetching (not authorized to read the topic)", error))
             }
