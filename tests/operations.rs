@@ -598,3 +598,138 @@ async fn a_worker_with_another_url_and_format_refuses_to_start_until_the_change_
         "the new worker sends NDJSON"
     );
 }
+
+/// docs/runbooks/lag.md tells the operator to pause the route of a failing destination: no worker leases
+/// it while the planner keeps carving (the lag stays visible), `courier status` says so until someone
+/// resumes it, and the timeline records both with who and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_route_is_not_delivered_is_shown_by_status_and_resumes_recorded_in_changes() {
+    let db = TestDb::migrated().await;
+    let topic = topic_with("pause", 1, 400).await;
+    let destination = sink().await;
+    let config = write_config(
+        "courier.toml",
+        &one_route_config(&db.url, &topic, &destination.url(), ""),
+    );
+    let config = config.to_str().expect("path");
+    // Recorded as a worker would (settings are adopted from the first worker), so it can be paused first.
+    let spec = courier_store::RouteSpec {
+        name: "r".into(),
+        topic: topic.clone(),
+        destination: "d".into(),
+    };
+    db.store()
+        .await
+        .ensure_route(&spec, &[(0, 0)])
+        .await
+        .expect("record the route");
+    let output = courier(&[
+        "pause",
+        "r",
+        "--reason",
+        "destination down, INC-7",
+        "--by",
+        "alice",
+        "--config",
+        config,
+    ])
+    .output()
+    .expect("pause");
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert!(
+        stdout_of(&output).contains("Paused route r"),
+        "{}",
+        stdout_of(&output)
+    );
+
+    let _worker = start_worker(config);
+    // The planner keeps carving while the route is paused, so the lag stays visible ...
+    wait_for_count(
+        &db,
+        "SELECT frontier FROM courier_partitions WHERE route = 'r' AND partition = 0",
+        400,
+    )
+    .await;
+    // ... and no worker leases it. Showing that nothing happens takes a while: 50 poll intervals.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(destination.stats().delivered_elements, 0);
+    let ever_leased: i64 = db
+        .raw_client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM courier_ranges WHERE route = 'r' AND epoch > 0",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(ever_leased, 0, "a paused route's range was leased");
+
+    let output = courier(&["status", "--config", config])
+        .output()
+        .expect("status");
+    let text = stdout_of(&output);
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "a paused route needs attention: {text}"
+    );
+    for needle in ["PAUSED", "INC-7", "alice", "courier resume r"] {
+        assert!(text.contains(needle), "{needle:?} missing: {text}");
+    }
+    let output = courier(&["status", "--json", "--config", config])
+        .output()
+        .expect("status --json");
+    let status: Value = serde_json::from_slice(&output.stdout).expect("status --json");
+    assert_eq!(status["paused"][0]["route"], "r", "{status}");
+
+    let output = courier(&["resume", "r", "--reason", "fixed", "--config", config])
+        .output()
+        .expect("resume");
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    destination
+        .wait_until(|s| s.delivered_elements >= 400, Duration::from_secs(120))
+        .await
+        .expect("everything delivered once resumed");
+
+    let output = courier(&[
+        "changes", "--since", "1h", "--route", "r", "--config", config,
+    ])
+    .output()
+    .expect("changes");
+    let text = stdout_of(&output);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    for needle in ["route.paused", "route.resumed", "INC-7", "[alice]"] {
+        assert!(text.contains(needle), "{needle:?} missing: {text}");
+    }
+}
+
+/// A destination's circuit opening and closing again reach "what changed?" once each: transitions, not
+/// the requests refused while it is open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_circuit_opening_and_closing_is_recorded_once_each() {
+    let db = TestDb::migrated().await;
+    let topic = topic_with("circuit", 1, 400).await;
+    let destination = sink().await;
+    destination.set_behaviour(Behaviour::Status(500));
+    let config = one_route_config(&db.url, &topic, &destination.url(), "").replacen(
+        "max_batch_messages = 50",
+        "max_batch_messages = 50\npause_after_failures = 3\npause_for = \"300ms\"",
+        1,
+    );
+    let config = write_config("courier.toml", &config);
+    let _worker = start_worker(config.to_str().expect("path"));
+    let count = |kind: &str| {
+        format!("SELECT count(*) FROM courier_changes WHERE kind = '{kind}' AND destination = 'd'")
+    };
+    wait_for_count(&db, &count("destination.circuit_opened"), 1).await;
+    destination.set_behaviour(Behaviour::Ok);
+    wait_for_count(&db, &count("destination.circuit_closed"), 1).await;
+    let client = db.raw_client().await;
+    let opened: i64 = client
+        .query_one(count("destination.circuit_opened").as_str(), &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(opened, 1, "probes refused while open are not events");
+}

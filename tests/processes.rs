@@ -369,6 +369,121 @@ async fn sigterm_drains_in_flight_ranges_and_leaves_no_lease_behind() {
     assert!(stopped, "the worker recorded its stop");
 }
 
+/// SIGHUP (a closed SSH session, `kill -HUP` by habit) once killed a worker on the spot: exit 129, leases
+/// left to expire, no log line, and `courier status` still listing it as live. It drains like SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_drains_like_sigterm_records_the_stop_and_says_so() {
+    let db = TestDb::migrated().await;
+    let topic = common::topic_with("hup", 2, 1000).await;
+    let sink = common::sink().await;
+    sink.set_behaviour(Behaviour::Delay(Duration::from_millis(30)));
+    let config = write_config(
+        "courier.toml",
+        &common::one_route_config(&db.url, &topic, &sink.url(), ""),
+    );
+    let config = config.to_str().expect("path");
+    let worker = courier(&["run", "--config", config])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let owner = format!("%-{}-%", worker.id());
+    let client = db.raw_client().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let leased: i64 = client
+            .query_one("SELECT count(*) FROM courier_ranges WHERE state = 'leased' AND lease_owner LIKE $1", &[&owner])
+            .await
+            .expect("count")
+            .get(0);
+        if leased > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker never leased a range"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let status = Command::new("kill")
+        .args(["-HUP", &worker.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || worker.wait_with_output())
+        .await
+        .expect("join")
+        .expect("wait");
+    let stderr = String::from_utf8_lossy(&exit.stderr);
+    assert!(
+        exit.status.success(),
+        "a SIGHUP'd worker drains and exits 0, got {:?}: {stderr}",
+        exit.status
+    );
+    assert!(
+        stderr.contains("Received SIGHUP")
+            && stderr.contains("Draining")
+            && stderr.contains("Worker stopped"),
+        "{stderr}"
+    );
+    let left: i64 = client
+        .query_one(
+            "SELECT count(*) FROM courier_ranges WHERE state = 'leased' AND lease_owner LIKE $1",
+            &[&owner],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 0, "every in-flight range was finished or released");
+    let stopped: bool = client
+        .query_one(
+            "SELECT stopped_at IS NOT NULL FROM courier_workers WHERE id LIKE $1",
+            &[&owner],
+        )
+        .await
+        .expect("worker row")
+        .get(0);
+    assert!(
+        stopped,
+        "the worker recorded its stop, so status no longer counts it as live"
+    );
+
+    // "What changed?" has its start (with version and configuration) and its drained stop.
+    let output = courier(&["changes", "--since", "1h", "--json", "--config", config])
+        .output()
+        .expect("courier changes");
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let events: Vec<Value> =
+        serde_json::from_slice(&output.stdout).expect("changes --json is a JSON array");
+    let of_worker = |kind: &str| {
+        events
+            .iter()
+            .filter(|e| e["kind"] == kind)
+            .filter(|e| {
+                e["actor"]
+                    .as_str()
+                    .is_some_and(|a| a.contains(&format!("-{}-", exit_pid(&owner))))
+            })
+            .map(|e| e["summary"].as_str().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let started = of_worker("worker.started");
+    assert_eq!(started.len(), 1, "{events:?}");
+    assert!(
+        started[0].contains("version") && started[0].contains("config sha256:"),
+        "{}",
+        started[0]
+    );
+    let stopped = of_worker("worker.stopped");
+    assert_eq!(stopped.len(), 1, "{events:?}");
+    assert!(stopped[0].contains("stopped"), "{}", stopped[0]);
+}
+
+/// The pid inside a `%-PID-%` owner pattern.
+fn exit_pid(owner: &str) -> &str {
+    owner.trim_matches(|c| c == '%' || c == '-')
+}
+
 #[tokio::test]
 async fn migrate_names_the_database_it_changed_and_never_guesses_one() {
     // Nothing names a database: refused, naming the ways to name one, the built-in one only with --dev.

@@ -63,7 +63,7 @@ async fn post(client: &reqwest::Client, url: &str, messages: &[Message]) -> anyh
         replay_id: None,
         messages,
     };
-    let body = courier_http::body::encode(&batch, Format::Json);
+    let body = courier_http::encode_body(&batch, Format::Json);
     let response = client
         .post(url)
         .header("content-type", "application/json")

@@ -73,8 +73,7 @@ const READ_ONCE_FLOOR: f64 = 0.95;
 
 /// A range reader reports a read's bytes within a few seconds of its end: its consumer keeps the
 /// partition for `PARK_AFTER`, then the next park check (every second) serves its last statistics.
-const REPORT_LAG: Duration =
-    courier_kafka::reader::PARK_AFTER.saturating_add(Duration::from_secs(2));
+const REPORT_LAG: Duration = courier_kafka::PARK_AFTER.saturating_add(Duration::from_secs(2));
 
 /// Waits at least [`REPORT_LAG`], then until the counter has not grown for 3 s (20 s at most).
 async fn settle() -> anyhow::Result<()> {

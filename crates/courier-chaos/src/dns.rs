@@ -6,7 +6,7 @@
 //! stopped and one with the right URL started. Checks: nothing reached the destination during the
 //! outage, the ranges recorded the DNS failure, nothing was lost, and how long recovery took.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use courier_store::StoreError;
 
@@ -14,30 +14,25 @@ use crate::judge::FaultWindow;
 use crate::pipeline::{Pipeline, PipelineSpec};
 use crate::report::ScenarioReport;
 use crate::workers::WorkerHandle;
-use crate::{ChaosError, Options};
+use crate::{scenario, ChaosError, Options};
 
 const RATE: usize = 100;
 
 pub async fn run(options: &Options) -> Result<ScenarioReport, ChaosError> {
-    let started = Instant::now();
-    let mut report = ScenarioReport::new("dns-outage", None, options.length);
     let outage = options
         .length
         .pick(Duration::from_secs(5), Duration::from_secs(60));
-    let mut p = Pipeline::start(
-        &options.services,
+    scenario::on_pipeline(
+        "dns-outage",
+        options,
         PipelineSpec::fast("dns"),
-        options.launcher.clone(),
+        async |p, report, workers| {
+            p.start_trickle(RATE, RATE * (outage.as_secs() as usize + 300));
+            workers.push(p.start_worker(&p.good_url()).await?);
+            drive(options, p, workers, report, outage).await
+        },
     )
-    .await?;
-    p.start_trickle(RATE, RATE * (outage.as_secs() as usize + 300));
-    let mut workers = vec![p.start_worker(&p.good_url()).await?];
-    let outcome = drive(options, &mut p, &mut workers, &mut report, outage).await;
-    let finished = p.finish(workers).await;
-    outcome?;
-    finished?;
-    report.elapsed = started.elapsed();
-    Ok(report)
+    .await
 }
 
 async fn drive(
@@ -69,10 +64,13 @@ async fn drive(
     // The fix is deployed (recovery is measured from the start of the deploy: it includes the rollout).
     let fault_ended = SystemTime::now();
     redeploy(p, workers, &p.good_url(), report).await?;
-    p.wait_progress(1, bound, "first delivery after the fix")
+    let fault = FaultWindow {
+        started: fault_started,
+        ended: fault_ended,
+    };
+    let judgement = p
+        .settle(report, fault, bound, "first delivery after the fix")
         .await?;
-    p.stop_trickle().await?;
-    let complete = p.wait_all_delivered(bound).await;
 
     let store = p.harness().await?;
     let dns_failures: i64 = store
@@ -90,12 +88,6 @@ async fn drive(
         })
         .await
         .map_err(|e| ChaosError::Setup(format!("reading last_error: {e}")))?;
-    let judgement = p
-        .judge(Some(FaultWindow {
-            started: fault_started,
-            ended: fault_ended,
-        }))
-        .await?;
     report.note(format!(
         "outage {:.0} s: {requests_during} request(s) reached the destination; {dns_failures} range(s) recorded the DNS failure in last_error",
         outage.as_secs_f64()
@@ -104,14 +96,6 @@ async fn drive(
         "the outage was real",
         requests_during == 0 && dns_failures > 0,
         format!("{requests_during} requests during the outage, {dns_failures} ranges failed on the name"),
-    );
-    report.check(
-        "every message delivered",
-        complete,
-        format!(
-            "{} of {} within {bound:?} of the fix",
-            judgement.delivered, judgement.messages_in
-        ),
     );
     report.judgement = Some(judgement);
     Ok(())

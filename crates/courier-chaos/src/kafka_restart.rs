@@ -7,14 +7,14 @@
 //! a message in); the workers' reads fail and are retried.
 
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use crate::env::run_script;
 use crate::judge::FaultWindow;
 use crate::pg_faults::restart_refused;
-use crate::pipeline::{Pipeline, PipelineSpec};
+use crate::pipeline::PipelineSpec;
 use crate::report::ScenarioReport;
-use crate::{ChaosError, Options};
+use crate::{scenario, ChaosError, Options};
 
 const RATE: usize = 100;
 
@@ -36,7 +36,6 @@ async fn kafka_sh(scripts: &Path, action: &str, bound: Duration) -> Result<(), C
 }
 
 pub async fn run(options: &Options) -> Result<ScenarioReport, ChaosError> {
-    let started = Instant::now();
     if let Some(why) = restart_refused(
         options,
         "Kafka",
@@ -61,59 +60,46 @@ pub async fn run(options: &Options) -> Result<ScenarioReport, ChaosError> {
             "the broker on 127.0.0.1:9092 was not started by this checkout's scripts/kafka.sh (no live pid file); not ours to restart",
         ));
     };
-    let mut report = ScenarioReport::new("kafka-restart", None, options.length);
-    let mut p = Pipeline::start(
-        &options.services,
+    let bound = Duration::from_secs(240);
+    scenario::on_pipeline(
+        "kafka-restart",
+        options,
         PipelineSpec::fast("kafkarestart"),
-        options.launcher.clone(),
-    )
-    .await?;
-    p.start_trickle(RATE, RATE * 600);
-    let workers = vec![p.start_worker(&p.good_url()).await?];
-    let outcome = async {
-        let bound = Duration::from_secs(240);
-        p.wait_delivered_elements(RATE as u64, bound, "warm-up")
-            .await?;
-        p.pause_trickle(true);
-        let fault_started = SystemTime::now();
-        kafka_sh(&scripts, "stop", Duration::from_secs(90)).await?;
-        // Holding the broker down (not synchronisation).
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        kafka_sh(&scripts, "start", Duration::from_secs(240)).await?;
-        let fault_ended = SystemTime::now();
-        p.pause_trickle(false);
-        report.note(format!(
-            "broker down and back in {:.1} s (stop, 10 s down, start until it answers)",
-            fault_ended
-                .duration_since(fault_started)
-                .unwrap_or_default()
-                .as_secs_f64()
-        ));
-        p.wait_progress(1, bound, "first delivery after the broker restart")
-            .await?;
-        p.stop_trickle().await?;
-        let complete = p.wait_all_delivered(bound).await;
-        let judgement = p
-            .judge(Some(FaultWindow {
+        async |p, report, workers| {
+            p.start_trickle(RATE, RATE * 600);
+            workers.push(p.start_worker(&p.good_url()).await?);
+            p.wait_delivered_elements(RATE as u64, bound, "warm-up")
+                .await?;
+            p.pause_trickle(true);
+            let fault_started = SystemTime::now();
+            kafka_sh(&scripts, "stop", Duration::from_secs(90)).await?;
+            // Holding the broker down (not synchronisation).
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            kafka_sh(&scripts, "start", Duration::from_secs(240)).await?;
+            let fault = FaultWindow {
                 started: fault_started,
-                ended: fault_ended,
-            }))
-            .await?;
-        report.check(
-            "every message delivered",
-            complete,
-            format!(
-                "{} of {} within {bound:?} of the restart",
-                judgement.delivered, judgement.messages_in
-            ),
-        );
-        report.judgement = Some(judgement);
-        Ok(())
-    }
-    .await;
-    let finished = p.finish(workers).await;
-    outcome?;
-    finished?;
-    report.elapsed = started.elapsed();
-    Ok(report)
+                ended: SystemTime::now(),
+            };
+            p.pause_trickle(false);
+            report.note(format!(
+                "broker down and back in {:.1} s (stop, 10 s down, start until it answers)",
+                fault
+                    .ended
+                    .duration_since(fault.started)
+                    .unwrap_or_default()
+                    .as_secs_f64()
+            ));
+            let judgement = p
+                .settle(
+                    report,
+                    fault,
+                    bound,
+                    "first delivery after the broker restart",
+                )
+                .await?;
+            report.judgement = Some(judgement);
+            Ok(())
+        },
+    )
+    .await
 }

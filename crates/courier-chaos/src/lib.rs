@@ -30,6 +30,7 @@ pub mod pg_faults;
 pub mod pipeline;
 pub mod rate_limit;
 pub mod report;
+mod scenario;
 pub mod slow_door;
 pub mod soak;
 pub mod worker_kill;

@@ -13,32 +13,24 @@ use courier_store::{Store, StoreError};
 use crate::judge::FaultWindow;
 use crate::pipeline::{Pipeline, PipelineSpec};
 use crate::report::ScenarioReport;
-use crate::workers::WorkerHandle;
-use crate::{ChaosError, Length, Options};
+use crate::{scenario, ChaosError, Length, Options};
 
 const RATE: usize = 100;
 
 /// `pg_terminate_backend` of every courier connection of the scratch database, several times.
 pub async fn terminate(options: &Options) -> Result<ScenarioReport, ChaosError> {
-    let started = Instant::now();
-    let mut report = ScenarioReport::new("pg-terminate", None, options.length);
-    let mut p = Pipeline::start(
-        &options.services,
+    scenario::on_pipeline(
+        "pg-terminate",
+        options,
         PipelineSpec::fast("terminate"),
-        options.launcher.clone(),
+        async |p, report, workers| {
+            p.start_trickle(RATE, RATE * 600);
+            workers.push(p.start_worker(&p.good_url()).await?);
+            workers.push(p.start_worker(&p.good_url()).await?);
+            drive_terminate(options, p, report).await
+        },
     )
-    .await?;
-    p.start_trickle(RATE, RATE * 600);
-    let workers = vec![
-        p.start_worker(&p.good_url()).await?,
-        p.start_worker(&p.good_url()).await?,
-    ];
-    let outcome = drive_terminate(options, &mut p, &workers, &mut report).await;
-    let finished = p.finish(workers).await;
-    outcome?;
-    finished?;
-    report.elapsed = started.elapsed();
-    Ok(report)
+    .await
 }
 
 /// Ends every courier connection to `database` (not the harness's); returns how many.
@@ -68,7 +60,6 @@ pub(crate) async fn terminate_courier_connections(
 async fn drive_terminate(
     options: &Options,
     p: &mut Pipeline,
-    _workers: &[WorkerHandle],
     report: &mut ScenarioReport,
 ) -> Result<(), ChaosError> {
     let bound = options
@@ -162,7 +153,6 @@ pub fn restart_refused(
 
 /// A PostgreSQL restart under live workers (full runs, our cluster only).
 pub async fn restart(options: &Options) -> Result<ScenarioReport, ChaosError> {
-    let started = Instant::now();
     if let Some(why) = restart_refused(
         options,
         "PostgreSQL",
@@ -178,70 +168,52 @@ pub async fn restart(options: &Options) -> Result<ScenarioReport, ChaosError> {
             "no cluster named `courier` (scripts/postgres.sh) found with pg_lsclusters",
         ));
     };
-    let mut report = ScenarioReport::new("pg-restart", None, options.length);
-    let mut p = Pipeline::start(
-        &options.services,
+    let bound = Duration::from_secs(240);
+    scenario::on_pipeline(
+        "pg-restart",
+        options,
         PipelineSpec::fast("pgrestart"),
-        options.launcher.clone(),
-    )
-    .await?;
-    p.start_trickle(RATE, RATE * 600);
-    let workers = vec![p.start_worker(&p.good_url()).await?];
-    let outcome = async {
-        let bound = Duration::from_secs(240);
-        p.wait_delivered_elements(RATE as u64, bound, "warm-up")
-            .await?;
-        let fault_started = SystemTime::now();
-        let restart = tokio::process::Command::new("pg_ctlcluster")
-            .args([version.as_str(), "courier", "restart"])
-            .output();
-        let output = tokio::time::timeout(Duration::from_secs(120), restart)
-            .await
-            .map_err(|_| ChaosError::Stuck("pg_ctlcluster restart took over 120 s".into()))?
-            .map_err(|e| {
-                ChaosError::Setup(format!(
-                    "cannot run pg_ctlcluster (needs root, as scripts/postgres.sh): {e}"
-                ))
-            })?;
-        if !output.status.success() {
-            return Err(ChaosError::Setup(format!(
-                "pg_ctlcluster {version} courier restart failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            )));
-        }
-        let fault_ended = SystemTime::now();
-        report.note(format!(
-            "pg_ctlcluster {version} courier restart took {:.1} s (it returns once the server accepts connections; the longest stall is the outage as the workers saw it)",
-            fault_ended
-                .duration_since(fault_started)
-                .unwrap_or_default()
-                .as_secs_f64()
-        ));
-        p.wait_progress(1, bound, "first delivery after the restart")
-            .await?;
-        p.stop_trickle().await?;
-        let complete = p.wait_all_delivered(bound).await;
-        let judgement = p
-            .judge(Some(FaultWindow {
+        async |p, report, workers| {
+            p.start_trickle(RATE, RATE * 600);
+            workers.push(p.start_worker(&p.good_url()).await?);
+            p.wait_delivered_elements(RATE as u64, bound, "warm-up")
+                .await?;
+            let fault_started = SystemTime::now();
+            let restart = tokio::process::Command::new("pg_ctlcluster")
+                .args([version.as_str(), "courier", "restart"])
+                .output();
+            let output = tokio::time::timeout(Duration::from_secs(120), restart)
+                .await
+                .map_err(|_| ChaosError::Stuck("pg_ctlcluster restart took over 120 s".into()))?
+                .map_err(|e| {
+                    ChaosError::Setup(format!(
+                        "cannot run pg_ctlcluster (needs root, as scripts/postgres.sh): {e}"
+                    ))
+                })?;
+            if !output.status.success() {
+                return Err(ChaosError::Setup(format!(
+                    "pg_ctlcluster {version} courier restart failed: {}",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                )));
+            }
+            let fault = FaultWindow {
                 started: fault_started,
-                ended: fault_ended,
-            }))
-            .await?;
-        report.check(
-            "every message delivered",
-            complete,
-            format!(
-                "{} of {} within {bound:?} of the restart",
-                judgement.delivered, judgement.messages_in
-            ),
-        );
-        report.judgement = Some(judgement);
-        Ok(())
-    }
-    .await;
-    let finished = p.finish(workers).await;
-    outcome?;
-    finished?;
-    report.elapsed = started.elapsed();
-    Ok(report)
+                ended: SystemTime::now(),
+            };
+            report.note(format!(
+                "pg_ctlcluster {version} courier restart took {:.1} s (it returns once the server accepts connections; the longest stall is the outage as the workers saw it)",
+                fault
+                    .ended
+                    .duration_since(fault.started)
+                    .unwrap_or_default()
+                    .as_secs_f64()
+            ));
+            let judgement = p
+                .settle(report, fault, bound, "first delivery after the restart")
+                .await?;
+            report.judgement = Some(judgement);
+            Ok(())
+        },
+    )
+    .await
 }

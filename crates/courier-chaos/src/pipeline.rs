@@ -25,6 +25,7 @@ use crate::judge::{
     element_id, judge_with_timeline, Evidence, FaultWindow, Judgement, PartitionBounds, Produced,
     RangeRecord,
 };
+use crate::report::ScenarioReport;
 use crate::workers::{Launcher, Started, WorkerHandle, WorkerSpec};
 use crate::ChaosError;
 
@@ -53,7 +54,7 @@ pub fn fast_worker_config() -> WorkerConfig {
         boot_timeout: Duration::from_secs(60),
         retry_base: Duration::from_millis(50),
         retry_cap: Duration::from_secs(1),
-        accept_route_changes: Vec::new(),
+        ..WorkerConfig::default()
     }
 }
 
@@ -476,6 +477,32 @@ impl Pipeline {
             fault,
             judged_at: SystemTime::now(),
         }))
+    }
+
+    /// The tail every fault scenario shares once its fault is over: wait for the first delivery after it
+    /// (`after` names it in a timeout), stop production, wait until every message is delivered (at most
+    /// `bound`), judge every message against the fault's window, and check that none was lost. Returns
+    /// the judgement for the scenario's own checks; it goes into the report last.
+    pub async fn settle(
+        &mut self,
+        report: &mut ScenarioReport,
+        fault: FaultWindow,
+        bound: Duration,
+        after: &str,
+    ) -> Result<Judgement, ChaosError> {
+        self.wait_progress(1, bound, after).await?;
+        self.stop_trickle().await?;
+        let complete = self.wait_all_delivered(bound).await;
+        let judgement = self.judge(Some(fault)).await?;
+        report.check(
+            "every message delivered",
+            complete,
+            format!(
+                "{} of {} within {bound:?} of the end of the fault",
+                judgement.delivered, judgement.messages_in
+            ),
+        );
+        Ok(judgement)
     }
 
     /// Stops the workers (gracefully, bounded), the trickle and the sink, and drops the database.

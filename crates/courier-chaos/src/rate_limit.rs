@@ -4,37 +4,31 @@
 //! during the storm has to be far below the rate before it, then delivery recovers with nothing lost.
 //! Rates come from the destination's own record (every request's arrival time).
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use courier_sink::{Behaviour, Received};
 
 use crate::judge::FaultWindow;
 use crate::pipeline::{Pipeline, PipelineSpec};
 use crate::report::ScenarioReport;
-use crate::workers::WorkerHandle;
-use crate::{ChaosError, Options};
+use crate::{scenario, ChaosError, Options};
 
 const RATE: usize = 200;
 
 pub async fn run(options: &Options) -> Result<ScenarioReport, ChaosError> {
-    let started = Instant::now();
-    let mut report = ScenarioReport::new("rate-limit", None, options.length);
     let spec = PipelineSpec {
         range_size: 20,
         ..PipelineSpec::fast("ratelimit")
     };
-    let mut p = Pipeline::start(&options.services, spec, options.launcher.clone()).await?;
     let storm = options
         .length
         .pick(Duration::from_secs(5), Duration::from_secs(30));
-    p.start_trickle(RATE, RATE * (storm.as_secs() as usize + 300));
-    let workers = vec![p.start_worker(&p.good_url()).await?];
-    let outcome = drive(options, &mut p, &workers, &mut report, storm).await;
-    let finished = p.finish(workers).await;
-    outcome?;
-    finished?;
-    report.elapsed = started.elapsed();
-    Ok(report)
+    scenario::on_pipeline("rate-limit", options, spec, async |p, report, workers| {
+        p.start_trickle(RATE, RATE * (storm.as_secs() as usize + 300));
+        workers.push(p.start_worker(&p.good_url()).await?);
+        drive(options, p, report, storm).await
+    })
+    .await
 }
 
 /// Requests (answered or not) that arrived in `[from, to)`, per second.
@@ -53,7 +47,6 @@ fn rate(requests: &[Received], from: SystemTime, to: SystemTime) -> f64 {
 async fn drive(
     options: &Options,
     p: &mut Pipeline,
-    _workers: &[WorkerHandle],
     report: &mut ScenarioReport,
     storm: Duration,
 ) -> Result<(), ChaosError> {
@@ -81,10 +74,13 @@ async fn drive(
     p.sink.set_behaviour(Behaviour::Ok);
     let fault_ended = SystemTime::now();
 
-    p.wait_progress(1, bound, "first delivery after the storm")
+    let fault = FaultWindow {
+        started: fault_started,
+        ended: fault_ended,
+    };
+    let judgement = p
+        .settle(report, fault, bound, "first delivery after the storm")
         .await?;
-    p.stop_trickle().await?;
-    let complete = p.wait_all_delivered(bound).await;
     let mut requests = p.sink.received();
     requests.extend(p.sink.failed());
     let rate_before = rate(&requests, before_started, fault_started);
@@ -93,12 +89,6 @@ async fn drive(
         .iter()
         .filter(|r| r.answer == courier_sink::Answer::Status(429))
         .count();
-    let judgement = p
-        .judge(Some(FaultWindow {
-            started: fault_started,
-            ended: fault_ended,
-        }))
-        .await?;
     report.note(format!(
         "request rate before the storm {rate_before:.1}/s, during it {rate_storm:.1}/s ({answered_429} answered 429 with Retry-After: 1, over {:.0} s)",
         storm.as_secs_f64()
@@ -107,14 +97,6 @@ async fn drive(
         "Retry-After honoured: the storm's request rate is far below the normal rate",
         rate_storm <= rate_before / 3.0 && answered_429 > 0,
         format!("{rate_storm:.1}/s during vs {rate_before:.1}/s before (must be at most a third)"),
-    );
-    report.check(
-        "every message delivered",
-        complete,
-        format!(
-            "{} of {} within {bound:?} of the storm's end",
-            judgement.delivered, judgement.messages_in
-        ),
     );
     report.judgement = Some(judgement);
     Ok(())

@@ -22,30 +22,26 @@ use crate::judge::FaultWindow;
 use crate::pipeline::{poll, Pipeline, PipelineSpec};
 use crate::report::ScenarioReport;
 use crate::workers::{Started, WorkerHandle};
-use crate::{ChaosError, Options};
+use crate::{scenario, ChaosError, Options};
 
 const RATE: usize = 100;
 
 pub async fn run(options: &Options) -> Result<ScenarioReport, ChaosError> {
-    let started = Instant::now();
-    let mut report = ScenarioReport::new("worker-kill", None, options.length);
     let spec = PipelineSpec {
         partitions: 4,
         ..PipelineSpec::fast("kill")
     };
-    let mut p = Pipeline::start(&options.services, spec, options.launcher.clone()).await?;
-    p.sink
-        .set_behaviour(Behaviour::Delay(Duration::from_millis(40)));
     let kills = options.length.pick(3, 10);
-    p.produce(options.length.pick(1000, 4000)).await?;
-    p.start_trickle(RATE, RATE * 600);
-    let mut workers = vec![start_named(&p, 0).await?.0, start_named(&p, 1).await?.0];
-    let outcome = drive(options, &mut p, &mut workers, &mut report, kills).await;
-    let finished = p.finish(workers).await;
-    outcome?;
-    finished?;
-    report.elapsed = started.elapsed();
-    Ok(report)
+    scenario::on_pipeline("worker-kill", options, spec, async |p, report, workers| {
+        p.sink
+            .set_behaviour(Behaviour::Delay(Duration::from_millis(40)));
+        p.produce(options.length.pick(1000, 4000)).await?;
+        p.start_trickle(RATE, RATE * 600);
+        workers.push(start_named(p, 0).await?.0);
+        workers.push(start_named(p, 1).await?.0);
+        drive(options, p, workers, report, kills).await
+    })
+    .await
 }
 
 /// Starts worker number `n` under the `application_name` `courier-kill-{n}`, returned with it.

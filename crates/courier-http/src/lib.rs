@@ -3,14 +3,14 @@
 //! limit, circuit breaker).
 //!
 //! # Layout
-//! - [`config`]: [`DestinationConfig`], what an operator writes about a destination, and its checks.
-//! - [`batch`]: the [`Batch`] a request carries, its ids (the per-message [`message_id`], always
+//! - `config`: [`DestinationConfig`], what an operator writes about a destination, and its checks.
+//! - `batch`: the [`Batch`] a request carries, its ids (the per-message [`message_id`], always
 //!   stable, and the batch's idempotency key, stable for the same bounds), and the [`batches`] splitter.
-//! - [`body`]: what a destination receives: the message envelope (never lossy) in a JSON array or
+//! - `body`: what a destination receives: the message envelope (never lossy) in a JSON array or
 //!   NDJSON, or one message's raw body and `X-Courier-*` values for `format = "per-message"`.
-//! - [`deliver`]: the [`Deliverer`] and the [`Delivery`] it returns.
-//! - [`breaker`]: the [`CircuitBreaker`] that pauses a destination failing continuously.
-//! - [`retry_after`]: parsing `Retry-After` (seconds or HTTP-date).
+//! - `deliver`: the [`Deliverer`] and the [`Delivery`] it returns.
+//! - `breaker`: the [`CircuitBreaker`] that pauses a destination failing continuously.
+//! - `retry_after`: parsing `Retry-After` (seconds or HTTP-date).
 //! - `resolve`: name resolution that answers the special-use `.invalid` domain without asking DNS.
 //!
 //! The decision "success, retry later, give up" is `courier_core::Disposition`; this crate only maps
@@ -21,15 +21,16 @@
 // Network code with no need for unsafe: keep it out entirely.
 #![forbid(unsafe_code)]
 
-pub mod batch;
-pub mod body;
-pub mod breaker;
-pub mod config;
-pub mod deliver;
+mod batch;
+mod body;
+mod breaker;
+mod config;
+mod deliver;
 mod resolve;
-pub mod retry_after;
+mod retry_after;
 
 pub use batch::{batches, message_id, Batch};
+pub use body::encode as encode_body;
 pub use breaker::{Admission, CircuitBreaker, CircuitState};
 pub use config::{ConfigError, DestinationConfig, Format};
 pub use deliver::{BuildError, Deliverer, Delivery};

@@ -2,14 +2,14 @@
 //! planner carves ranges from, and a producer and topic admin for the demo, probes and tests.
 //!
 //! # Layout
-//! - [`config`]: [`KafkaConfig`], and the librdkafka properties tuned for range reading (each one
+//! - `config`: [`KafkaConfig`], and the librdkafka properties tuned for range reading (each one
 //!   commented with why).
-//! - [`reader`]: [`RangeReader`], a pool of consumers that read exact ranges by assign + seek, never
+//! - `reader`: [`RangeReader`], a pool of consumers that read exact ranges by assign + seek, never
 //!   committing (the store owns progress); [`PartitionWatermarks`] for the planner.
-//! - [`producer`]: [`Producer`], batches acknowledged by all in-sync replicas ([`OutgoingRecord`]s
+//! - `producer`: [`Producer`], batches acknowledged by all in-sync replicas ([`OutgoingRecord`]s
 //!   carry headers and tombstones).
-//! - [`admin`]: [`create_topic`] (idempotent, waits for leaders) and [`delete_records_before`].
-//! - [`error`]: [`ReadError`] (its variant decides retry or fail) and [`Error`].
+//! - `admin`: [`create_topic`] (idempotent, waits for leaders) and [`delete_records_before`].
+//! - `error`: [`ReadError`] (its variant decides retry or fail) and [`Error`].
 //! - `context`: what librdkafka reports beside its calls (errors, log lines, statistics), classified
 //!   and routed to tracing.
 //! - `outage`: broker outages logged once per cluster (a WARN, summaries, an INFO at the end).
@@ -22,18 +22,18 @@
 // librdkafka's FFI stays inside the rdkafka crate; nothing here needs `unsafe`.
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod config;
+mod admin;
+mod config;
 mod context;
-pub mod error;
+mod error;
 mod outage;
-pub mod producer;
-pub mod reader;
+mod producer;
+mod reader;
 mod traffic;
 
 pub use admin::{add_partitions, create_topic, create_topic_with_config, delete_records_before};
 pub use config::KafkaConfig;
 pub use error::{Error, ReadError};
 pub use producer::{Delivered, OutgoingRecord, Producer, Record};
-pub use reader::{PartitionWatermarks, RangeContents, RangeReader, Undecodable};
+pub use reader::{PartitionWatermarks, RangeContents, RangeReader, Undecodable, PARK_AFTER};
 pub use traffic::RECEIVED_BYTES;

@@ -16,6 +16,8 @@
 //!   and counted against Kafka's log start for `courier status`.
 //! - [`routes`]: a route's identity: its recorded delivery settings, compared by every worker that starts
 //!   it, changed only on purpose.
+//! - [`changes`]: "what changed?": the timeline of workers, migrations, replays, pauses, settings,
+//!   `Retry-After`, circuits and failed or quarantined ranges; pausing and resuming a route.
 //! - [`planning`]: who plans a route, planning rounds (carve, advance watermarks), compaction, shared
 //!   `Retry-After`: paid per round, not per route.
 //! - [`url`]: swapping the database of a URL, hiding its password.
@@ -30,6 +32,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod changes;
 pub mod config;
 pub mod error;
 pub mod losses;
@@ -42,6 +45,7 @@ pub mod routes;
 pub mod status;
 pub mod url;
 
+pub use changes::{Change, ChangeRow, Kind as ChangeKind, PausedRoute};
 pub use config::{StoreConfig, Timeouts};
 pub use error::{Result, StoreError};
 pub use losses::{DeletedBeforeDelivery, Loss, LossRow, LossSummary};

@@ -284,6 +284,20 @@ impl Migrator {
         )
         .await
         .map_err(|e| StoreError::from_db("migrate: record", e))?;
+        // "What changed?" from migration 0006 on, which creates the timeline.
+        let timeline: bool = tx
+            .query_one("SELECT to_regclass('courier_changes') IS NOT NULL", &[])
+            .await
+            .map_err(|e| StoreError::from_db("migrate: record", e))?
+            .get(0);
+        if timeline {
+            let change = crate::changes::Change::new(
+                crate::changes::Kind::MigrationApplied,
+                format!("migration {} applied by `courier migrate`", next.name),
+            );
+            let actor = format!("courier migrate {}", env!("CARGO_PKG_VERSION"));
+            crate::changes::insert(&tx, &change.actor(&actor)).await?;
+        }
         tx.commit()
             .await
             .map_err(|e| StoreError::from_db("migrate: commit", e))?;

@@ -429,13 +429,21 @@ impl Store {
             Box::pin(async move {
                 let statement = c
                     .prepare_cached(
-                        "UPDATE courier_ranges
+                        "WITH failed AS (UPDATE courier_ranges
                          SET state = CASE WHEN $3 OR attempts >= $4 THEN 'failed' ELSE 'pending' END,
                              not_before = now() + $5::bigint * interval '1 millisecond',
                              last_error = $6, lease_owner = NULL, lease_expires_at = NULL, updated_at = now(),
                              resume_offset = COALESCE($7, resume_offset)
                          WHERE id = $1 AND epoch = $2 AND state = 'leased'
-                         RETURNING state",
+                         RETURNING state, route, partition, start_offset, end_offset, attempts, last_error),
+                         -- \"What changed?\": a range failing for good is an event; a retry is not.
+                         changed AS (
+                         INSERT INTO courier_changes (kind, route, summary)
+                         SELECT 'range.failed', route,
+                                format('range [%s, %s) of partition %s failed after %s attempt(s): %s',
+                                       start_offset, end_offset, partition, attempts, left(last_error, 300))
+                         FROM failed WHERE state = 'failed')
+                         SELECT state FROM failed",
                     )
                     .await
                     .map_err(db(OP))?;
@@ -623,12 +631,24 @@ impl Store {
         let (name, reason, wait) = (destination.to_owned(), reason.to_owned(), millis(wait));
         self.run(OP, move |c| {
             Box::pin(async move {
+                // The `changed` row only when the destination was not holding anyone off already: a
+                // transition, not every 429 of every worker. (`held` reads the snapshot before the upsert.)
                 c.execute(
-                    "INSERT INTO courier_destinations (name, not_before, reason)
-                     VALUES ($1, now() + $2::bigint * interval '1 millisecond', $3)
-                     ON CONFLICT (name) DO UPDATE
-                     SET not_before = GREATEST(courier_destinations.not_before, EXCLUDED.not_before),
-                         reason = EXCLUDED.reason, updated_at = now()",
+                    "WITH held AS (
+                         SELECT 1 FROM courier_destinations WHERE name = $1 AND not_before > now()),
+                     deferred AS (
+                         INSERT INTO courier_destinations (name, not_before, reason)
+                         VALUES ($1, now() + $2::bigint * interval '1 millisecond', $3)
+                         ON CONFLICT (name) DO UPDATE
+                         SET not_before = GREATEST(courier_destinations.not_before, EXCLUDED.not_before),
+                             reason = EXCLUDED.reason, updated_at = now()),
+                     changed AS (
+                         INSERT INTO courier_changes (kind, destination, summary)
+                         SELECT 'destination.retry_after', $1::text,
+                                format('destination %s asked every worker to wait %s: %s', $1::text,
+                                       ($2::bigint * interval '1 millisecond')::text, $3::text)
+                         WHERE NOT EXISTS (SELECT 1 FROM held))
+                     SELECT 1",
                     &[&name, &wait, &reason],
                 )
                 .await
@@ -665,7 +685,23 @@ pub(crate) async fn insert_audit(
         )
         .await
         .map_err(db("record replay"))?;
-    Ok(row.get(0))
+    let id: i64 = row.get(0);
+    let scope = match (partition, window) {
+        (Some(p), Some(w)) => format!("partition {p} offsets {w}"),
+        (Some(p), None) => format!("partition {p}"),
+        _ => "every partition".to_owned(),
+    };
+    let change = crate::changes::Change::new(
+        crate::changes::Kind::Replay,
+        format!(
+            "replay {id} of route {route} ({scope}): {ranges} range(s) queued; reason: {}",
+            audit.reason
+        ),
+    )
+    .route(route)
+    .actor(&audit.requested_by);
+    crate::changes::insert(tx, &change).await?;
+    Ok(id)
 }
 
 /// `(partition, offset)` pairs as the two arrays an `unnest` takes; a negative offset is refused.
@@ -692,11 +728,15 @@ pub(crate) fn partition_offsets(
 /// range claimed or settled meanwhile is skipped. For an ordered route a range is eligible only when no
 /// lower live range of its partition is unsettled in this statement's snapshot: a range settled after the
 /// snapshot only delays its successor to the next call, never lets two run at once.
+///
+/// A paused route's ranges are never picked (`courier pause`): the paused routes are read once per
+/// statement (an index holds only them), so every worker honours a pause at its next lease call.
 fn lease_candidates(also: &str) -> String {
     format!(
         "picked AS (
              SELECT r.id FROM courier_ranges r
              WHERE r.kind = $5 AND r.state IN ('pending', 'leased') AND r.route = ANY($1::text[])
+               AND r.route <> ALL(ARRAY(SELECT name FROM courier_routes WHERE paused))
                AND ((r.state = 'pending' AND r.not_before <= now())
                     OR (r.state = 'leased' AND r.lease_expires_at <= now()))
                AND (r.kind = 'replay' OR r.route <> ALL($6::text[]) OR NOT EXISTS (

@@ -114,6 +114,27 @@ impl Store {
             .iter()
             .map(|q| q.dead_letter_topic.clone())
             .collect();
+        // "What changed?": one event per range that quarantined something, never one per message.
+        let change = (!quarantined.is_empty()).then(|| {
+            crate::changes::Change::new(
+                crate::changes::Kind::RangeQuarantined,
+                format!(
+                    "{} message(s) of range {} of partition {} quarantined (offsets {}); first answer: {}",
+                    quarantined.len(),
+                    lease.range,
+                    lease.partition,
+                    quarantined
+                        .iter()
+                        .take(5)
+                        .map(|q| q.offset.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                        + if quarantined.len() > 5 { ", ..." } else { "" },
+                    quarantined[0].reason.chars().take(300).collect::<String>()
+                ),
+            )
+            .route(&lease.route)
+        });
         self.run(OP, move |c| {
             Box::pin(async move {
                 let tx = c.transaction().await.map_err(db(OP))?;
@@ -141,6 +162,9 @@ impl Store {
                 )
                 .await
                 .map_err(db(OP))?;
+                }
+                if let Some(change) = &change {
+                    crate::changes::insert(&tx, change).await?;
                 }
                 tx.commit().await.map_err(db(OP))?;
                 Ok(CheckpointOutcome::Applied)

@@ -17,6 +17,7 @@ use std::fmt;
 
 use courier_core::{Offset, Partition};
 
+use crate::changes::{Change, Kind};
 use crate::error::{Result, StoreError};
 use crate::pool::Store;
 use crate::protocol::{db, invalid, partition_offsets, RouteSpec};
@@ -299,6 +300,27 @@ impl Store {
                     )
                     .await
                     .map_err(db(OP))?;
+                }
+                // "What changed?", recorded with the change itself.
+                if created {
+                    let change = Change::new(
+                        Kind::RouteCreated,
+                        format!("route {} recorded: topic {:?} -> destination {:?}", route.name, route.topic, route.destination),
+                    );
+                    crate::changes::insert(&tx, &change.route(&route.name).destination(&route.destination)).await?;
+                } else if !changes.is_empty() {
+                    let how = if !create {
+                        "by `courier routes update`"
+                    } else if differing.is_empty() {
+                        "from the first worker to bring them (not recorded before)"
+                    } else {
+                        "by a worker started with --accept-route-changes"
+                    };
+                    let change = Change::new(
+                        Kind::RouteSettingsChanged,
+                        format!("route {} settings recorded {how}: {}", route.name, describe_changes(&changes)),
+                    );
+                    crate::changes::insert(&tx, &change.route(&route.name).destination(&route.destination)).await?;
                 }
                 tx.commit().await.map_err(db(OP))?;
                 Ok(Some(Registration {

@@ -13,7 +13,8 @@
 //! 4. monotonic: frontier and watermark never move backwards;
 //! 5. the watermark never passes an unsettled range;
 //! 6. fair leasing across routes: a lease call returns exactly the oldest eligible ranges of all routes
-//!    (carving order), so no route's ranges wait behind ranges carved after them.
+//!    (carving order), so no route's ranges wait behind ranges carved after them;
+//! 7. a paused route's ranges are never leased (`courier pause`), and are again once it is resumed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
@@ -99,6 +100,11 @@ enum Op {
     Compact {
         route: usize,
     },
+    /// `courier pause` (`paused`) or `courier resume`.
+    Pause {
+        route: usize,
+        paused: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -118,7 +124,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (worker, slot).prop_map(|(worker, slot)| Op::Release { worker, slot }),
         1 => route.clone().prop_map(|route| Op::ReplayFailed { route }),
         2 => route.clone().prop_map(|route| Op::Advance { route }),
-        1 => route.prop_map(|route| Op::Compact { route }),
+        1 => route.clone().prop_map(|route| Op::Compact { route }),
+        1 => (route, any::<bool>()).prop_map(|(route, paused)| Op::Pause { route, paused }),
     ]
 }
 
@@ -152,6 +159,7 @@ struct ModelPartition {
 struct RouteModel {
     name: String,
     ordering: Ordering,
+    paused: bool,
     partitions: Vec<ModelPartition>,
 }
 
@@ -200,7 +208,12 @@ impl Model {
     /// Ranges a lease call may return, in the order it must prefer them (oldest carved first).
     fn leasable(&self) -> Vec<RangeKey> {
         let mut out: Vec<(u64, RangeKey)> = Vec::new();
-        for (r, route) in self.routes.iter().enumerate() {
+        for (r, route) in self
+            .routes
+            .iter()
+            .enumerate()
+            .filter(|(_, route)| !route.paused)
+        {
             for (p, part) in route.partitions.iter().enumerate() {
                 let mut unsettled = part.ranges.iter().filter(|(_, r)| !r.state.is_settled());
                 let candidates: Vec<(&i64, &ModelRange)> = match route.ordering {
@@ -735,6 +748,14 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCase
                 }
             }
         }
+        Op::Pause { route, paused } => {
+            let changed = store
+                .set_route_paused(&model.routes[route].name, paused, "model", "model")
+                .await
+                .expect("pause");
+            prop_assert_eq!(changed, model.routes[route].paused != paused);
+            model.routes[route].paused = paused;
+        }
         Op::ReplayFailed { route } => {
             let audit = ReplayAudit {
                 requested_by: "model".into(),
@@ -796,8 +817,20 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCase
     Ok(())
 }
 
-/// Every worker dies, a finisher plans and drains everything: at the end no offset is lost.
+/// Every worker dies, a finisher resumes every route, plans and drains everything: at the end no offset
+/// is lost.
 async fn drain_and_check_no_loss(store: &Store, model: &mut Model) -> Result<(), TestCaseError> {
+    for route in 0..ROUTES {
+        apply(
+            store,
+            model,
+            &Op::Pause {
+                route,
+                paused: false,
+            },
+        )
+        .await?;
+    }
     for worker in 0..WORKERS {
         for lease in std::mem::take(&mut model.held[worker]) {
             if model.is_current(&lease) {
@@ -880,6 +913,7 @@ proptest! {
                 routes.push(RouteModel {
                     name,
                     ordering: if ordered { Ordering::Partition } else { Ordering::None },
+                    paused: false,
                     partitions: (0..PARTITIONS).map(|_| ModelPartition::default()).collect(),
                 });
             }

@@ -45,7 +45,7 @@ pub struct WorkerConfig {
     pub max_tail_age: Duration,
     /// Planned-but-unsettled ranges per partition the planner keeps ahead of delivery.
     pub ranges_ahead: usize,
-    /// How long SIGTERM / SIGINT waits for in-flight ranges before releasing their leases.
+    /// How long SIGTERM / SIGINT / SIGHUP waits for in-flight ranges before releasing their leases.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
     /// How often the worker records its heartbeat (and version) in the store.
@@ -54,6 +54,10 @@ pub struct WorkerConfig {
     /// How often settled ranges below the watermark are deleted from the store.
     #[serde(with = "humantime_serde")]
     pub compact_every: Duration,
+    /// How long `courier changes` keeps its events (workers started, pauses, replays, failed ranges...):
+    /// older ones are deleted by the workers' heartbeat task, a bounded batch at a time.
+    #[serde(with = "humantime_serde")]
+    pub changes_retention: Duration,
     /// How long a booting process (`run`, `migrate`, `status`, `replay`, `probe`) keeps retrying, with
     /// backoff and jitter, to reach the store and Kafka before it gives up and exits non-zero.
     #[serde(with = "humantime_serde")]
@@ -69,6 +73,10 @@ pub struct WorkerConfig {
     /// one-off decision, and a standing one would let two configurations take turns silently.
     #[serde(skip)]
     pub accept_route_changes: Vec<String>,
+    /// A digest of the configuration this worker runs (`courier run` sets it from the file), recorded
+    /// with "worker started" so `courier changes` shows when a fleet's configuration changed.
+    #[serde(skip)]
+    pub config_hash: Option<String>,
 }
 
 impl Default for WorkerConfig {
@@ -87,10 +95,12 @@ impl Default for WorkerConfig {
             drain_timeout: Duration::from_secs(15),
             heartbeat_every: Duration::from_secs(5),
             compact_every: Duration::from_secs(10),
+            changes_retention: Duration::from_secs(30 * 24 * 3600),
             boot_timeout: Duration::from_secs(60),
             retry_base: Duration::from_millis(500),
             retry_cap: Duration::from_secs(300),
             accept_route_changes: Vec::new(),
+            config_hash: None,
         }
     }
 }
@@ -119,6 +129,7 @@ impl WorkerConfig {
             ("poll_interval", self.poll_interval),
             ("plan_interval", self.plan_interval),
             ("heartbeat_every", self.heartbeat_every),
+            ("changes_retention", self.changes_retention),
             ("retry_base", self.retry_base),
         ] {
             if value.is_zero() {

@@ -7,7 +7,9 @@
 //! - **delivery tasks** that lease ranges, read them from Kafka, deliver them in batches and checkpoint
 //!   them, renewing the lease while a long delivery runs (live and replay tasks are separate budgets);
 //! - a **heartbeat** that records the worker's host and version, so `courier status` can answer
-//!   "what changed?".
+//!   "who runs what?", and prunes `courier changes` events older than `worker.changes_retention`;
+//! - a **circuit watcher** that records each destination's circuit opening and closing in the timeline
+//!   (`courier changes`), as does starting and stopping the worker.
 //!
 //! The worker holds nothing that cannot be lost: every fact lives in the store. No store transaction is
 //! open while Kafka or a destination is being talked to.
@@ -335,12 +337,14 @@ impl Worker {
             tracing::warn!(worker = %ctx.id, %error, "Could not record this worker's first heartbeat; retrying every heartbeat_every.");
         }
         tracing::info!(worker = %ctx.id, routes = ctx.routes.len(), tasks = ctx.config.delivery_tasks, "Worker started.");
+        record_change(&ctx, started_change(&ctx, &host)).await;
 
         let (stop_leasing, leasing_stopped) = watch::channel(false);
         let (hard_stop, hard_stopped) = watch::channel(false);
         let mut background = JoinSet::new();
         background.spawn(planner::run(Arc::clone(&ctx), leasing_stopped.clone()));
         background.spawn(heartbeat(Arc::clone(&ctx), host, leasing_stopped.clone()));
+        background.spawn(watch_circuits(Arc::clone(&ctx), leasing_stopped.clone()));
         let mut deliveries = JoinSet::new();
         let tasks = std::iter::repeat_n(RangeKind::Live, ctx.config.delivery_tasks).chain(
             std::iter::repeat_n(RangeKind::Replay, ctx.config.replay_tasks),
@@ -362,6 +366,7 @@ impl Worker {
             while deliveries.join_next().await.is_some() {}
         })
         .await;
+        let released_before = WorkerStats::get(&ctx.stats.ranges_released);
         if drained.is_err() {
             tracing::warn!(worker = %ctx.id, "Drain timeout passed; releasing the leases still in flight.");
             let _ = hard_stop.send(true);
@@ -384,6 +389,26 @@ impl Worker {
         if let Err(error) = ctx.store.worker_stopped(&ctx.id).await {
             tracing::warn!(worker = %ctx.id, %error, "Could not record the worker as stopped; its heartbeat will simply age.");
         }
+        let drain = if drained.is_ok() {
+            "drained: every in-flight range finished".to_owned()
+        } else {
+            format!(
+                "drain timeout ({:?}) passed: {} range(s) released for other workers",
+                ctx.config.drain_timeout,
+                WorkerStats::get(&ctx.stats.ranges_released).saturating_sub(released_before)
+            )
+        };
+        let summary = format!(
+            "worker {} stopped, {drain}; {} range(s) checkpointed, {} failed",
+            ctx.id,
+            WorkerStats::get(&ctx.stats.ranges_checkpointed),
+            WorkerStats::get(&ctx.stats.ranges_failed)
+        );
+        record_change(
+            &ctx,
+            courier_store::Change::new(courier_store::ChangeKind::WorkerStopped, summary),
+        )
+        .await;
         tracing::info!(worker = %ctx.id, "Worker stopped.");
         Ok(Arc::clone(&ctx.stats))
     }
@@ -479,6 +504,8 @@ pub(crate) async fn stopped(signal: &mut watch::Receiver<bool>) {
 async fn heartbeat(ctx: Arc<Context>, host: String, mut stop: watch::Receiver<bool>) {
     let mut every = tokio::time::interval(ctx.config.heartbeat_every);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Pruning is rare: every worker does it, and a delete that finds nothing still costs a statement.
+    let mut last_prune: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = every.tick() => {}
@@ -492,6 +519,95 @@ async fn heartbeat(ctx: Arc<Context>, host: String, mut stop: watch::Receiver<bo
             metrics::store_error("heartbeat");
             tracing::warn!(worker = %ctx.id, %error, "Heartbeat failed.");
         }
+        if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_CHANGES_EVERY) {
+            last_prune = Some(tokio::time::Instant::now());
+            match ctx.store.prune_changes(ctx.config.changes_retention).await {
+                Ok(0) => {}
+                Ok(pruned) => {
+                    tracing::info!(worker = %ctx.id, pruned, retention = ?ctx.config.changes_retention, "Pruned old events of `courier changes`.")
+                }
+                Err(error) => {
+                    metrics::store_error("prune changes");
+                    tracing::warn!(worker = %ctx.id, %error, "Could not prune old events of `courier changes`; retrying at the next prune.");
+                }
+            }
+        }
+    }
+}
+
+/// How often a worker deletes events older than `worker.changes_retention`.
+const PRUNE_CHANGES_EVERY: Duration = Duration::from_secs(3600);
+
+/// How often this worker's circuit breakers are looked at (in memory; the store hears of transitions only).
+const CIRCUIT_WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// Records each destination's circuit opening and closing again in "what changed?". The breaker lives in
+/// the deliverer, per worker, and changes state on a request's outcome; looking at it once a second costs
+/// nothing and records transitions only (a half-open probe that fails again is still "open").
+async fn watch_circuits(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
+    let mut destinations: BTreeMap<&str, (&Deliverer, bool)> = BTreeMap::new();
+    for route in &ctx.routes {
+        destinations
+            .entry(route.config.destination.as_str())
+            .or_insert((&route.deliverer, false));
+    }
+    let mut every = tokio::time::interval(CIRCUIT_WATCH_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = crate::stopped(&mut stop) => return,
+        }
+        for (name, (deliverer, was_open)) in destinations.iter_mut() {
+            let state = deliverer.circuit_state();
+            let open = state != courier_http::CircuitState::Closed;
+            if open == *was_open {
+                continue;
+            }
+            *was_open = open;
+            let (kind, summary) = match state {
+                courier_http::CircuitState::Open { failures, .. }
+                | courier_http::CircuitState::HalfOpen { failures, .. } => (
+                    courier_store::ChangeKind::CircuitOpened,
+                    format!("destination {name}: circuit opened on worker {} after {failures} consecutive failures; it sends nothing there until a probe succeeds", ctx.id),
+                ),
+                courier_http::CircuitState::Closed => (
+                    courier_store::ChangeKind::CircuitClosed,
+                    format!("destination {name}: circuit closed on worker {}: a request succeeded", ctx.id),
+                ),
+            };
+            record_change(
+                &ctx,
+                courier_store::Change::new(kind, summary).destination(name),
+            )
+            .await;
+        }
+    }
+}
+
+/// "Worker started": who, where, which version and configuration, serving what.
+fn started_change(ctx: &Context, host: &str) -> courier_store::Change {
+    let routes: Vec<&str> = ctx.routes.iter().map(|r| r.config.name.as_str()).collect();
+    let summary = format!(
+        "worker {} started on host {host} (pid {}), version {VERSION}, config {}, routes {}",
+        ctx.id,
+        std::process::id(),
+        ctx.config
+            .config_hash
+            .as_deref()
+            .unwrap_or("not from a file"),
+        routes.join(", ")
+    );
+    courier_store::Change::new(courier_store::ChangeKind::WorkerStarted, summary)
+}
+
+/// Records an event of this worker. A store that is away must not stop or slow the worker: the event is
+/// logged instead.
+async fn record_change(ctx: &Context, change: courier_store::Change) {
+    let change = change.actor(&ctx.id);
+    if let Err(error) = ctx.store.record_change(&change).await {
+        metrics::store_error("record change");
+        tracing::warn!(worker = %ctx.id, %error, change = %change.summary, "Could not record this event for `courier changes`.");
     }
 }
 

@@ -80,14 +80,18 @@ pub(crate) async fn run(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
     let busy = ctx.config.plan_interval;
     let quiet = busy.max(QUIET_PLAN_INTERVAL);
     let mut wait = busy;
+    let mut last_tick = tokio::time::Instant::now();
     loop {
         let settled = ctx.settled.notified();
         tokio::select! {
-            () = tokio::time::sleep(wait) => {}
+            // At a fixed rate: a tick's own duration (Kafka and store round trips) is not added to the
+            // wait of the messages that arrive meanwhile.
+            () = tokio::time::sleep_until(last_tick + wait) => {}
             // A tail held back behind ranges in flight goes as soon as they settle.
             () = settled, if state.tail_held => {}
             _ = crate::stopped(&mut stop) => return,
         }
+        last_tick = tokio::time::Instant::now();
         // Messages arriving: tick at `plan_interval`, so they are carved and delivered within about that
         // long. Nothing moving: slow down, so an idle worker's planner costs little.
         wait = if tick(&ctx, &mut state, &throttle).await {

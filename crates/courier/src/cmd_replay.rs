@@ -197,7 +197,7 @@ async fn wait_for(store: &Store, replay_id: i64, timeout: Duration) -> anyhow::R
     }
 }
 
-fn requested_by() -> String {
+pub(crate) fn requested_by() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())

@@ -1,4 +1,10 @@
 //! `courier run`: one worker process, until a signal, then a graceful drain.
+//!
+//! SIGTERM (orchestrators), SIGINT (a terminal) and SIGHUP (a closed terminal or SSH session, `systemctl
+//! reload`, `kill -HUP` by habit) all drain: no new leases, in-flight ranges finish within
+//! `worker.drain_timeout`, the rest are released, the stop is recorded, exit 0. SIGHUP does not reload
+//! the configuration: a reload would change a route's delivery settings under ranges in flight, and a
+//! restart (which the service manager does after the drain) is the one way settings change.
 
 use std::path::Path;
 
@@ -26,28 +32,27 @@ pub async fn run(
         );
     }
     config.worker.accept_route_changes = accept_route_changes;
+    config.worker.config_hash = file_hash(path);
     if let Some(metrics) = &config.metrics {
         telemetry::install_metrics(metrics)?;
     }
-    let boot = BootRetry::new(config.worker.boot_timeout);
-    let schema = if migrate {
-        Schema::Migrate
-    } else {
-        Schema::Check
+    // Installed first: from here on a stop signal is handled, never the default action (SIGHUP's kills
+    // the process on the spot). While starting nothing is leased yet, so a signal just ends the start.
+    let mut signals = Signals::install().context(
+        "cannot install the signal handlers (SIGTERM, SIGINT, SIGHUP) that let the worker drain before it exits",
+    )?;
+    let worker = tokio::select! {
+        worker = start(&config, migrate) => worker?,
+        signal = signals.recv() => {
+            tracing::info!(signal, "Received {signal} while starting: nothing leased yet; exiting.");
+            return Ok(());
+        }
     };
-    let (store, _) = open_store(&config.store, schema, &boot).await?;
-    let worker = Worker::new(
-        store,
-        config.kafka.clone(),
-        &config.destinations,
-        config.route_list(),
-        config.worker.clone(),
-    )
-    .await
-    .context("cannot start the worker")?;
     let (stop, stopped) = watch::channel(false);
+    let id = worker.id().to_owned();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        let signal = signals.recv().await;
+        tracing::info!(worker = %id, signal, "Received {signal}: draining, then exiting.");
         let _ = stop.send(true);
     });
     let stats = worker.run(stopped).await?;
@@ -62,27 +67,86 @@ pub async fn run(
     Ok(())
 }
 
-/// SIGTERM (orchestrators) or SIGINT (a terminal).
-pub async fn shutdown_signal() {
+/// Reaches the store (migrating it with `--migrate`) and Kafka, records the routes.
+async fn start(config: &Config, migrate: bool) -> anyhow::Result<Worker> {
+    let boot = BootRetry::new(config.worker.boot_timeout);
+    let schema = if migrate {
+        Schema::Migrate
+    } else {
+        Schema::Check
+    };
+    let (store, _) = open_store(&config.store, schema, &boot).await?;
+    Worker::new(
+        store,
+        config.kafka.clone(),
+        &config.destinations,
+        config.route_list(),
+        config.worker.clone(),
+    )
+    .await
+    .context("cannot start the worker")
+}
+
+/// The signals that stop a worker, installed before it leases anything: a signal arriving at any time
+/// after that drains (without a handler, SIGHUP's default action kills the process at once, leases held).
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hangup: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                term: signal(SignalKind::terminate())?,
+                hangup: signal(SignalKind::hangup())?,
+                interrupt: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// The name of the first stop signal received.
+    async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.hangup.recv() => "SIGHUP",
+                _ = self.interrupt.recv() => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
     }
+}
+
+/// `sha256:` and the first 12 hex digits of the configuration file, recorded with "worker started" so
+/// `courier changes` shows which workers run which file. (Environment overrides are not part of it.)
+fn file_hash(path: &Path) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).ok()?;
+    let digest = Sha256::digest(&bytes);
+    Some(format!(
+        "sha256:{}",
+        digest
+            .iter()
+            .take(6)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    ))
 }
 
 pub fn check_config(path: &Path) -> anyhow::Result<()> {

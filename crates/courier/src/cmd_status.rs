@@ -3,8 +3,9 @@
 //! Exit status: 0 when all is well, 3 when something needs attention (failed ranges, quarantined
 //! messages, offsets Kafka deleted before courier delivered them (found by comparing Kafka's log start
 //! with courier's progress, or recorded as losses in the last day), lag or age over the thresholds, a
-//! destination holding everyone off, no live worker, a high watermark below the frontier), 1 when the
-//! status could not be read. Every warning names its runbook.
+//! destination holding everyone off, no live worker, a high watermark below the frontier, a paused
+//! route: a forgotten pause is lag nobody is alerted to), 1 when the status could not be read. Every
+//! warning names its runbook.
 //!
 //! Lag counts only offsets Kafka still holds: from courier's watermark or Kafka's log start, whichever is
 //! higher, to the high watermark. Offsets below the log start that courier never delivered are reported
@@ -152,13 +153,15 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         });
     }
     collect_warnings(&args, &snapshot, &views, &config, &mut warnings);
+    let paused = store.paused_routes().await?;
+    paused_warnings(&paused, &mut warnings);
 
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&as_json(&snapshot, &views, &warnings))?
-        );
+        let mut value = as_json(&snapshot, &views, &warnings);
+        value["paused"] = paused_json(&paused);
+        println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
+        print_paused(&paused);
         print_tables(&snapshot, &views, &warnings);
     }
     Ok(if warnings.is_empty() {
@@ -455,4 +458,39 @@ fn as_json(snapshot: &Snapshot, views: &[PartitionView], warnings: &[String]) ->
         "pending_replays": snapshot.pending_replays.iter().map(|(route, open)| json!({"route": route, "open_ranges": open})).collect::<Vec<_>>(),
         "attention": warnings,
     })
+}
+
+/// A paused route needs attention for as long as it is paused: its lag grows on purpose, and a pause
+/// forgotten after an incident is an outage nobody is paged for.
+fn paused_warnings(paused: &[courier_store::PausedRoute], warnings: &mut Vec<String>) {
+    for p in paused {
+        warnings.push(format!(
+            "route {} is paused{}: no worker leases its ranges. Resume with `courier resume {}` once its destination is fixed. Runbook: docs/runbooks/lag.md",
+            p.route,
+            crate::cmd_changes::describe_pause(p),
+            p.route
+        ));
+    }
+}
+
+fn print_paused(paused: &[courier_store::PausedRoute]) {
+    if paused.is_empty() {
+        return;
+    }
+    println!("PAUSED");
+    for p in paused {
+        println!("  {:<24}{}", p.route, crate::cmd_changes::describe_pause(p));
+    }
+}
+
+fn paused_json(paused: &[courier_store::PausedRoute]) -> serde_json::Value {
+    paused
+        .iter()
+        .map(|p| {
+            json!({
+                "route": p.route, "since": p.since, "paused_secs_ago": p.paused_secs_ago,
+                "by": p.by, "reason": p.reason,
+            })
+        })
+        .collect()
 }

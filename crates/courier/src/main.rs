@@ -6,6 +6,7 @@
 //! - [`telemetry`]: tracing to stderr, metrics to StatsD.
 //! - `cmd_*`: one module per subcommand.
 
+mod cmd_changes;
 mod cmd_demo;
 mod cmd_gameday;
 mod cmd_migrate;
@@ -34,7 +35,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a worker: plan, lease, deliver and checkpoint ranges until SIGTERM / SIGINT, then drain.
+    /// Run a worker: plan, lease, deliver and checkpoint ranges until SIGTERM, SIGINT or SIGHUP, then drain.
     Run {
         /// The configuration file (see courier.example.toml).
         #[arg(long, short, env = "COURIER_CONFIG", default_value = "courier.toml")]
@@ -70,6 +71,14 @@ enum Command {
     Status(cmd_status::StatusArgs),
     /// The routes the store has recorded and their delivery settings; change those settings on purpose.
     Routes(cmd_routes::RoutesArgs),
+    /// Stop every worker from leasing ROUTE's ranges (at their next lease call) until `courier resume`;
+    /// recorded with the reason in `courier changes`, shown by `courier status`.
+    Pause(cmd_changes::PauseArgs),
+    /// Let workers lease a paused route's ranges again.
+    Resume(cmd_changes::ResumeArgs),
+    /// What changed: workers started and stopped, migrations, replays, pauses, route settings,
+    /// Retry-After and circuits, failed and quarantined ranges. `--since 2h`, `--json`.
+    Changes(cmd_changes::ChangesArgs),
     /// Deliver again a route's failed ranges, or any window of offsets; audited; `--dry-run`, `--wait`.
     Replay(cmd_replay::ReplayArgs),
     /// The customer's view: produce probe messages, receive them, report 100% or not and latency.
@@ -109,6 +118,9 @@ fn main() -> ExitCode {
             Command::CheckConfig { config } => done(cmd_run::check_config(&config)),
             Command::Status(args) => cmd_status::run(args).await,
             Command::Routes(args) => done(cmd_routes::run(args).await),
+            Command::Pause(args) => done(cmd_changes::pause(args).await),
+            Command::Resume(args) => done(cmd_changes::resume(args).await),
+            Command::Changes(args) => done(cmd_changes::changes(args).await),
             Command::Replay(args) => done(cmd_replay::run(args).await),
             Command::Probe(args) => cmd_probe::run(args).await,
             Command::Demo(args) => done(cmd_demo::run(args).await),

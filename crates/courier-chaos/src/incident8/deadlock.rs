@@ -191,7 +191,8 @@ async fn courier(
         rows,
     } = outcome?;
 
-    let expected: Vec<i64> = (1..=migrator.expected_version()).collect();
+    // The versions embedded, not 1..=last: a number can be reserved for a migration of another branch.
+    let expected: Vec<i64> = migrator.migrations().iter().map(|m| m.version).collect();
     applied.sort_unstable();
     report.note(format!(
         "{} runners in {rounds} round(s): {} applied {:?}, {current} found the schema current without any lock, ddl_retries {retries}, longest advisory-lock wait {:.0} ms",
@@ -208,7 +209,7 @@ async fn courier(
     );
     report.check(
         "exactly one apply",
-        applied == expected && rows == migrator.expected_version(),
+        applied == expected && rows == expected.len() as i64,
         format!("versions applied across runners {applied:?}, expected {expected:?}; courier_migrations has {rows} row(s)"),
     );
     report.incident8 = Some(Incident8Figures {

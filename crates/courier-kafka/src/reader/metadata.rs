@@ -9,7 +9,12 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Offset as RdOffset, TopicPartitionList};
 use tracing::debug;
 
-use super::{lock, remaining, BaseConsumer, Inner, PartitionWatermarks};
+use super::{lock, remaining, BaseConsumer, CachedCount, Inner, PartitionWatermarks};
+
+/// How long the watermark query trusts a cached partition count: partitions added to a topic are seen
+/// within this long, and the planner's frequent ticks cost two ListOffsets requests, not a metadata
+/// request on top.
+const COUNT_MAX_AGE: Duration = Duration::from_secs(5);
 use crate::error::{is_unknown_topic, Error, ReadError};
 
 /// One `offsets_for_times` query for partitions `0..count` of `topic` at `side`; see
@@ -95,7 +100,13 @@ impl Inner {
             return Err(self.metadata_error(topic, deadline, KafkaError::MetadataFetch(code)));
         }
         let count = i32::try_from(entry.partitions().len()).unwrap_or(i32::MAX);
-        lock(&self.partition_counts).insert(topic.to_owned(), count);
+        lock(&self.partition_counts).insert(
+            topic.to_owned(),
+            CachedCount {
+                count,
+                fetched_at: Instant::now(),
+            },
+        );
         Ok(count)
     }
 
@@ -108,7 +119,7 @@ impl Inner {
         range: OffsetRange,
         deadline: Instant,
     ) -> Result<(), ReadError> {
-        let cached = lock(&self.partition_counts).get(topic).copied();
+        let cached = lock(&self.partition_counts).get(topic).map(|c| c.count);
         if matches!(cached, Some(count) if (0..count).contains(&partition)) {
             return Ok(());
         }
@@ -138,14 +149,34 @@ impl Inner {
         }
     }
 
-    /// One metadata request for the partitions, then one ListOffsets request per side (per partition
-    /// leader) for all of them: the cost does not grow with the partition count.
+    /// One ListOffsets request per side (per partition leader) for all the partitions, and a metadata
+    /// request for their count when the cached one is older than [`COUNT_MAX_AGE`]: the cost does not
+    /// grow with the partition count.
     pub(super) fn high_watermarks(&self, topic: &str) -> Result<Vec<PartitionWatermarks>, Error> {
         let deadline = Instant::now() + self.config.read_timeout;
         let consumer = self.checkout_any()?;
-        let count = self.refresh_partition_count(&consumer, topic, deadline)?;
-        let low = self.list_offsets(&consumer, topic, count, RdOffset::Beginning, deadline)?;
-        let high = self.list_offsets(&consumer, topic, count, RdOffset::End, deadline)?;
+        let cached = lock(&self.partition_counts)
+            .get(topic)
+            .filter(|c| c.fetched_at.elapsed() < COUNT_MAX_AGE)
+            .map(|c| c.count);
+        let count = match cached {
+            Some(count) => count,
+            None => self.refresh_partition_count(&consumer, topic, deadline)?,
+        };
+        let offsets = self
+            .list_offsets(&consumer, topic, count, RdOffset::Beginning, deadline)
+            .and_then(|low| {
+                let high = self.list_offsets(&consumer, topic, count, RdOffset::End, deadline)?;
+                Ok((low, high))
+            });
+        let (low, high) = match offsets {
+            Ok(offsets) => offsets,
+            Err(error) => {
+                // The topic may be gone or changed: the next query asks the cluster's metadata again.
+                lock(&self.partition_counts).remove(topic);
+                return Err(error);
+            }
+        };
         Ok((0..count)
             .zip(low.into_iter().zip(high))
             .map(|(partition, (low, high))| PartitionWatermarks {

@@ -180,7 +180,7 @@ struct Inner {
     idle: Mutex<Vec<Pooled>>,
     /// Partition counts per topic, from metadata. Partitions can be added to a topic, never removed, so a
     /// cached count is only ever too small: a partition beyond it triggers a refresh.
-    partition_counts: Mutex<HashMap<String, i32>>,
+    partition_counts: Mutex<HashMap<String, CachedCount>>,
     /// Per partition being read: reads of one partition take turns, and share what was read.
     lanes: Mutex<HashMap<(String, Partition), SharedLane>>,
     /// Bytes received by every consumer this reader made, closed ones included.
@@ -364,6 +364,13 @@ fn remaining(deadline: Instant) -> Duration {
 }
 
 type SharedLane = Arc<Mutex<Lane>>;
+
+/// A topic's partition count and when the cluster said so.
+#[derive(Debug, Clone, Copy)]
+struct CachedCount {
+    count: i32,
+    fetched_at: Instant,
+}
 
 /// One partition being read: its read-ahead window. Reads of the partition hold the lane's lock for
 /// their whole duration (reads of one partition take turns; the consumer reading it continues from one
