@@ -114,7 +114,25 @@ impl Store {
             .iter()
             .map(|q| q.dead_letter_topic.clone())
             .collect();
-        // "What changed?": one event per range that quarantined something, never one per message.
+        // "What changed?": one event per range that quarantined something, never one per message, and
+        // one per range that lost offsets.
+        let lost_change = (!losses.is_empty()).then(|| {
+            crate::changes::Change::new(
+                crate::changes::Kind::RangeLost,
+                format!(
+                    "offsets {} of range {} of partition {} were deleted by Kafka before delivery: {}",
+                    losses
+                        .iter()
+                        .map(|l| l.offsets.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    lease.range,
+                    lease.partition,
+                    losses[0].reason.chars().take(300).collect::<String>()
+                ),
+            )
+            .route(&lease.route)
+        });
         let change = (!quarantined.is_empty()).then(|| {
             crate::changes::Change::new(
                 crate::changes::Kind::RangeQuarantined,
@@ -163,7 +181,7 @@ impl Store {
                 .await
                 .map_err(db(OP))?;
                 }
-                if let Some(change) = &change {
+                for change in change.iter().chain(&lost_change) {
                     crate::changes::insert(&tx, change).await?;
                 }
                 tx.commit().await.map_err(db(OP))?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use courier_core::{CheckpointOutcome, Epoch, OffsetRange, Ordering, RangeKind};
 use courier_store::{
-    Failure, LeaseRequest, Loss, PlanRequest, Quarantined, RouteSpec, Store, StoreError,
+    ChangeKind, Failure, LeaseRequest, Loss, PlanRequest, Quarantined, RouteSpec, Store, StoreError,
 };
 use courier_testkit::TestDb;
 
@@ -130,6 +130,20 @@ async fn a_loss_is_recorded_with_its_ranges_checkpoint_and_fenced_like_one() {
             .await
             .expect("fenced"),
         CheckpointOutcome::Fenced
+    );
+    // "What changed?": one event per range that lost offsets, none for the fenced attempts.
+    let lost_events: Vec<String> = store
+        .changes(Duration::from_secs(3600), None, 1000)
+        .await
+        .expect("changes")
+        .into_iter()
+        .filter(|c| c.kind == ChangeKind::RangeLost.as_str())
+        .map(|c| c.summary)
+        .collect();
+    assert_eq!(lost_events.len(), 2, "{lost_events:?}");
+    assert!(
+        lost_events.iter().any(|e| e.contains("offsets [0, 71)")),
+        "{lost_events:?}"
     );
     let snapshot = store.snapshot().await.expect("status");
     assert_eq!(snapshot.losses.len(), 2);
