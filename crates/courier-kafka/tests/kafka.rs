@@ -986,3 +986,89 @@ async fn a_range_across_the_log_start_yields_what_kafka_holds_and_exactly_what_w
     })
     .await;
 }
+
+/// How long the broker may take to apply retention: its `log.retention.check.interval.ms` (1 s as
+/// scripts/kafka.sh configures it; Kafka's default is 5 minutes, hence the margin).
+const RETENTION_CHECK_BOUND: Duration = Duration::from_secs(330);
+
+/// Real retention, not DeleteRecords: Kafka deletes whole segments, whose boundaries have nothing to do
+/// with courier's ranges. Two segments of old records are deleted; a range across the new log start
+/// yields what Kafka still holds and exactly the offsets deleted.
+#[tokio::test]
+async fn real_retention_deletes_segments_and_a_range_across_the_log_start_reports_it_exactly() {
+    let topic = unique_topic("real-retention");
+    // Segments roll as soon as records older than segment.ms are followed by more; records older than
+    // retention.ms (the hour-old ones; never the fresh ones within the test's bound) are deleted with
+    // their segment at the broker's next retention check.
+    create_topic_with_config(
+        &config(),
+        &topic,
+        1,
+        &[("retention.ms", "1800000"), ("segment.ms", "1000")],
+    )
+    .await
+    .expect("create a topic with short retention");
+    let old = unix_now_ms() - 3_600_000;
+    // Three produce requests, so three record batches and (with the old timestamps) three segments:
+    // [0, 37) and [37, 74) an hour old, [74, 100) now.
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("acks", "all")
+        .create()
+        .expect("producer");
+    let mut offset = 0;
+    for (count, timestamp) in [(37, Some(old)), (37, Some(old)), (26, None)] {
+        for _ in 0..count {
+            // What assert_exact expects of the message at `offset`.
+            let (key, payload) = (format!("k{offset}"), format!("0-{offset}"));
+            let mut record = BaseRecord::<str, str>::to(&topic)
+                .partition(0)
+                .key(&key)
+                .payload(&payload);
+            if let Some(timestamp) = timestamp {
+                record = record.timestamp(timestamp);
+            }
+            producer.send(record).map_err(|(e, _)| e).expect("send");
+            offset += 1;
+        }
+        producer.flush(Duration::from_secs(30)).expect("flush");
+    }
+    let reader = RangeReader::connect(config()).await.expect("reader");
+    let low = tokio::time::timeout(RETENTION_CHECK_BOUND, async {
+        loop {
+            let marks = reader.high_watermarks(&topic).await.expect("watermarks");
+            if marks[0].low > 0 {
+                assert_eq!(marks[0].high, 100);
+                return marks[0].low;
+            }
+            // Polling the broker's answer, not sleeping for an outcome: the check runs on its own clock.
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await
+    .expect("the broker applied retention within its check interval");
+    assert!(
+        low == 37 || low == 74,
+        "the log starts at a segment boundary: {low}"
+    );
+
+    let across = reader
+        .read_surviving(&topic, 0, range(10, 100))
+        .await
+        .expect("[10, 100)");
+    assert_eq!(across.deleted, vec![range(10, low)]);
+    assert_exact(&across.messages, 0, low, 100);
+    let below = reader
+        .read_surviving(&topic, 0, range(20, 30))
+        .await
+        .expect("[20, 30)");
+    assert_eq!(below.deleted, vec![range(20, 30)]);
+    assert!(below.messages.is_empty());
+}
+
+fn unix_now_ms() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970");
+    i64::try_from(now.as_millis()).expect("milliseconds fit an i64")
+}
