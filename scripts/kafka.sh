@@ -168,6 +168,9 @@ group.initial.rebalance.delay.ms=0
 # Tests create every topic they use; a typo must be an error, not a new topic.
 auto.create.topics.enable=false
 delete.topic.enable=true
+# Retention is applied within a second, not Kafka's 5 minutes: courier-kafka's tests of real retention
+# (segments deleted under a range) wait for it. Costs a scan of the segment list per second.
+log.retention.check.interval.ms=1000
 # Two cores: fewer threads than the defaults.
 num.network.threads=2
 num.io.threads=2

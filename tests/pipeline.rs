@@ -804,3 +804,199 @@ async fn a_window_replay_with_other_bounds_resends_the_same_message_ids_naming_t
         .iter()
         .any(|r| !first_keys.contains(&r.idempotency_key)));
 }
+
+/// `courier status --json` against `config`: its exit code and output.
+fn status_json(config: &str) -> (Option<i32>, Value) {
+    let output = common::courier(&["status", "--config", config, "--json"])
+        .output()
+        .expect("courier status");
+    let status = serde_json::from_str(&common::stdout_of(&output)).unwrap_or_else(|e| {
+        panic!(
+            "status --json is JSON ({e}): {}",
+            common::stderr_of(&output)
+        )
+    });
+    (output.status.code(), status)
+}
+
+/// Kafka's log start falls inside ranges (retention never lines up with them): `courier status` flags
+/// the offsets deleted before delivery before any worker reaches them, with lag counting only what Kafka
+/// holds; the worker delivers every message Kafka still holds and records exactly what was deleted,
+/// settling the ranges (none failed); a range an older courier failed for retention is replayed with
+/// `--failed`: its survivors are delivered and its loss recorded; status then lists the losses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_deleted_before_delivery_are_flagged_recorded_exactly_and_the_survivors_delivered()
+{
+    let db = TestDb::migrated().await;
+    let store = db.store().await;
+    let topic = common::topic_with("retention", 1, 100).await;
+    let sink = common::sink().await;
+    let destinations = BTreeMap::from([("d".to_owned(), DestinationConfig::new(sink.url()))]);
+    let routes = || vec![route("r", &topic, "d", Ordering::None, 100)];
+    // [0, 100) delivered; then no worker runs while 400 more messages arrive and Kafka deletes the
+    // log below 371.
+    let worker = start_worker(&store, &destinations, routes(), fast_worker()).await;
+    wait_for_all(&sink, 100).await;
+    wait_for_watermarks(&store, "r", 100).await;
+    worker.stop().await;
+    produce_labelled(&topic, 0, "later", 400).await;
+    store
+        .plan(&courier_store::PlanRequest {
+            route: "r".into(),
+            partition: 0,
+            high_watermark: 500,
+            range_size: 100,
+            max_new_ranges: 100,
+            max_tail_age: Duration::ZERO,
+        })
+        .await
+        .expect("plan [100, 500)");
+    // [300, 400) as an older courier left it: failed whole for retention.
+    let client = db.raw_client().await;
+    client
+        .execute(
+            "UPDATE courier_ranges SET state = 'failed', attempts = 1,
+                    last_error = 'retention: offsets 0..371 were deleted by retention'
+             WHERE route = 'r' AND start_offset = 300",
+            &[],
+        )
+        .await
+        .expect("fail [300, 400)");
+    let low =
+        courier_kafka::delete_records_before(&KafkaConfig::new(kafka_brokers()), &topic, 0, 371)
+            .await
+            .expect("delete records below 371");
+    assert_eq!(low, 371);
+
+    let config = common::write_config(
+        "courier.toml",
+        &common::one_route_config(&db.url, &topic, &sink.url(), ""),
+    );
+    let config = config.to_str().expect("path");
+    let (code, status) = status_json(config);
+    assert_eq!(code, Some(3), "{status}");
+    let partition = &status["partitions"][0];
+    assert_eq!(
+        (
+            partition["kafka_log_start"].as_i64(),
+            partition["deleted_before_delivery"].as_i64(),
+            partition["lag"].as_i64()
+        ),
+        (Some(371), Some(271), Some(129)),
+        "deleted before delivery: [100, 371), reported apart from the lag: {partition}"
+    );
+    let attention = status["attention"].to_string();
+    assert!(
+        attention.contains("271 offset(s) below Kafka's log start 371")
+            && attention.contains("docs/runbooks/retention.md"),
+        "{attention}"
+    );
+
+    let worker = start_worker(&store, &destinations, routes(), fast_worker()).await;
+    wait_for_watermarks(&store, "r", 500).await;
+    let audit = ReplayAudit {
+        requested_by: "test".into(),
+        reason: "retention".into(),
+        dry_run: false,
+    };
+    let replay_id = store
+        .replay_failed("r", &courier_store::ReplayFilter::default(), &audit)
+        .await
+        .expect("replay --failed")
+        .replay_id
+        .expect("a replay");
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let (settled, total) = store.replay_progress(replay_id).await.expect("progress");
+        if settled == total {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "replay not settled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stats = worker.stop().await;
+    assert_eq!(
+        stats
+            .ranges_failed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "no range fails for retention"
+    );
+
+    // Exactly what Kafka still held: [0, 100) first, then [371, 500) (message ids are r/0/<offset>).
+    let mut offsets: Vec<i64> = sink
+        .received()
+        .iter()
+        .flat_map(|request| &request.envelopes)
+        .map(|envelope| {
+            envelope["id"]
+                .as_str()
+                .and_then(|id| id.rsplit('/').next())
+                .and_then(|offset| offset.parse().ok())
+                .unwrap_or_else(|| panic!("an envelope id: {envelope}"))
+        })
+        .collect();
+    offsets.sort_unstable();
+    offsets.dedup();
+    let expected: Vec<i64> = (0..100).chain(371..500).collect();
+    assert_eq!(offsets, expected);
+    // Recorded exactly: one loss per range, covering [100, 371) and nothing Kafka held.
+    let mut losses: Vec<(i64, i64, Option<i64>)> = store
+        .losses(Some("r"), 100)
+        .await
+        .expect("losses")
+        .iter()
+        .map(|l| (l.offsets.start(), l.offsets.end(), l.replay_id))
+        .collect();
+    losses.sort_unstable();
+    assert_eq!(
+        losses,
+        [
+            (100, 200, None),
+            (200, 300, None),
+            (300, 371, Some(replay_id))
+        ]
+    );
+    let failed: i64 = client
+        .query_one(
+            "SELECT count(*) FROM courier_ranges WHERE state = 'failed'",
+            &[],
+        )
+        .await
+        .expect("failed")
+        .get(0);
+    assert_eq!(
+        failed, 0,
+        "the replayed range is settled, its loss recorded"
+    );
+
+    let (code, status) = status_json(config);
+    assert_eq!(code, Some(3), "recent losses need attention: {status}");
+    let partition = &status["partitions"][0];
+    assert_eq!(
+        (
+            partition["deleted_before_delivery"].as_i64(),
+            partition["lag"].as_i64()
+        ),
+        (Some(0), Some(0)),
+        "{partition}"
+    );
+    assert_eq!(status["recent_losses"][0]["offsets"].as_i64(), Some(271));
+    assert_eq!(status["losses"].as_array().map(Vec::len), Some(3));
+    let attention = status["attention"].to_string();
+    assert!(
+        attention.contains("271 offset(s) lost")
+            && attention.contains("docs/runbooks/retention.md"),
+        "{attention}"
+    );
+    assert!(!attention.contains("failed range"), "{attention}");
+    // The text output lists the losses too.
+    let output = common::courier(&["status", "--config", config])
+        .output()
+        .expect("courier status");
+    let text = common::stdout_of(&output);
+    assert!(
+        text.contains("LOST") && text.contains("[300, 371) (71 offset(s))"),
+        "{text}"
+    );
+}

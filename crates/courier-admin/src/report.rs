@@ -116,6 +116,10 @@ pub enum Code {
     OldestMessageAge,
     /// Kafka's high watermark is below courier's frontier: the topic was recreated?
     WatermarkBelowFrontier,
+    /// Offsets below Kafka's log start that courier never delivered: deleted before delivery.
+    DeletedBeforeDelivery,
+    /// Losses recorded in the last day (offsets Kafka deleted before delivery, found by a worker).
+    OffsetsLost,
     /// An operator paused the route (`courier pause`): its lag grows on purpose, and a pause forgotten
     /// after an incident is an outage nobody is paged for.
     RoutePaused,
@@ -134,6 +138,8 @@ impl Code {
             Code::Lag => "lag",
             Code::OldestMessageAge => "oldest-message-age",
             Code::WatermarkBelowFrontier => "watermark-below-frontier",
+            Code::DeletedBeforeDelivery => "deleted-before-delivery",
+            Code::OffsetsLost => "offsets-lost",
             Code::RoutePaused => "route-paused",
         }
     }
@@ -147,6 +153,7 @@ impl Code {
             Code::QuarantinedMessages => "docs/runbooks/quarantined-messages.md",
             Code::RetryingRanges => "docs/runbooks/retrying-ranges.md",
             Code::DestinationDeferred => "docs/runbooks/destination-paused.md",
+            Code::DeletedBeforeDelivery | Code::OffsetsLost => "docs/runbooks/retention.md",
             Code::Lag
             | Code::OldestMessageAge
             | Code::WatermarkBelowFrontier
@@ -281,14 +288,19 @@ pub struct PartitionView {
     pub failed_ranges: i64,
     /// Age of the oldest message not settled yet, when it could be read.
     pub oldest_age: Option<Duration>,
+    /// Offsets below Kafka's log start courier has neither delivered nor recorded as lost: deleted
+    /// (retention, DeleteRecords) before delivery, whether a worker has reached them yet or not.
+    pub deleted_before_delivery: Option<i64>,
 }
 
 impl PartitionView {
-    /// Messages not settled yet (Kafka's high watermark minus courier's watermark, minus what is settled
-    /// above the watermark already), when Kafka answered. Failed offsets are never part of it.
+    /// Messages Kafka holds that are not settled yet (Kafka's high watermark minus courier's watermark or
+    /// Kafka's log start, whichever is higher, minus what is settled above the watermark already), when
+    /// Kafka answered. Failed offsets and offsets Kafka deleted are never part of it: they are reported
+    /// apart.
     pub fn lag(&self) -> Option<i64> {
         self.kafka
-            .map(|(_, high)| (high - self.watermark - self.settled_ahead).max(0))
+            .map(|(low, high)| (high - self.watermark.max(low) - self.settled_ahead).max(0))
     }
 }
 
@@ -368,6 +380,26 @@ pub async fn gather(
             ..KafkaFacts::default()
         },
     };
+    // Courier's progress against Kafka's log start, in one store query: offsets deleted before delivery
+    // are flagged now, not when a worker reaches them.
+    let log_starts: Vec<(String, i32, i64)> = snapshot
+        .partitions
+        .iter()
+        .filter_map(|p| {
+            let (low, _) = facts.marks.get(&(p.topic.clone(), p.partition))?;
+            Some((p.route.clone(), p.partition, *low))
+        })
+        .collect();
+    let deleted: HashMap<(String, i32), i64> = if log_starts.is_empty() {
+        HashMap::new()
+    } else {
+        store
+            .deleted_before_delivery(&log_starts)
+            .await?
+            .into_iter()
+            .map(|d| ((d.route, d.partition), d.offsets))
+            .collect()
+    };
     let mut failed: HashMap<(&str, i32), (i64, i64)> = HashMap::new();
     for f in &snapshot.failed_partitions {
         failed.insert((f.route.as_str(), f.partition), (f.ranges, f.offsets));
@@ -394,6 +426,7 @@ pub async fn gather(
                 failed_offsets,
                 failed_ranges,
                 oldest_age: facts.ages.get(&(key, p.first_unsettled)).copied(),
+                deleted_before_delivery: deleted.get(&(p.route.clone(), p.partition)).copied(),
             }
         })
         .collect();
@@ -587,6 +620,8 @@ impl Report {
                 "route": v.route, "topic": v.topic, "destination": v.destination, "partition": v.partition,
                 "watermark": v.watermark, "frontier": v.frontier,
                 "kafka_low_watermark": v.kafka.map(|(low, _)| low),
+                "kafka_log_start": v.kafka.map(|(low, _)| low),
+                "deleted_before_delivery": v.deleted_before_delivery,
                 "kafka_high_watermark": v.kafka.map(|(_, high)| high),
                 "lag": v.lag(),
                 "failed_offsets": v.failed_offsets, "failed_ranges": v.failed_ranges,
@@ -621,6 +656,14 @@ impl Report {
                 "destination": d.destination, "wait_ms": d.wait_ms, "reason": d.reason, "since": rfc3339(d.since_unix),
             })).collect::<Vec<_>>(),
             "pending_replays": s.pending_replays.iter().map(|(route, open)| json!({"route": route, "open_ranges": open})).collect::<Vec<_>>(),
+            "losses": s.losses.iter().map(|l| json!({
+                "route": l.route, "partition": l.partition, "start_offset": l.offsets.start(),
+                "end_offset": l.offsets.end(), "offsets": l.offsets.len(), "reason": l.reason,
+                "replay_id": l.replay_id, "age_secs": l.age_secs,
+            })).collect::<Vec<_>>(),
+            "recent_losses": s.recent_losses.iter().map(|l| json!({
+                "route": l.route, "losses": l.losses, "offsets": l.offsets,
+            })).collect::<Vec<_>>(),
             "paused": self.paused.iter().map(|p| json!({
                 "route": p.route, "since": p.since, "paused_secs_ago": p.paused_secs_ago,
                 "by": p.by, "reason": p.reason,
@@ -665,6 +708,53 @@ fn judge(report: &Report, bounds: &StatusConfig) -> Vec<Attention> {
             )
             .route(&p.route)
             .since(p.paused_secs_ago.map(|ago| now - ago)),
+        );
+    }
+
+    // Offsets Kafka deleted before courier delivered them: flagged before any worker reaches them.
+    for view in &report.partitions {
+        let Some(deleted) = view.deleted_before_delivery.filter(|d| *d > 0) else {
+            continue;
+        };
+        let log_start = view.kafka.map_or(0, |(low, _)| low);
+        attention.push(
+            Attention::new(
+                Code::DeletedBeforeDelivery,
+                format!(
+                    "route {} partition {}: {deleted} offset(s) below Kafka's log start {log_start} were deleted (retention or \
+                     DeleteRecords) before courier delivered them (courier's watermark: {}). Those messages are lost: no \
+                     replay can bring them back from Kafka; workers record them as losses when they reach them and \
+                     deliver what Kafka still holds. Likely cause: lag longer than the topic's retention.ms (a \
+                     destination down, too few workers)",
+                    view.route, view.partition, view.watermark
+                ),
+            )
+            .route(&view.route)
+            .partition(view.partition),
+        );
+    }
+    for recent in &s.recent_losses {
+        let newest = s
+            .losses
+            .iter()
+            .find(|l| l.route == recent.route)
+            .map_or(String::new(), |l| {
+                format!("; newest: partition {} offsets {}", l.partition, l.offsets)
+            });
+        attention.push(
+            Attention::new(
+                Code::OffsetsLost,
+                format!(
+                    "route {}: {} offset(s) lost in {} loss(es) recorded in the last {} hours: Kafka deleted them \
+                     (retention or DeleteRecords) before courier delivered them; the rest of their ranges was \
+                     delivered{newest}. No replay can bring them back from Kafka",
+                    recent.route,
+                    recent.offsets,
+                    recent.losses,
+                    courier_store::losses::RECENT_LOSSES_HOURS
+                ),
+            )
+            .route(&recent.route),
         );
     }
 
@@ -879,6 +969,7 @@ mod tests {
             failed_offsets: 0,
             failed_ranges: 0,
             oldest_age: None,
+            deleted_before_delivery: None,
         }
     }
 
@@ -940,6 +1031,28 @@ mod tests {
         let report = report(snapshot, vec![partition("a", 10, 12)], &["a"]);
         assert!(report.ok(), "{:?}", report.attention);
         assert_eq!(report.route_lag("a"), Some(2));
+    }
+
+    #[test]
+    fn offsets_deleted_before_delivery_are_not_lag_and_need_attention() {
+        let snapshot = Snapshot {
+            routes: vec![recorded("a", Some("w1"))],
+            ..Snapshot::default()
+        };
+        let view = PartitionView {
+            kafka: Some((371, 500)),
+            deleted_before_delivery: Some(271),
+            ..partition("a", 100, 500)
+        };
+        let report = report(snapshot, vec![view], &["a"]);
+        assert_eq!(report.partitions[0].lag(), Some(129));
+        assert_eq!(codes(&report), ["deleted-before-delivery"]);
+        let line = report.attention[0].line(NOW);
+        assert!(
+            line.contains("271 offset(s) below Kafka's log start 371")
+                && line.contains("docs/runbooks/retention.md"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -16,20 +16,21 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReadError {
-    /// The range starts below the partition's log start offset: retention (or `DeleteRecords`) removed
-    /// messages before they were delivered. They are gone; the reader never skips them silently.
+    /// Offsets `deleted` of the range were deleted by retention (or `DeleteRecords`) before they were
+    /// read: from [`RangeReader::read`](crate::RangeReader::read), which reads all or nothing. Delivery
+    /// does not fail on it: it reads with
+    /// [`RangeReader::read_surviving`](crate::RangeReader::read_surviving), delivers what Kafka still
+    /// holds and records the deleted offsets as a loss.
     #[error(
-        "{topic}/{partition}: offsets {requested_start}..{log_start} were deleted by retention before \
-         they were delivered (the log now starts at {log_start}). Those messages are lost to this route: \
-         the range fails with reason `retention`. Check consumer lag against the topic's retention.ms \
-         and whether the destination was down for longer than the retention; see \
-         docs/runbooks/retention.md."
+        "{topic}/{partition}: offsets {deleted} were deleted by Kafka (retention or DeleteRecords) before \
+         they were read; the log of the partition starts after them now. No replay can bring them back \
+         from Kafka; see docs/runbooks/retention.md."
     )]
     Retention {
         topic: String,
         partition: Partition,
-        requested_start: Offset,
-        log_start: Offset,
+        /// The offsets found deleted (the first run, when there were several).
+        deleted: OffsetRange,
     },
     /// The range reaches past what the partition holds (or, under `read_committed`, past the last
     /// stable offset: an open transaction). Retry later: the messages may not be written yet.
@@ -64,12 +65,15 @@ pub enum ReadError {
     /// A record batch in the range cannot be decoded: compressed with a codec this build lacks, or
     /// corrupt. Reading it again fails the same way, so it is not retryable.
     #[error(
-        "{topic}/{partition}: the records from offset {offset} cannot be decoded ({cause}), so range \
-         {range} cannot be delivered and fails with reason `undecodable`. Reading it again fails the \
-         same way. 'Not implemented' means the batch is compressed with a codec this build of \
-         courier lacks (it reads none, gzip, snappy, lz4 and zstd): upgrade courier, then replay the \
-         range. A CRC or decompression failure means the batch is corrupt on the broker: inspect it \
-         with kafka-dump-log.sh, then replay or accept the loss; see docs/runbooks/failed-ranges.md."
+        "{topic}/{partition}: the records from offset {offset} cannot be decoded ({cause}). The \
+         messages of range {range} before offset {offset} were delivered; the range fails there with \
+         reason `undecodable` (the Kafka client cannot step over a record batch it cannot decode, so \
+         the rest of that batch cannot be read; reading it again fails the same way). 'Not \
+         implemented' means the batch is compressed with a codec this build of courier lacks (it reads \
+         none, gzip, snappy, lz4 and zstd): upgrade courier, then replay the range (it resumes at offset \
+         {offset}). A CRC or decompression failure means the batch is corrupt on the broker: inspect it \
+         with kafka-dump-log.sh; a replay only helps once Kafka serves it differently; see \
+         docs/runbooks/failed-ranges.md."
     )]
     Undecodable {
         topic: String,

@@ -37,6 +37,8 @@ pub enum Kind {
     CircuitClosed,
     RangeFailed,
     RangeQuarantined,
+    /// Kafka had deleted offsets of a range (retention, `DeleteRecords`) before they were delivered.
+    RangeLost,
 }
 
 impl Kind {
@@ -55,6 +57,7 @@ impl Kind {
             Self::CircuitClosed => "destination.circuit_closed",
             Self::RangeFailed => "range.failed",
             Self::RangeQuarantined => "range.quarantined",
+            Self::RangeLost => "range.lost",
         }
     }
 }

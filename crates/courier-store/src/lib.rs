@@ -12,6 +12,8 @@
 //! - [`protocol`]: the lease protocol: register, lease, renew, checkpoint, fail, release, replay, workers.
 //! - [`quarantine`]: messages a destination refused on their own: recorded with their range's checkpoint,
 //!   listed, replayed one offset at a time.
+//! - [`losses`]: offsets Kafka deleted before delivery: recorded with their range's checkpoint, listed,
+//!   and counted against Kafka's log start for `courier status`.
 //! - [`routes`]: a route's identity: its recorded delivery settings, compared by every worker that starts
 //!   it, changed only on purpose.
 //! - [`changes`]: "what changed?": the timeline of workers, migrations, replays, pauses, settings,
@@ -33,6 +35,7 @@
 pub mod changes;
 pub mod config;
 pub mod error;
+pub mod losses;
 pub mod migrate;
 pub mod planning;
 pub mod pool;
@@ -45,6 +48,7 @@ pub mod url;
 pub use changes::{Change, ChangeRow, Kind as ChangeKind, PausedRoute};
 pub use config::{StoreConfig, Timeouts};
 pub use error::{Result, StoreError};
+pub use losses::{DeletedBeforeDelivery, Loss, LossRow, LossSummary};
 pub use migrate::{MigrationReport, Migrator, SchemaVersion};
 pub use planning::{PlanOutcome, PlanRequest, PlanRound, RoundOutcome};
 pub use pool::{DedicatedConnection, Store};

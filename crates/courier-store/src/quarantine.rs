@@ -1,12 +1,15 @@
 //! Quarantine: messages a destination refused on their own, set aside so their range could settle.
 //!
-//! Owns `courier_quarantine`: recording entries together with the range's checkpoint (one transaction,
-//! fenced by the lease's epoch like [`Store::checkpoint`]), reading them for `courier status`, and
-//! replaying them as replay ranges of one offset each.
+//! Owns `courier_quarantine`, and the checkpoint that sets things aside
+//! ([`Store::checkpoint_setting_aside`]): the range settled together with its quarantined messages and its
+//! losses (offsets Kafka deleted before delivery, [`crate::losses`]), in one transaction fenced by the
+//! lease's epoch like [`Store::checkpoint`]. Also reads the quarantine for `courier status`, and replays
+//! quarantined messages as replay ranges of one offset each.
 
 use courier_core::{CheckpointOutcome, Lease, Offset, OffsetRange, Partition};
 
 use crate::error::Result;
+use crate::losses::{self, Loss};
 use crate::pool::Store;
 use crate::protocol::{db, insert_audit, invalid, ReplayAudit, ReplayOutcome};
 
@@ -54,7 +57,21 @@ impl Store {
         lease: &Lease,
         quarantined: &[Quarantined],
     ) -> Result<CheckpointOutcome> {
-        const OP: &str = "checkpoint with quarantine";
+        self.checkpoint_setting_aside(lease, quarantined, &[]).await
+    }
+
+    /// Marks a leased range done and records, in one transaction, the messages of it that were
+    /// quarantined and the offsets of it Kafka had deleted before delivery (`losses`): all or nothing.
+    /// Fenced by the epoch exactly like [`Store::checkpoint`]: a `Fenced` outcome records nothing (the
+    /// range's new owner finds the same and records it). A loss already recorded (a replay of its range)
+    /// is recorded once.
+    pub async fn checkpoint_setting_aside(
+        &self,
+        lease: &Lease,
+        quarantined: &[Quarantined],
+        losses: &[Loss],
+    ) -> Result<CheckpointOutcome> {
+        const OP: &str = "checkpoint setting aside";
         if let Some(outside) = quarantined.iter().find(|q| !lease.range.contains(q.offset)) {
             return Err(invalid(
                 OP,
@@ -64,11 +81,24 @@ impl Store {
                 ),
             ));
         }
-        let (id, epoch, route, partition) = (
+        if let Some(outside) = losses.iter().find(|l| {
+            l.offsets.start() < lease.range.start() || l.offsets.end() > lease.range.end()
+        }) {
+            return Err(invalid(
+                OP,
+                format!(
+                    "offsets {} lost with range {} of route {:?} lie outside it",
+                    outside.offsets, lease.range, lease.route
+                ),
+            ));
+        }
+        let losses = losses.to_vec();
+        let (id, epoch, route, partition, replay_id) = (
             lease.id,
             lease.epoch.0,
             lease.route.clone(),
             lease.partition,
+            lease.replay_id,
         );
         let offsets: Vec<i64> = quarantined.iter().map(|q| q.offset).collect();
         let statuses: Vec<Option<i32>> = quarantined
@@ -84,7 +114,25 @@ impl Store {
             .iter()
             .map(|q| q.dead_letter_topic.clone())
             .collect();
-        // "What changed?": one event per range that quarantined something, never one per message.
+        // "What changed?": one event per range that quarantined something, never one per message, and
+        // one per range that lost offsets.
+        let lost_change = (!losses.is_empty()).then(|| {
+            crate::changes::Change::new(
+                crate::changes::Kind::RangeLost,
+                format!(
+                    "offsets {} of range {} of partition {} were deleted by Kafka before delivery: {}",
+                    losses
+                        .iter()
+                        .map(|l| l.offsets.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    lease.range,
+                    lease.partition,
+                    losses[0].reason.chars().take(300).collect::<String>()
+                ),
+            )
+            .route(&lease.route)
+        });
         let change = (!quarantined.is_empty()).then(|| {
             crate::changes::Change::new(
                 crate::changes::Kind::RangeQuarantined,
@@ -120,6 +168,8 @@ impl Store {
                     // Dropping the transaction rolls it back: nothing changed.
                     return Ok(CheckpointOutcome::Fenced);
                 }
+                losses::insert(&tx, &route, partition, replay_id, &losses).await?;
+                if !offsets.is_empty() {
                 tx.execute(
                     "INSERT INTO courier_quarantine (route, partition, message_offset, status, reason, dead_letter_topic)
                      SELECT $1, $2, o, s, r, t FROM unnest($3::bigint[], $4::int[], $5::text[], $6::text[]) AS q (o, s, r, t)
@@ -130,7 +180,8 @@ impl Store {
                 )
                 .await
                 .map_err(db(OP))?;
-                if let Some(change) = &change {
+                }
+                for change in change.iter().chain(&lost_change) {
                     crate::changes::insert(&tx, change).await?;
                 }
                 tx.commit().await.map_err(db(OP))?;

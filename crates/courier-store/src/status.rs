@@ -8,6 +8,7 @@
 use courier_core::Partition;
 
 use crate::error::{Result, StoreError};
+use crate::losses::{LossRow, LossSummary, LOSSES_LISTED, RECENT_LOSSES_HOURS};
 use crate::pool::Store;
 use crate::quarantine::QuarantineRow;
 
@@ -150,6 +151,11 @@ pub struct Snapshot {
     pub retrying: Vec<RetryingRow>,
     /// The store's clock when this was read, Unix seconds.
     pub now_unix: i64,
+    /// Per route, the losses recorded in the last [`RECENT_LOSSES_HOURS`] hours (offsets Kafka deleted
+    /// before delivery).
+    pub recent_losses: Vec<LossSummary>,
+    /// The newest [`LOSSES_LISTED`] losses, recent or not.
+    pub losses: Vec<LossRow>,
 }
 
 fn db(operation: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
@@ -183,6 +189,7 @@ impl Store {
         if !snapshot.quarantine.is_empty() {
             snapshot.quarantined = self.quarantined(None, QUARANTINE_LISTED).await?;
         }
+        snapshot.losses = self.losses(None, LOSSES_LISTED).await?;
         Ok(snapshot)
     }
 
@@ -387,6 +394,17 @@ impl Store {
                     .await
                     .map_err(db(OP))?
                     .get(0);
+                let recent_losses = c
+                    .query(
+                        "SELECT route, count(*), sum(end_offset - start_offset)::bigint FROM courier_losses
+                         WHERE recorded_at > now() - $1::bigint * interval '1 hour' GROUP BY route ORDER BY route",
+                        &[&RECENT_LOSSES_HOURS],
+                    )
+                    .await
+                    .map_err(db(OP))?
+                    .iter()
+                    .map(|r| LossSummary { route: r.get(0), losses: r.get(1), offsets: r.get(2) })
+                    .collect();
                 Ok(Snapshot {
                     partitions,
                     leases,
@@ -400,6 +418,8 @@ impl Store {
                     failed_partitions,
                     retrying,
                     now_unix,
+                    recent_losses,
+                    losses: Vec::new(),
                 })
             })
         })

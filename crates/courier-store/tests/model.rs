@@ -1,7 +1,7 @@
 //! Model-based property test of the lease protocol against a real PostgreSQL.
 //!
-//! Random interleavings of produce / plan / lease / renew / checkpoint (some quarantining a message) /
-//! checkpoint-and-lease / fail /
+//! Random interleavings of produce / plan / lease / renew / checkpoint (some quarantining a message, some
+//! recording offsets Kafka deleted before delivery as a loss) / checkpoint-and-lease / fail /
 //! expire / release / replay / advance / compact by several workers, over two routes (each ordered or not)
 //! that every lease call looks across at once, run against the store and, side by side, against an
 //! in-memory oracle. After every step the store must agree with the oracle, and every invariant of
@@ -23,8 +23,8 @@ use std::time::Duration;
 use courier_core::{carve, CheckpointOutcome, Lease, Ordering, RangeKind, RangeState};
 use courier_store::protocol::ReplayAudit;
 use courier_store::{
-    FailOutcome, Failure, LeaseRequest, PlanRequest, Quarantined, ReplayFilter, RouteSpec, Store,
-    StoreError,
+    FailOutcome, Failure, LeaseRequest, Loss, PlanRequest, Quarantined, ReplayFilter, RouteSpec,
+    Store, StoreError,
 };
 use courier_testkit::TestDb;
 use proptest::prelude::*;
@@ -35,6 +35,16 @@ const WORKERS: usize = 3;
 const RANGE_SIZE: u32 = 50;
 const MAX_NEW_RANGES: usize = 4;
 const MAX_ATTEMPTS: i32 = 3;
+
+/// What a checkpoint records besides settling its range.
+#[derive(Debug, Clone, Copy)]
+enum SetAside {
+    Nothing,
+    /// The range's last offset, a message the destination refused.
+    Quarantine,
+    /// The range's first offset, deleted by Kafka before delivery.
+    Loss,
+}
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -62,11 +72,11 @@ enum Op {
         count: usize,
         max: usize,
     },
-    /// With `quarantine`, the checkpoint also quarantines the range's last offset (a refused message).
+    /// The checkpoint may also set something aside, in the same fenced transaction.
     Checkpoint {
         worker: usize,
         slot: usize,
-        quarantine: bool,
+        set_aside: SetAside,
     },
     Fail {
         worker: usize,
@@ -107,7 +117,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (route.clone(), partition).prop_map(|(route, partition)| Op::Plan { route, partition }),
         4 => (worker.clone(), 1usize..4).prop_map(|(worker, max)| Op::Lease { worker, max }),
         1 => (worker.clone(), slot.clone()).prop_map(|(worker, slot)| Op::Renew { worker, slot }),
-        3 => (worker.clone(), slot.clone(), any::<bool>()).prop_map(|(worker, slot, quarantine)| Op::Checkpoint { worker, slot, quarantine }),
+        3 => (worker.clone(), slot.clone(), prop_oneof![Just(SetAside::Nothing), Just(SetAside::Quarantine), Just(SetAside::Loss)]).prop_map(|(worker, slot, set_aside)| Op::Checkpoint { worker, slot, set_aside }),
         3 => (worker.clone(), slot.clone(), 1usize..4, 1usize..3).prop_map(|(worker, slot, count, max)| Op::CheckpointAndLease { worker, slot, count, max }),
         2 => (worker.clone(), slot.clone(), any::<bool>()).prop_map(|(worker, slot, permanent)| Op::Fail { worker, slot, permanent }),
         2 => (worker.clone(), slot.clone()).prop_map(|(worker, slot)| Op::Expire { worker, slot }),
@@ -160,6 +170,8 @@ struct Model {
     routes: Vec<RouteModel>,
     /// (route, partition, offset) quarantined by an applied checkpoint.
     quarantined: BTreeSet<(String, i32, i64)>,
+    /// (route, partition, start, end) recorded lost by an applied checkpoint.
+    lost: BTreeSet<(String, i32, i64, i64)>,
     held: Vec<Vec<Lease>>,
     carved: u64,
 }
@@ -591,7 +603,7 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCase
         Op::Checkpoint {
             worker,
             slot,
-            quarantine,
+            set_aside,
         } => {
             if let Some(lease) = model.take_slot(worker, slot) {
                 model.range(&lease).deliveries += 1; // the worker delivered before reporting
@@ -600,7 +612,44 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCase
                 } else {
                     CheckpointOutcome::Fenced
                 };
-                let outcome = if quarantine {
+                let outcome = if let SetAside::Loss = set_aside {
+                    let loss = Loss {
+                        offsets: courier_core::OffsetRange::new(
+                            lease.range.start(),
+                            lease.range.start() + 1,
+                        )
+                        .expect("a one-offset range"),
+                        reason: "retention".into(),
+                    };
+                    let outcome = store
+                        .checkpoint_setting_aside(&lease, &[], &[loss])
+                        .await
+                        .expect("checkpoint recording a loss");
+                    if outcome == CheckpointOutcome::Applied {
+                        model.lost.insert((
+                            lease.route.clone(),
+                            lease.partition,
+                            lease.range.start(),
+                            lease.range.start() + 1,
+                        ));
+                    }
+                    // Fenced: nothing recorded. Applied: recorded with the range settled (below).
+                    let recorded: BTreeSet<(String, i32, i64, i64)> = store
+                        .losses(Some(&lease.route), 10_000)
+                        .await
+                        .expect("read losses")
+                        .into_iter()
+                        .map(|l| (l.route, l.partition, l.offsets.start(), l.offsets.end()))
+                        .collect();
+                    let expected_recorded: BTreeSet<(String, i32, i64, i64)> = model
+                        .lost
+                        .iter()
+                        .filter(|(route, ..)| *route == lease.route)
+                        .cloned()
+                        .collect();
+                    prop_assert_eq!(recorded, expected_recorded, "losses after {}", lease);
+                    outcome
+                } else if let SetAside::Quarantine = set_aside {
                     let refused = Quarantined {
                         offset: lease.range.end() - 1,
                         status: Some(400),
@@ -807,7 +856,7 @@ async fn drain_and_check_no_loss(store: &Store, model: &mut Model) -> Result<(),
                 &Op::Checkpoint {
                     worker: 0,
                     slot: 0,
-                    quarantine: false,
+                    set_aside: SetAside::Nothing,
                 },
             )
             .await?;
@@ -868,7 +917,7 @@ proptest! {
                     partitions: (0..PARTITIONS).map(|_| ModelPartition::default()).collect(),
                 });
             }
-            let mut model = Model { routes, quarantined: BTreeSet::new(), held: vec![Vec::new(); WORKERS], carved: 0 };
+            let mut model = Model { routes, quarantined: BTreeSet::new(), lost: BTreeSet::new(), held: vec![Vec::new(); WORKERS], carved: 0 };
             let mut marks = vec![vec![(0, 0); PARTITIONS as usize]; ROUTES];
             for op in &ops {
                 apply(store, &mut model, op).await?;

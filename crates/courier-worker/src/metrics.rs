@@ -25,6 +25,7 @@ pub const KAFKA_ERRORS: &str = "courier_kafka_errors_total";
 pub const ISOLATION_REQUESTS: &str = "courier_isolation_requests_total";
 pub const MESSAGES_QUARANTINED: &str = "courier_messages_quarantined_total";
 pub const DEAD_LETTERS: &str = "courier_dead_letters_total";
+pub const OFFSETS_LOST: &str = "courier_offsets_lost_total";
 
 pub fn range_leased(route: &str, count: usize) {
     counter!(RANGES_LEASED, "route" => route.to_owned()).increment(count as u64);
@@ -88,6 +89,12 @@ pub fn isolation_request(route: &str, destination: &str) {
 /// Messages the destination refused on their own, set aside with their range's checkpoint: alert on any.
 pub fn messages_quarantined(route: &str, count: usize) {
     counter!(MESSAGES_QUARANTINED, "route" => route.to_owned()).increment(count as u64);
+}
+
+/// Offsets Kafka deleted (retention, `DeleteRecords`) before they were delivered, recorded as losses with
+/// their range's checkpoint: alert on any (docs/runbooks/retention.md).
+pub fn offsets_lost(route: &str, offsets: u64) {
+    counter!(OFFSETS_LOST, "route" => route.to_owned()).increment(offsets);
 }
 
 /// Quarantined messages written to the route's dead-letter topic.

@@ -361,7 +361,9 @@ fn report_lag(
                 let progress = state
                     .progress
                     .get(&(route.config.name.clone(), m.partition))?;
-                Some((m.high - progress.watermark).max(0))
+                // Offsets below the log start no longer exist: they are no lag (they are lost, and
+                // recorded as such when their ranges are read).
+                Some((m.high - progress.watermark.max(m.low)).max(0))
             })
             .sum();
         metrics::lag(&route.config.name, lag);

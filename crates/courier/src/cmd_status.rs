@@ -7,7 +7,9 @@
 //! what, since when and which runbook; `--json` carries them as objects with a code (see
 //! `courier_admin::report`, which judges for this command and the status page alike). A paused route
 //! needs attention for as long as it is paused: a pause forgotten after an incident is lag nobody is
-//! alerted to.
+//! alerted to. Lag counts only offsets Kafka still holds; offsets below Kafka's log start that courier
+//! never delivered are reported apart (deleted before delivery), and losses recorded in the last day
+//! need attention too.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -162,6 +164,24 @@ fn print_tables(report: &Report) {
             println!(
                 "  ... and {} more",
                 total - snapshot.quarantined.len() as i64
+            );
+        }
+    }
+    if !snapshot.losses.is_empty() {
+        println!("LOST (offsets Kafka deleted before delivery; newest first)");
+        for loss in &snapshot.losses {
+            println!(
+                "  {:<24} {:>4} offsets {} ({} offset(s)) {} ago{}: {}",
+                loss.route,
+                loss.partition,
+                loss.offsets,
+                loss.offsets.len(),
+                humantime::format_duration(Duration::from_secs(
+                    u64::try_from(loss.age_secs).unwrap_or(0)
+                )),
+                loss.replay_id
+                    .map_or(String::new(), |id| format!(" (found by replay {id})")),
+                loss.reason
             );
         }
     }

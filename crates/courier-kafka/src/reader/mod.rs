@@ -26,11 +26,22 @@
 //!    - the consumer reaches the end of the partition (`enable.partition.eof`) and its position is
 //!      `>= end` (the tail of the range held only transaction markers or aborted records);
 //!    - the end of the partition is below `end` even when asked afresh: [`ReadError::NotYetWritten`];
-//!    - the fetch offset is out of range: the watermarks decide between [`ReadError::Retention`]
-//!      (`start` below the log start offset) and [`ReadError::NotYetWritten`] (`start` past the end);
-//!    - a record batch cannot be decoded (a codec this build lacks, a corrupt batch):
-//!      [`ReadError::Undecodable`] at the first offset not read, permanent, before any later message is
-//!      taken (so an undecodable batch is never stepped over as if it were a gap);
+//!    - the fetch offset is out of range: the watermarks decide. Below the log start offset (retention
+//!      or `DeleteRecords` deleted them before they were read), the offsets up to the log start are
+//!      noted as *deleted* in [`RangeContents::deleted`] (never passed off as a gap) and the read goes on
+//!      from the log start: what Kafka still holds of the range is read, and a range wholly below the
+//!      log start comes back with no message and all of it deleted. Past the end:
+//!      [`ReadError::NotYetWritten`];
+//!    - a record batch cannot be decoded (a codec this build lacks, a corrupt batch): the read stops at
+//!      the first offset not read, [`RangeContents::undecodable`], with the messages before it (so the
+//!      caller can deliver them) and none after (so an undecodable batch is never stepped over as if it
+//!      were a gap); [`RangeReader::read`] makes it [`ReadError::Undecodable`]. Why the read cannot
+//!      step over just the bad record (librdkafka 2.12, `rdkafka_msgset_reader.c`): a batch that fails
+//!      to decompress or parse is reported at its *base* offset and the fetch position stays there, so
+//!      librdkafka fetches the same batch again and again; assigning at any offset inside the batch
+//!      makes the broker send the whole batch again, with the same error. Its last offset is not
+//!      reported, so the records after the bad one in that batch cannot be reached (only a CRC failure,
+//!      with `check.crcs` on, skips its batch, and courier leaves that off);
 //!    - the deadline ([`KafkaConfig::read_timeout`]) passes: [`ReadError::Timeout`], retryable.
 //! 5. After a success the consumer goes back to the pool still assigned, so it keeps prefetching (at most
 //!    `queued.max.messages.kbytes`); after an error it is unassigned first, so nothing stale survives.
@@ -42,7 +53,8 @@
 //! - `pool`: the consumers, their loans and the background task that parks idle ones;
 //! - `metadata`: partition counts (cached) and watermarks;
 //! - `range_read`: one exact read by one consumer, the state machine of step 4;
-//! - `window`: the read-ahead window of a lane.
+//! - `window`: the read-ahead window of a lane. It only ever holds offsets that were read: offsets found
+//!   deleted are left out, so a range served from it later never hides a deletion.
 //!
 //! # Why a `BaseConsumer` driven on a blocking thread
 //! Reading a range is a tight loop over `poll`: on the blocking pool, a `BaseConsumer` hands each message
@@ -98,6 +110,53 @@ pub struct PartitionWatermarks {
     pub partition: Partition,
     pub low: Offset,
     pub high: Offset,
+}
+
+/// What Kafka still held of a range ([`RangeReader::read_surviving`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RangeContents {
+    /// The messages, in offset order, none outside the range, none twice.
+    pub messages: Vec<Message>,
+    /// Offsets of the range Kafka had deleted (retention, `DeleteRecords`) before they were read, in
+    /// order, disjoint. Usually one run at the start of the range; another only if retention moved on
+    /// while the range was read. No message of `messages` lies in one.
+    pub deleted: Vec<OffsetRange>,
+    /// The read stopped short of the range's end at a record it cannot decode: `messages` holds the
+    /// range's messages below it, none at or after it (see the module docs for why it cannot go on).
+    pub undecodable: Option<Undecodable>,
+}
+
+/// Where a read stopped: a record batch that cannot be decoded (a codec this build lacks, a corrupt
+/// batch). Permanent: the same bytes fail the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undecodable {
+    /// The first offset not read: the undecodable batch holds it, or the next record.
+    pub offset: Offset,
+    /// librdkafka's words (codec, batch offset and size), else the error code.
+    pub cause: String,
+}
+
+impl RangeContents {
+    /// [`ReadError::Undecodable`] for the read of `range`, if it stopped at an undecodable record.
+    pub fn undecodable_error(
+        &self,
+        topic: &str,
+        partition: Partition,
+        range: OffsetRange,
+    ) -> Option<ReadError> {
+        self.undecodable.as_ref().map(|u| ReadError::Undecodable {
+            topic: topic.to_owned(),
+            partition,
+            range,
+            offset: u.offset,
+            cause: u.cause.clone(),
+        })
+    }
+
+    /// How many offsets were deleted before they were read.
+    pub fn deleted_offsets(&self) -> u64 {
+        self.deleted.iter().map(OffsetRange::len).sum()
+    }
 }
 
 /// Reads exact offset ranges; a cheap-to-clone handle to a pool of consumers.
@@ -200,7 +259,11 @@ impl RangeReader {
         self.inner.traffic.received()
     }
 
-    /// Reads exactly the messages of `topic`/`partition` with offsets in `range`, in offset order.
+    /// Reads exactly the messages of `topic`/`partition` with offsets in `range`, in offset order, all
+    /// or nothing: an undecodable record fails it with [`ReadError::Undecodable`], offsets of the range
+    /// deleted before they were read with [`ReadError::Retention`] (naming the first run deleted).
+    /// Delivery uses
+    /// [`read_surviving`](Self::read_surviving) instead.
     ///
     /// The result may hold fewer than `range.len()` messages (compaction and transaction markers leave
     /// gaps), never a message outside the range, never one twice. See the module docs for every way it
@@ -211,6 +274,31 @@ impl RangeReader {
         partition: Partition,
         range: OffsetRange,
     ) -> Result<Vec<Message>, ReadError> {
+        let contents = self.read_surviving(topic, partition, range).await?;
+        if let Some(error) = contents.undecodable_error(topic, partition, range) {
+            return Err(error);
+        }
+        match contents.deleted.first() {
+            None => Ok(contents.messages),
+            Some(deleted) => Err(ReadError::Retention {
+                topic: topic.to_owned(),
+                partition,
+                deleted: *deleted,
+            }),
+        }
+    }
+
+    /// Reads what Kafka still holds of `range`: its messages as [`read`](Self::read) does, and the
+    /// offsets found deleted (retention, `DeleteRecords`) before they were read, exactly. A range partly
+    /// below the partition's log start yields the messages from the log start on; one wholly below it,
+    /// no message and all of it deleted. A read that meets an undecodable record stops there
+    /// ([`RangeContents::undecodable`]) with the messages before it.
+    pub async fn read_surviving(
+        &self,
+        topic: &str,
+        partition: Partition,
+        range: OffsetRange,
+    ) -> Result<RangeContents, ReadError> {
         let inner = Arc::clone(&self.inner);
         let _waiting = inner.outages.waiting(Waiting::RangeRead);
         let topic = topic.to_owned();
@@ -326,19 +414,27 @@ impl Inner {
         partition: Partition,
         range: OffsetRange,
         deadline: Instant,
-    ) -> Result<Vec<Message>, ReadError> {
+    ) -> Result<RangeContents, ReadError> {
         let lane = self.lane(topic, partition);
         let mut lane = lock(&lane);
         lane.last_used = Instant::now();
         let mut messages = Vec::new();
         let from = match lane.window.serve(range, &mut messages) {
-            Some(covered) if covered >= range.end() => return Ok(messages),
+            Some(covered) if covered >= range.end() => {
+                return Ok(RangeContents {
+                    messages,
+                    ..RangeContents::default()
+                })
+            }
             Some(covered) => covered,
             None => range.start(),
         };
         let Ok(rest) = OffsetRange::new(from, range.end()) else {
             // Cannot happen: the window covered less than the range.
-            return Ok(messages);
+            return Ok(RangeContents {
+                messages,
+                ..RangeContents::default()
+            });
         };
         // The partition's consumer stands a little behind: read on through the gap (another task's range,
         // about to be asked for) rather than re-assigning a consumer and dropping what it prefetched.
@@ -347,18 +443,55 @@ impl Inner {
             .filter(|&next| next < from && from - next <= lane.window.reach());
         if let Some(next) = behind {
             if let Ok(through) = OffsetRange::new(next, range.end()) {
-                if let Ok(read) = self.read_exact(topic, partition, through, deadline) {
-                    lane.window.append(through, &read);
-                    messages.extend(read.into_iter().filter(|m| m.offset >= from));
-                    return Ok(messages);
+                // A read through that stopped at an undecodable record: read this range alone, so that
+                // where it stops is this range's own.
+                let through_read = self
+                    .read_exact(topic, partition, through, deadline)
+                    .ok()
+                    .filter(|read| read.undecodable.is_none());
+                if let Some(read) = through_read {
+                    remember(&mut lane.window, through, &read);
+                    messages.extend(read.messages.into_iter().filter(|m| m.offset >= from));
+                    // Only what was deleted of this range is this range's to report.
+                    let deleted = read
+                        .deleted
+                        .iter()
+                        .filter_map(|d| OffsetRange::new(d.start().max(from), d.end()).ok())
+                        .collect();
+                    return Ok(RangeContents {
+                        messages,
+                        deleted,
+                        undecodable: None,
+                    });
                 }
-                // The gap could not be read (deleted by retention, say): read this range alone, so
-                // its outcome is its own.
+                // The gap could not be read: read this range alone, so its outcome is its own.
             }
         }
         let read = self.read_exact(topic, partition, rest, deadline)?;
-        lane.window.append(rest, &read);
-        messages.extend(read);
-        Ok(messages)
+        remember(&mut lane.window, rest, &read);
+        messages.extend(read.messages);
+        Ok(RangeContents {
+            messages,
+            deleted: read.deleted,
+            undecodable: read.undecodable,
+        })
+    }
+}
+
+/// Keeps what a read from Kafka of `read` held in the lane's window: only the part after the last
+/// offset found deleted and before an undecodable record, so that no later range is served from the
+/// window with a deletion or an undecodable batch taken for a gap in the log.
+fn remember(window: &mut Window, read: OffsetRange, contents: &RangeContents) {
+    let from = contents
+        .deleted
+        .last()
+        .map_or(read.start(), OffsetRange::end);
+    let to = contents
+        .undecodable
+        .as_ref()
+        .map_or(read.end(), |u| u.offset);
+    if let Ok(kept) = OffsetRange::new(from, to) {
+        let first = contents.messages.partition_point(|m| m.offset < from);
+        window.append(kept, &contents.messages[first..]);
     }
 }

@@ -12,7 +12,7 @@ use rdkafka::{Offset as RdOffset, TopicPartitionList};
 use tracing::{debug, warn};
 
 use super::pool::Loan;
-use super::{lock, remaining, BaseConsumer, Inner};
+use super::{lock, remaining, BaseConsumer, Inner, RangeContents, Undecodable};
 use crate::error::{is_timeout, is_undecodable, is_unknown_topic, ReadError};
 
 /// A consumer left assigned to `topic`/`partition` after reading a range that ended at `next`: the next
@@ -44,7 +44,7 @@ impl Inner {
         partition: Partition,
         range: OffsetRange,
         deadline: Instant,
-    ) -> Result<Vec<Message>, ReadError> {
+    ) -> Result<RangeContents, ReadError> {
         let mut consumer = self.checkout(topic, partition, range.start())?;
         let cursor = consumer.take_cursor();
         if let Err(error) = self.check_partition(&consumer, topic, partition, range, deadline) {
@@ -66,10 +66,17 @@ impl Inner {
             stash: None,
             at_end: false,
             last_error: None,
+            deleted: Vec::new(),
+            undecodable: None,
+            fetch_stopped: false,
         };
-        let result = read.run(cursor);
+        let result = read.run(cursor).map(|messages| RangeContents {
+            messages,
+            deleted: std::mem::take(&mut read.deleted),
+            undecodable: read.undecodable.take(),
+        });
         let (stash, at_end) = (read.stash.take(), read.at_end);
-        if result.is_ok() {
+        if result.is_ok() && !read.fetch_stopped {
             // Keep the partition assigned: the next range of this partition continues from here.
             consumer.set_cursor(Some(Cursor {
                 topic: topic.to_owned(),
@@ -80,7 +87,7 @@ impl Inner {
             }));
             return result;
         }
-        // After an error, start the next read from a clean assignment.
+        // After an error (or a fetch stopped out of range), start the next read from a clean assignment.
         consumer.set_cursor(None);
         release(consumer, topic, partition);
         result
@@ -113,6 +120,14 @@ struct RangeRead<'a> {
     at_end: bool,
     /// The last transient error librdkafka reported (it retries those by itself); shown on timeout.
     last_error: Option<String>,
+    /// Offsets of the range Kafka had deleted (retention, `DeleteRecords`) before they were read, in
+    /// order, contiguous runs merged.
+    deleted: Vec<OffsetRange>,
+    /// Where the read stopped at a record batch it cannot decode.
+    undecodable: Option<Undecodable>,
+    /// The consumer's fetch stopped at an out-of-range offset and was not re-assigned: it cannot continue
+    /// into the next range.
+    fetch_stopped: bool,
 }
 
 /// What to do after one poll.
@@ -254,7 +269,7 @@ impl RangeRead<'_> {
         };
         match code {
             Some(RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange) => {
-                Err(self.out_of_range())
+                self.on_out_of_range()
             }
             Some(code) if is_unknown_topic(code) => {
                 // Deleted while we read? Metadata tells.
@@ -268,17 +283,20 @@ impl RangeRead<'_> {
                 )?;
                 Err(self.kafka_error("fetching", error))
             }
-            Some(code) if is_undecodable(code) => Err(ReadError::Undecodable {
-                topic: self.topic.to_owned(),
-                partition: self.partition,
-                range: self.range,
-                offset: self.next,
-                cause: self
-                    .consumer
-                    .context()
-                    .take_undecodable()
-                    .unwrap_or_else(|| error.to_string()),
-            }),
+            Some(code) if is_undecodable(code) => {
+                // Stop here with the messages before it: librdkafka refetches the same batch forever
+                // and cannot step inside it (module docs), so nothing after it is read.
+                self.undecodable = Some(Undecodable {
+                    offset: self.next,
+                    cause: self
+                        .consumer
+                        .context()
+                        .take_undecodable()
+                        .unwrap_or_else(|| error.to_string()),
+                });
+                self.fetch_stopped = true;
+                Ok(Step::Done)
+            }
             Some(RDKafkaErrorCode::TopicAuthorizationFailed) => {
                 Err(self.kafka_error("fetching (not authorized to read the topic)", error))
             }
@@ -292,32 +310,67 @@ impl RangeRead<'_> {
     }
 
     /// The fetch offset is outside the log: deleted by retention, or not written yet.
-    fn out_of_range(&mut self) -> ReadError {
-        let (low, high) = match self.watermarks() {
-            Ok(watermarks) => watermarks,
-            Err(error) => return error,
-        };
+    ///
+    /// Deleted: `[next, log start)` is noted as deleted (never passed off as a gap) and reading goes on
+    /// from the log start, so what Kafka still holds of the range is delivered. A range wholly below the
+    /// log start ends here, all of it deleted.
+    fn on_out_of_range(&mut self) -> Result<Step, ReadError> {
+        let (low, high) = self.watermarks()?;
         if self.next < low {
-            ReadError::Retention {
-                topic: self.topic.to_owned(),
-                partition: self.partition,
-                requested_start: self.range.start(),
-                log_start: low,
+            let deleted_to = low.min(self.range.end());
+            self.note_deleted(self.next, deleted_to);
+            self.next = deleted_to;
+            if deleted_to >= self.range.end() {
+                self.fetch_stopped = true;
+                return Ok(Step::Done);
             }
+            debug!(topic = %self.topic, partition = self.partition, range = %self.range, log_start = low, "Offsets of the range were deleted before they were read; reading on from the log start.");
+            self.assign(low)?;
+            Ok(Step::Continue)
+        } else if self.deleted.last().is_some_and(|d| d.end() == self.next) {
+            // Reported by the fetch from before the re-assignment at the log start (nothing was read
+            // since): stale.
+            Ok(Step::Continue)
         } else if self.next >= high {
-            ReadError::NotYetWritten {
+            Err(ReadError::NotYetWritten {
                 topic: self.topic.to_owned(),
                 partition: self.partition,
                 range: self.range,
                 readable_end: high,
-            }
+            })
         } else {
             // The log moved between the fetch and the question (a leader change, say): retry.
-            self.kafka_error(
+            Err(self.kafka_error(
                 "fetching (offset reported out of range, but within the watermarks now)",
                 KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange),
-            )
+            ))
         }
+    }
+
+    /// Records `[from, to)` as deleted, merged with the run before it when they touch (retention moving
+    /// on while the range is read).
+    fn note_deleted(&mut self, from: Offset, to: Offset) {
+        match self.deleted.last_mut() {
+            Some(last) if last.end() == from => {
+                if let Ok(merged) = OffsetRange::new(last.start(), to) {
+                    *last = merged;
+                }
+            }
+            _ => {
+                if let Ok(run) = OffsetRange::new(from, to) {
+                    self.deleted.push(run);
+                }
+            }
+        }
+    }
+
+    /// Assigns the partition at `offset` (replacing any assignment): no subscription, no commits.
+    fn assign(&self, offset: Offset) -> Result<(), ReadError> {
+        let mut assignment = TopicPartitionList::with_capacity(1);
+        assignment
+            .add_partition_offset(self.topic, self.partition, RdOffset::Offset(offset))
+            .and_then(|()| self.consumer.assign(&assignment))
+            .map_err(|source| self.kafka_error("assigning the partition", source))
     }
 
     /// The application position of our partition: one past the last message or transaction marker the

@@ -6,7 +6,10 @@
 //! `ordering = "partition"` one at a time in offset order. What each range came to is decided once, as a
 //! [`Verdict`], and reported in one place ([`report`]); the ranges delivered are checkpointed together,
 //! with the next lease, in one store transaction. A batch the destination refuses for good is bisected by
-//! `isolate`; a range with messages it set aside is checkpointed on its own, recording them as quarantined.
+//! `isolate`. A range with something set aside is checkpointed on its own, recording it: messages the
+//! destination refused on their own (quarantined), and offsets Kafka had deleted (retention,
+//! `DeleteRecords`) before they could be delivered (losses: what Kafka still held of the range is
+//! delivered, the rest recorded exactly, never failed for a replay that cannot bring it back).
 //!
 //! The store sees this task only for milliseconds at a time: a lease, a renewal now and then, and the
 //! reports. Kafka reads and HTTP requests happen with no store transaction open.
@@ -37,11 +40,14 @@ use crate::{metrics, Context, Route, Throttle, WorkerStats};
 enum Verdict {
     /// Every batch was acknowledged: checkpoint it.
     Delivered { messages: usize },
-    /// Every message was acknowledged except `refused`, which the destination refuses on their own:
-    /// checkpoint the range with them quarantined (and written to the dead-letter topic, if any).
-    Quarantined {
+    /// Every message Kafka still held was acknowledged except `refused`, which the destination refuses on
+    /// their own, and Kafka had deleted the offsets `lost` before they were read: checkpoint the range
+    /// recording both (the refused messages quarantined and written to the dead-letter topic, if any;
+    /// the lost offsets as losses).
+    SetAside {
         messages: usize,
         refused: Vec<Refused>,
+        lost: Vec<courier_core::OffsetRange>,
     },
     /// Try again after `backoff`; an attempt is counted, and the range fails for good after the route's
     /// `max_attempts`. `delivered_to`: everything below was acknowledged (the next attempt resumes there).
@@ -50,8 +56,8 @@ enum Verdict {
         backoff: Duration,
         delivered_to: Option<i64>,
     },
-    /// No retry can help (a refused batch, offsets deleted by retention): fail the range, listed by
-    /// `courier status` for a replay once the cause is fixed.
+    /// No retry can help (a refused batch, a topic gone, an undecodable batch): fail the range, listed
+    /// by `courier status` for a replay once the cause is fixed.
     Fail {
         reason: String,
         delivered_to: Option<i64>,

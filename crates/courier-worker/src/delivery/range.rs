@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use courier_core::{Disposition, Lease, Message, OffsetRange, Ordering};
 use courier_http::{batches, Batch, Delivery};
-use courier_kafka::ReadError;
+use courier_kafka::{RangeContents, ReadError};
 use futures::stream::{self, StreamExt};
 
 use super::Verdict;
@@ -20,20 +20,113 @@ pub(super) async fn deliver(ctx: &Context, route: &Route, lease: &Lease) -> Verd
         // Everything was delivered by an earlier attempt that could not checkpoint.
         return Verdict::Delivered { messages: 0 };
     };
-    let messages = match ctx
+    let contents = match ctx
         .reader
-        .read(&route.config.topic, lease.partition, to_read)
+        .read_surviving(&route.config.topic, lease.partition, to_read)
         .await
     {
-        Ok(messages) => messages,
+        Ok(contents) => contents,
         Err(error) => return read_verdict(ctx, route, lease, &error),
     };
+    let verdict = send(ctx, route, lease, to_read, &contents.messages).await;
+    let undecodable = contents.undecodable_error(&route.config.topic, lease.partition, to_read);
+    let verdict = match (undecodable, &verdict) {
+        (Some(error), Verdict::Delivered { .. } | Verdict::SetAside { .. }) => {
+            match read_verdict(ctx, route, lease, &error) {
+                Verdict::Fail { reason, .. } => {
+                    let at = contents.undecodable.as_ref().map(|u| u.offset);
+                    stopped_at_undecodable(verdict, reason, at)
+                }
+                // Not permanent after all: as any read error.
+                other => other,
+            }
+        }
+        _ => verdict,
+    };
+    with_losses(route, lease, &contents, verdict)
+}
+
+/// The verdict on a range whose read stopped at an undecodable record `at`, the messages before it sent
+/// (`verdict`): once they all went through, the range fails with `reason`, resuming at the record (a
+/// replay after the cause is fixed does not deliver them again). Messages set aside before it are not
+/// recorded by a failing range: its retry or replay starts over, so none is skipped.
+fn stopped_at_undecodable(verdict: Verdict, reason: String, at: Option<i64>) -> Verdict {
+    match verdict {
+        Verdict::Delivered { .. } => Verdict::Fail {
+            reason,
+            delivered_to: at,
+        },
+        Verdict::SetAside { .. } => Verdict::Fail {
+            reason,
+            delivered_to: None,
+        },
+        // Not all of them went through: the range's retry reads it again and stops at the record again.
+        other => other,
+    }
+}
+
+/// The verdict on a range whose read found offsets deleted: the loss is recorded with the checkpoint.
+/// A retry must read the range from its start again, so that it finds the loss again and records it:
+/// no attempt resumes past it.
+fn with_losses(
+    route: &Route,
+    lease: &Lease,
+    contents: &RangeContents,
+    verdict: Verdict,
+) -> Verdict {
+    if contents.deleted.is_empty() {
+        return verdict;
+    }
+    let lost = contents.deleted.clone();
+    let set_aside = |messages: usize, refused: Vec<Refused>| {
+        tracing::error!(
+            route = %route.config.name,
+            %lease,
+            lost = ?lost,
+            delivered = messages,
+            "Kafka deleted offsets of the range (retention or DeleteRecords) before they were delivered: \
+             delivered what Kafka still held, recording the rest as lost. Runbook: docs/runbooks/retention.md"
+        );
+        Verdict::SetAside {
+            messages,
+            refused,
+            lost: lost.clone(),
+        }
+    };
+    match verdict {
+        Verdict::Delivered { messages } => set_aside(messages, Vec::new()),
+        Verdict::SetAside {
+            messages, refused, ..
+        } => set_aside(messages, refused),
+        Verdict::Retry {
+            reason, backoff, ..
+        } => Verdict::Retry {
+            reason,
+            backoff,
+            delivered_to: None,
+        },
+        Verdict::Fail { reason, .. } => Verdict::Fail {
+            reason,
+            delivered_to: None,
+        },
+        other => other,
+    }
+}
+
+/// Delivers the messages read of `to_read` in batches.
+async fn send(
+    ctx: &Context,
+    route: &Route,
+    lease: &Lease,
+    to_read: OffsetRange,
+    messages: &[Message],
+) -> Verdict {
     let config = route.deliverer.config();
     let batches = bounded_batches(
         route,
         lease,
         to_read,
-        &messages,
+        messages,
         config.max_batch_messages,
         config.max_batch_bytes,
     );
@@ -111,9 +204,10 @@ pub(super) async fn deliver(ctx: &Context, route: &Route, lease: &Lease) -> Verd
         return verdict;
     }
     if !quarantined.is_empty() {
-        return Verdict::Quarantined {
+        return Verdict::SetAside {
             messages: messages.len() - quarantined.len(),
             refused: quarantined,
+            lost: Vec::new(),
         };
     }
     Verdict::Delivered {
@@ -284,7 +378,7 @@ fn read_verdict(ctx: &Context, route: &Route, lease: &Lease, error: &ReadError) 
             delivered_to: None,
         }
     } else {
-        // Retention, or a topic or partition that is gone: no retry will bring the messages back.
+        // A topic or partition that is gone, an undecodable batch: reading again fails the same way.
         tracing::error!(route = %route.config.name, %lease, %error, "Range cannot be read from Kafka; failing it so the partition keeps moving. Runbook: docs/runbooks/failed-ranges.md");
         Verdict::Fail {
             reason,
@@ -304,4 +398,49 @@ fn since_unix_millis(timestamp_ms: i64) -> Duration {
     now.saturating_sub(Duration::from_millis(
         u64::try_from(timestamp_ms).unwrap_or(0),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_stopped_at_an_undecodable_record_fails_there_once_the_messages_before_went_through()
+    {
+        let reason =
+            || "undecodable: orders/2: the records from offset 150 cannot be decoded".to_owned();
+        match stopped_at_undecodable(Verdict::Delivered { messages: 50 }, reason(), Some(150)) {
+            Verdict::Fail {
+                reason,
+                delivered_to: Some(150),
+            } => assert!(reason.contains("offset 150"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        // Something set aside before it is not recorded by a failing range: nothing may be skipped.
+        let set_aside = Verdict::SetAside {
+            messages: 49,
+            refused: Vec::new(),
+            lost: vec![OffsetRange::new(100, 110).expect("range")],
+        };
+        assert!(matches!(
+            stopped_at_undecodable(set_aside, reason(), Some(150)),
+            Verdict::Fail {
+                delivered_to: None,
+                ..
+            }
+        ));
+        // The messages before it did not all go through: retried as any delivery.
+        let retry = Verdict::Retry {
+            reason: "HTTP 503".into(),
+            backoff: Duration::from_secs(1),
+            delivered_to: Some(120),
+        };
+        assert!(matches!(
+            stopped_at_undecodable(retry, reason(), Some(150)),
+            Verdict::Retry {
+                delivered_to: Some(120),
+                ..
+            }
+        ));
+    }
 }

@@ -1,10 +1,10 @@
-//! Reporting a range's [`Verdict`] to the store: retry later, fail, release, or checkpoint with its
-//! quarantined messages (after writing their dead letters); every report retried on transient store
-//! errors for up to one lease TTL.
+//! Reporting a range's [`Verdict`] to the store: retry later, fail, release, or checkpoint with what was
+//! set aside of it (its quarantined messages, after writing their dead letters, and the offsets Kafka
+//! deleted before delivery); every report retried on transient store errors for up to one lease TTL.
 
 use std::time::{Duration, Instant};
 
-use courier_core::{Backoff, CheckpointOutcome, Lease};
+use courier_core::{Backoff, CheckpointOutcome, Lease, OffsetRange};
 use courier_store::{FailOutcome, Failure};
 
 use super::range::attempt;
@@ -25,26 +25,28 @@ pub(super) async fn report(ctx: &Context, lease: &Lease, verdict: Verdict) -> Ou
                 None => Outcome::Abandoned,
             };
         }
-        Verdict::Quarantined { messages, refused } => {
-            match write_dead_letters(ctx, lease, &refused).await {
-                Ok(topic) => {
-                    return checkpoint_quarantined(ctx, lease, messages, &refused, topic).await
-                }
-                Err(reason) => (
-                    Failure {
-                        reason,
-                        permanent: false,
-                        backoff: ctx
-                            .config
-                            .backoff()
-                            .delay(attempt(lease), rand::random::<f64>()),
-                        max_attempts,
-                        delivered_to: None,
-                    },
-                    false,
-                ),
+        Verdict::SetAside {
+            messages,
+            refused,
+            lost,
+        } => match write_dead_letters(ctx, lease, &refused).await {
+            Ok(topic) => {
+                return checkpoint_set_aside(ctx, lease, messages, &refused, &lost, topic).await
             }
-        }
+            Err(reason) => (
+                Failure {
+                    reason,
+                    permanent: false,
+                    backoff: ctx
+                        .config
+                        .backoff()
+                        .delay(attempt(lease), rand::random::<f64>()),
+                    max_attempts,
+                    delivered_to: None,
+                },
+                false,
+            ),
+        },
         Verdict::Release { wait } => {
             return match with_retries(ttl, "release", || ctx.store.release(lease, wait)).await {
                 Some(CheckpointOutcome::Applied) => Outcome::Released,
@@ -109,7 +111,7 @@ async fn write_dead_letters<'a>(
     lease: &Lease,
     refused: &[Refused],
 ) -> Result<Option<&'a str>, String> {
-    let Some(route) = ctx.route(&lease.route) else {
+    let Some(route) = ctx.route(&lease.route).filter(|_| !refused.is_empty()) else {
         return Ok(None);
     };
     let config = &route.config;
@@ -137,12 +139,14 @@ async fn write_dead_letters<'a>(
     Ok(Some(topic))
 }
 
-/// Settles the range and records its quarantined messages in one store transaction.
-async fn checkpoint_quarantined(
+/// Settles the range and records what was set aside of it (quarantined messages, lost offsets) in one
+/// store transaction.
+async fn checkpoint_set_aside(
     ctx: &Context,
     lease: &Lease,
     messages: usize,
     refused: &[Refused],
+    lost: &[OffsetRange],
     topic: Option<&str>,
 ) -> Outcome {
     let ttl = ctx.config.lease_ttl;
@@ -155,17 +159,37 @@ async fn checkpoint_quarantined(
             dead_letter_topic: topic.map(str::to_owned),
         })
         .collect();
+    let topic_of_route = ctx
+        .route(&lease.route)
+        .map_or("?", |route| route.config.topic.as_str());
+    let losses: Vec<courier_store::Loss> = lost
+        .iter()
+        .map(|offsets| courier_store::Loss {
+            offsets: *offsets,
+            reason: format!(
+                "retention: Kafka deleted offsets {offsets} of {topic_of_route}/{} (retention or \
+                 DeleteRecords) before they were delivered",
+                lease.partition
+            ),
+        })
+        .collect();
     match with_retries(ttl, "checkpoint", || {
-        ctx.store.checkpoint_with_quarantine(lease, &quarantined)
+        ctx.store
+            .checkpoint_setting_aside(lease, &quarantined, &losses)
     })
     .await
     {
         Some(CheckpointOutcome::Applied) => {
-            metrics::messages_quarantined(&lease.route, quarantined.len());
+            if !quarantined.is_empty() {
+                metrics::messages_quarantined(&lease.route, quarantined.len());
+            }
+            if !losses.is_empty() {
+                metrics::offsets_lost(&lease.route, lost.iter().map(OffsetRange::len).sum());
+            }
             Outcome::Checkpointed { messages }
         }
         Some(CheckpointOutcome::Fenced) => {
-            tracing::info!(%lease, "Checkpoint fenced: the lease was lost before the range was settled; another worker delivers it (and isolates its refused messages again).");
+            tracing::info!(%lease, "Checkpoint fenced: the lease was lost before the range was settled; another worker delivers it (and sets aside what it must again).");
             Outcome::Fenced
         }
         None => Outcome::Abandoned,
