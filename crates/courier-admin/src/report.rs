@@ -299,8 +299,14 @@ impl PartitionView {
     /// Kafka answered. Failed offsets and offsets Kafka deleted are never part of it: they are reported
     /// apart.
     pub fn lag(&self) -> Option<i64> {
-        self.kafka
-            .map(|(low, high)| (high - self.watermark.max(low) - self.settled_ahead).max(0))
+        self.kafka.map(|(low, high)| {
+            // Settled offsets are only known as a count above the watermark: those below the log start
+            // are taken to come first, so lag is never under-reported when the log start passed the
+            // watermark.
+            let deleted_span = (low - self.watermark).max(0);
+            let settled_held = (self.settled_ahead - deleted_span).max(0);
+            (high - self.watermark.max(low) - settled_held).max(0)
+        })
     }
 }
 
