@@ -298,6 +298,47 @@ async fn ordering_none_sends_a_ranges_batches_concurrently_up_to_max_in_flight()
     );
 }
 
+/// Neighbouring ranges leased by one task go out as one span: ranges of 100 fill batches of 500 instead
+/// of sending one short request per range, and every range is still checkpointed on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn neighbouring_ranges_in_hand_fill_whole_batches_and_each_range_is_checkpointed() {
+    let db = TestDb::migrated().await;
+    let store = db.store().await;
+    // Everything is in Kafka before the worker starts, so its first planning round carves all 20
+    // ranges at once and the task leases 8 neighbours per statement.
+    let topic = common::topic_with("pipeline", 1, 2000).await;
+    let destination = common::sink().await;
+    let destinations = BTreeMap::from([(
+        "d".to_owned(),
+        DestinationConfig {
+            max_batch_messages: 500,
+            ..DestinationConfig::new(destination.url())
+        },
+    )]);
+    let worker = start_worker(
+        &store,
+        &destinations,
+        vec![route("spans", &topic, "d", Ordering::None, 100)],
+        WorkerConfig {
+            delivery_tasks: 1,
+            leases_per_task: 8,
+            ..fast_worker()
+        },
+    )
+    .await;
+    let counts = wait_for_all(&destination, 2000).await;
+    // The watermark passes a range only once it is checkpointed: all 20 were, each on its own row.
+    wait_for_watermarks(&store, "spans", 2000).await;
+    worker.stop().await;
+    assert!(counts.values().all(|&n| n == 1), "a message arrived twice");
+    // Ranges of 100 one request each would be 20 requests; spans of 8, 8 and 4 ranges send 2 + 2 + 1.
+    let requests = destination.stats().requests;
+    assert!(
+        requests <= 10,
+        "{requests} requests for 20 ranges of 100 with batches of 500: ranges were not spanned"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permanent_4xx_fails_its_range_with_the_response_and_the_partition_keeps_moving() {
     let db = TestDb::migrated().await;

@@ -1,7 +1,8 @@
 //! One delivery task: lease ranges, deliver them all at once, settle them with the next lease.
 //!
 //! A task holds up to `leases_per_task` ranges. They are delivered concurrently (one range's read
-//! overlaps another's requests, and ranges of different partitions go out together); within a range of a
+//! overlaps another's requests, and ranges of different partitions go out together), and neighbouring
+//! ranges of one partition as one span, in batches that may cross range bounds (`span`); within a range of a
 //! route with `ordering = "none"` up to the destination's `max_in_flight` batches are in flight, with
 //! `ordering = "partition"` one at a time in offset order. What each range came to is decided once, as a
 //! [`Verdict`], and reported in one place ([`report`]); the ranges delivered are checkpointed together,
@@ -16,14 +17,17 @@
 //!
 //! # Layout
 //! - this module: the task loop (lease, deliver what is in hand, settle), renewals, the tallies;
-//! - `range`: delivering one range: read, batches, answers judged into a [`Verdict`];
+//! - `span`: which ranges in hand go out together, and what a span's [`Verdict`] means for each;
+//! - `range`: delivering one range (or span): read, batches, answers judged into a [`Verdict`];
 //! - `report`: telling the store what a [`Verdict`] other than "delivered" means, with retries.
 
 mod range;
 mod report;
+mod span;
 
 use range::deliver;
 use report::{report, with_retries};
+use span::Span;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,7 +37,7 @@ use courier_http::CircuitState;
 use tokio::sync::watch;
 
 use crate::isolate::Refused;
-use crate::{metrics, Context, Route, Throttle, WorkerStats};
+use crate::{metrics, Context, OnPoison, Route, Throttle, WorkerStats};
 
 /// What delivering one range came to: decided once, by [`deliver`], and reported by [`report`].
 #[derive(Debug)]
@@ -121,16 +125,31 @@ pub(crate) async fn run(
         // (a range delivered early waits for its siblings' checkpoint with its lease kept alive).
         let lost: Vec<watch::Sender<bool>> =
             in_hand.iter().map(|_| watch::channel(false).0).collect();
-        let deliveries =
-            futures::future::join_all(in_hand.iter().zip(&lost).map(|(lease, lost)| {
-                handle(&ctx, lease, lost.subscribe(), &stop_leasing, &hard_stop)
-            }));
-        let verdicts = tokio::select! {
-            verdicts = deliveries => verdicts,
+        // Neighbouring ranges of a partition go out as one span (module `span`), told range by range.
+        let spans = span::spans(&in_hand, |lease| {
+            ctx.route(&lease.route)
+                .is_some_and(|route| route.config.on_poison == OnPoison::Quarantine)
+        });
+        let deliveries = futures::future::join_all(spans.iter().map(|span| {
+            let lost = span.members.iter().map(|&i| lost[i].subscribe()).collect();
+            handle(&ctx, span, &in_hand, lost, &stop_leasing, &hard_stop)
+        }));
+        let told = tokio::select! {
+            told = deliveries => told,
             never = renew_while_held(&ctx, &in_hand, &lost) => match never {},
         };
+        let mut verdicts: Vec<Option<Verdict>> = in_hand.iter().map(|_| None).collect();
+        for (span, told) in spans.iter().zip(told) {
+            for (&i, verdict) in span.members.iter().zip(told) {
+                verdicts[i] = Some(verdict);
+            }
+        }
         let mut delivered = Vec::new();
         for (lease, verdict) in in_hand.into_iter().zip(verdicts) {
+            // Every lease is a member of exactly one span; a missing verdict gives the range back.
+            let verdict = verdict.unwrap_or(Verdict::Release {
+                wait: Duration::ZERO,
+            });
             match verdict {
                 Verdict::Delivered { messages } => delivered.push((lease, messages)),
                 other => {
@@ -245,33 +264,48 @@ fn tally(stats: &WorkerStats, route: &str, kind: RangeKind, outcome: &Outcome) {
     }
 }
 
-/// Delivers one leased range unless the worker is draining or stopping.
+/// Delivers one span of leased ranges unless the worker is draining or stopping; a verdict per member,
+/// in the span's order.
 async fn handle(
     ctx: &Context,
-    lease: &Lease,
-    mut lost: watch::Receiver<bool>,
+    span: &Span,
+    hand: &[Lease],
+    mut lost: Vec<watch::Receiver<bool>>,
     stop_leasing: &watch::Receiver<bool>,
     hard_stop: &watch::Receiver<bool>,
-) -> Verdict {
-    let Some(route) = ctx.route(&lease.route) else {
+) -> Vec<Verdict> {
+    let give_back = || {
+        span.members
+            .iter()
+            .map(|_| Verdict::Release {
+                wait: Duration::ZERO,
+            })
+            .collect()
+    };
+    let Some(route) = ctx.route(&span.lease.route) else {
         // Leased by name from this worker's own list: cannot happen; give it back at once.
-        return Verdict::Release {
-            wait: Duration::ZERO,
-        };
+        return give_back();
     };
     if *stop_leasing.borrow() {
         // Leased together with ranges already delivered, but draining: give it back now.
-        return Verdict::Release {
-            wait: Duration::ZERO,
-        };
+        return give_back();
     }
     let mut hard_stop = hard_stop.clone();
+    let any_lost =
+        futures::future::select_all(lost.iter_mut().map(|lost| Box::pin(crate::stopped(lost))));
     tokio::select! {
-        verdict = deliver(ctx, route, lease) => verdict,
-        _ = crate::stopped(&mut hard_stop) => Verdict::Release { wait: Duration::ZERO },
-        _ = crate::stopped(&mut lost) => {
+        (verdict, read) = deliver(ctx, route, &span.lease) => {
+            let members: Vec<&Lease> = span.members.iter().map(|&i| &hand[i]).collect();
+            span::split(&members, verdict, &read)
+        }
+        _ = crate::stopped(&mut hard_stop) => give_back(),
+        (_, fenced, _) = any_lost => {
+            let lease = &hand[span.members[fenced]];
             tracing::warn!(%lease, "Lease lost during delivery (it expired and another worker took it, or it was replayed); stopping.");
-            Verdict::Fenced
+            // The others of its span are given back, to be leased again whole.
+            let mut verdicts: Vec<Verdict> = give_back();
+            verdicts[fenced] = Verdict::Fenced;
+            verdicts
         }
     }
 }

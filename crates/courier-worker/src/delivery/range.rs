@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use courier_core::{Disposition, Lease, Message, OffsetRange, Ordering};
+use courier_core::{Disposition, Lease, Message, Offset, OffsetRange, Ordering};
 use courier_http::{batches, Batch, Delivery};
 use courier_kafka::{RangeContents, ReadError};
 use futures::stream::{self, StreamExt};
@@ -14,11 +14,12 @@ use super::Verdict;
 use crate::isolate::{self, Isolation, Refused};
 use crate::{metrics, Context, Route};
 
-/// Reads the range (from where an earlier attempt stopped) and delivers it in batches.
-pub(super) async fn deliver(ctx: &Context, route: &Route, lease: &Lease) -> Verdict {
+/// Reads the range (from where an earlier attempt stopped) and delivers it in batches. Also returns the
+/// offsets of the messages read, ascending (a span's verdict is told range by range from them).
+pub(super) async fn deliver(ctx: &Context, route: &Route, lease: &Lease) -> (Verdict, Vec<Offset>) {
     let Ok(to_read) = OffsetRange::new(lease.resume_from, lease.range.end()) else {
         // Everything was delivered by an earlier attempt that could not checkpoint.
-        return Verdict::Delivered { messages: 0 };
+        return (Verdict::Delivered { messages: 0 }, Vec::new());
     };
     let contents = match ctx
         .reader
@@ -26,7 +27,7 @@ pub(super) async fn deliver(ctx: &Context, route: &Route, lease: &Lease) -> Verd
         .await
     {
         Ok(contents) => contents,
-        Err(error) => return read_verdict(ctx, route, lease, &error),
+        Err(error) => return (read_verdict(ctx, route, lease, &error), Vec::new()),
     };
     let verdict = send(ctx, route, lease, to_read, &contents.messages).await;
     let undecodable = contents.undecodable_error(&route.config.topic, lease.partition, to_read);
@@ -43,7 +44,8 @@ pub(super) async fn deliver(ctx: &Context, route: &Route, lease: &Lease) -> Verd
         }
         _ => verdict,
     };
-    with_losses(route, lease, &contents, verdict)
+    let read = contents.messages.iter().map(|m| m.offset).collect();
+    (with_losses(route, lease, &contents, verdict), read)
 }
 
 /// The verdict on a range whose read stopped at an undecodable record `at`, the messages before it sent
