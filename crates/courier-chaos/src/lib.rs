@@ -7,42 +7,45 @@
 //! interrupted range or not), lost, longest stall, time to recover, and a verdict.
 //!
 //! # Layout
-//! - [`judge`]: the invariants and measurements, pure (unit-tested on planted faults).
-//! - [`report`]: the report rows, the verdict, the printed tables and JSON.
-//! - [`env`]: the services, scratch databases, naive sessions.
-//! - [`pipeline`]: a live pipeline to break (topic, sink, generator, workers, evidence).
-//! - [`workers`]: workers in-process or as `courier run` processes; kill and stop.
-//! - [`incident8`]: deadlock, pile-up stall, orphan amplification; naive vs courier.
-//! - one module per other scenario: [`dns`], [`rate_limit`], [`worker_kill`], [`pg_faults`],
-//!   [`kafka_restart`], [`hang`], [`boot_storm`] (behind a [`slow_door`]).
-//! - [`soak`]: the randomized fault soak, on services of its own that it restarts.
+//! - `judge`: the invariants and measurements, pure (unit-tested on planted faults).
+//! - `report`: the report rows, the verdict, the printed tables and JSON.
+//! - `env`: the services, scratch databases, naive sessions.
+//! - `pipeline`: a live pipeline to break (topic, sink, generator, workers, evidence).
+//! - `workers`: workers in-process or as `courier run` processes; kill and stop.
+//! - `incident8`: deadlock, pile-up stall, orphan amplification; naive vs courier.
+//! - one module per other scenario: `dns`, `rate_limit`, `worker_kill`, `pg_faults`,
+//!   `kafka_restart`, `hang`, `boot_storm` (behind a `slow_door`).
+//! - `soak`: the randomized fault soak, on services of its own that it restarts.
 
 #![forbid(unsafe_code)]
 
-pub mod boot_storm;
-pub mod dns;
-pub mod env;
-pub mod hang;
-pub mod incident8;
-pub mod judge;
-pub mod kafka_restart;
-pub mod pg_faults;
-pub mod pipeline;
-pub mod rate_limit;
-pub mod report;
+mod boot_storm;
+mod dns;
+mod env;
+mod hang;
+mod incident8;
+mod judge;
+mod kafka_restart;
+mod pg_faults;
+mod pipeline;
+mod rate_limit;
+mod report;
 mod scenario;
-pub mod slow_door;
-pub mod soak;
-pub mod worker_kill;
-pub mod workers;
+mod slow_door;
+mod soak;
+mod worker_kill;
+mod workers;
 
 use std::time::Instant;
 
 use serde::Serialize;
 
 pub use env::Services;
-pub use judge::{judge, Evidence, FaultWindow, Judgement, PartitionBounds, Produced, RangeRecord};
-pub use report::{render, Mode, ScenarioReport};
+pub use judge::{
+    judge, longest_stall, Evidence, FaultWindow, Judgement, PartitionBounds, Produced, RangeRecord,
+};
+pub use report::{fmt_duration, render, Mode, ScenarioReport};
+pub use soak::{run as run_soak, SoakOptions, SoakReport};
 pub use workers::Launcher;
 
 /// Why a scenario could not be carried out (as opposed to an invariant failing, which is a verdict).
@@ -100,8 +103,8 @@ impl Options {
     }
 }
 
-/// Every scenario, in gameday order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Every scenario, in gameday order. On the command line by [`Scenario::name`] (clap's kebab-case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 pub enum Scenario {
     Deadlock,
     PileUp,
@@ -165,10 +168,6 @@ impl Scenario {
         }
     }
 
-    pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.name() == name)
-    }
-
     /// Runs the scenario; always returns its report rows (incident-8 scenarios return a naive and a
     /// courier row). A scenario that could not be carried out is a row with a failed `setup` check.
     pub async fn run(self, options: &Options) -> Vec<ScenarioReport> {
@@ -195,5 +194,23 @@ impl Scenario {
                 vec![report]
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum;
+
+    use super::Scenario;
+
+    #[test]
+    fn a_scenarios_name_is_what_the_command_line_takes() {
+        for scenario in Scenario::ALL {
+            let value = scenario
+                .to_possible_value()
+                .expect("every scenario is selectable");
+            assert_eq!(value.get_name(), scenario.name());
+        }
+        assert_eq!(Scenario::value_variants(), &Scenario::ALL[..]);
     }
 }

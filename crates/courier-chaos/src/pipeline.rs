@@ -399,11 +399,6 @@ impl Pipeline {
         self.wait_delivered_elements(now + more, bound, what).await
     }
 
-    /// Distinct produced ids delivered so far.
-    pub fn distinct_delivered(&self) -> usize {
-        self.sink.count_by(element_id).len()
-    }
-
     /// Waits until every message produced so far has been delivered at least once, re-checking on every
     /// delivery. Returns false when `bound` passed first.
     pub async fn wait_all_delivered(&self, bound: Duration) -> bool {

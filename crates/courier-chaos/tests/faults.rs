@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use courier_chaos::report::{render, ScenarioReport};
+use courier_chaos::{render, ScenarioReport};
 use courier_chaos::{Options, Scenario};
 
 async fn run(scenario: Scenario) -> ScenarioReport {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use courier_chaos::report::{render, Mode, ScenarioReport};
+use courier_chaos::{render, Mode, ScenarioReport};
 use courier_chaos::{Options, Scenario};
 
 async fn run(scenario: Scenario) -> (ScenarioReport, ScenarioReport) {

@@ -4,11 +4,11 @@
 
 use std::time::{Duration, SystemTime};
 
-use courier_chaos::judge::{
+use courier_chaos::Length;
+use courier_chaos::{
     judge, longest_stall, Evidence, FaultWindow, Judgement, PartitionBounds, Produced, RangeRecord,
 };
-use courier_chaos::report::{render, ScenarioReport};
-use courier_chaos::Length;
+use courier_chaos::{render, ScenarioReport};
 use courier_sink::{Answer, Received};
 use serde_json::json;
 

@@ -13,17 +13,16 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{bail, Context as _};
-use courier_chaos::report::fmt_duration;
-use courier_chaos::soak::SoakOptions;
-use courier_chaos::{render, Launcher, Length, Options, Scenario, Services};
+use anyhow::Context as _;
+use courier_chaos::fmt_duration;
+use courier_chaos::{render, Launcher, Length, Options, Scenario, Services, SoakOptions};
 use serde_json::json;
 
 #[derive(Debug, clap::Args)]
 pub struct GamedayArgs {
     /// Run this scenario (repeat for several); `--list` names them. Without it, every scenario runs.
-    #[arg(long = "scenario", value_name = "NAME")]
-    scenarios: Vec<String>,
+    #[arg(long = "scenario", value_name = "NAME", value_enum)]
+    scenarios: Vec<Scenario>,
     /// Run every scenario (the default when no --scenario is given).
     #[arg(long, conflicts_with = "scenarios")]
     all: bool,
@@ -72,18 +71,8 @@ pub async fn run(args: GamedayArgs) -> anyhow::Result<ExitCode> {
     let scenarios: Vec<Scenario> = if args.scenarios.is_empty() {
         Scenario::ALL.to_vec()
     } else {
-        let mut chosen = Vec::new();
-        for name in &args.scenarios {
-            let Some(scenario) = Scenario::parse(name) else {
-                bail!(
-                    "gameday: no scenario named {name:?}; known: {} (see `courier gameday --list`)",
-                    Scenario::ALL.map(Scenario::name).join(", ")
-                );
-            };
-            if !chosen.contains(&scenario) {
-                chosen.push(scenario);
-            }
-        }
+        let mut chosen = args.scenarios.clone();
+        chosen.dedup();
         chosen
     };
     let launcher = if args.in_process {
@@ -216,7 +205,7 @@ async fn soak(args: &GamedayArgs, length: std::time::Duration) -> anyhow::Result
         exe,
     };
     let say = |line: &str| eprintln!("soak: {line}");
-    let report = courier_chaos::soak::run(&options, &say)
+    let report = courier_chaos::run_soak(&options, &say)
         .await
         .with_context(|| format!("soak (seed {seed}) could not be carried out"))?;
     if args.json {

@@ -13,13 +13,12 @@
 //! - [`run`](mod@run): the run, the watch on delivery, the judge.
 //! - [`report`]: the soak's report.
 
-pub mod fleet;
-pub mod inject;
-pub mod report;
-pub mod run;
-pub mod schedule;
-pub mod services;
+mod fleet;
+mod inject;
+mod report;
+mod run;
+mod schedule;
+mod services;
 
 pub use report::SoakReport;
 pub use run::{run, SoakOptions};
-pub use schedule::{schedule, Fault, FaultKind, ScheduleSpec};

@@ -52,7 +52,7 @@ impl SoakReport {
         self.scenario.passed()
     }
 
-    /// Per kind, in [`FaultKind::ALL`] order; kinds never injected have a row of zeros.
+    /// Per kind, in `FaultKind::ALL` order; kinds never injected have a row of zeros.
     pub fn by_kind(&self) -> Vec<KindFigures> {
         FaultKind::ALL
             .into_iter()

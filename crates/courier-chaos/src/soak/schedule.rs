@@ -245,6 +245,7 @@ fn blocking(
 }
 
 /// Why `faults` breaks the rules of `spec`, if it does (the run checks the actual windows with it too).
+#[cfg(test)]
 pub fn rule_broken(spec: &ScheduleSpec, faults: &[Fault]) -> Option<String> {
     for (i, a) in faults.iter().enumerate() {
         if a.start < spec.warm_up || a.end() > spec.length.saturating_sub(spec.cool_down) {
