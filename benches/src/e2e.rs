@@ -295,7 +295,8 @@ impl CourierSetup {
     }
 
     /// Tuned for draining a backlog fast (the settings of the throughput matrix): 64 ranges ahead per
-    /// partition, idle tasks polling every 10 ms, up to `tasks` requests in flight to the destination.
+    /// partition, idle tasks polling every 10 ms, as many requests in flight to the destination as the
+    /// pipe sends ([`crate::PIPE_IN_FLIGHT`]) or one per task, whichever is more.
     pub fn tuned(topic: &str, url: &str, tasks: usize, range_size: u32) -> anyhow::Result<Self> {
         let mut route = default_route("bench", topic, "sink")?;
         route.range_size = range_size;
@@ -314,7 +315,9 @@ impl CourierSetup {
                 "sink".to_owned(),
                 DestinationConfig {
                     max_batch_messages: BATCH,
-                    max_in_flight: tasks.max(1),
+                    // The destination takes as many requests at once as the pipe sends (or one per
+                    // task, if more): the same destination for both sides of the ratio.
+                    max_in_flight: tasks.max(crate::PIPE_IN_FLIGHT),
                     ..DestinationConfig::new(url)
                 },
             )]),
