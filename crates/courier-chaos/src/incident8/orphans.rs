@@ -130,6 +130,7 @@ async fn one(options: &Options, mode: Mode) -> Result<ScenarioReport, ChaosError
     Ok(report)
 }
 
+/// Set-up, fault, measurement, judgement.
 async fn drive(
     options: &Options,
     mode: Mode,
@@ -137,13 +138,22 @@ async fn drive(
     workers: &mut Vec<crate::workers::WorkerHandle>,
     report: &mut ScenarioReport,
 ) -> Result<(), ChaosError> {
-    let window = options
-        .length
-        .pick(Duration::from_secs(6), Duration::from_secs(20));
-    let backlog = options.length.pick(2000, 4000);
+    let (harness, monitor) = set_up(options, p).await?;
+    let fault = lock_out_the_clients(options, mode, p, &monitor).await?;
+    let after = deliver_and_fence(options, p, workers, &harness, &monitor, &fault).await?;
+    let judgement = p
+        .judge(Some(FaultWindow {
+            started: fault.started,
+            ended: fault.ended,
+        }))
+        .await?;
+    judge(report, mode, &fault, &after, judgement);
+    Ok(())
+}
 
-    // A backlog carved into ranges, nothing leased yet.
-    p.produce(backlog).await?;
+/// A backlog carved into ranges, nothing leased yet, and the side table claims record themselves in.
+async fn set_up(options: &Options, p: &mut Pipeline) -> Result<(Store, RawSession), ChaosError> {
+    p.produce(options.length.pick(2000, 4000)).await?;
     let harness = p.harness().await?;
     plan_everything(p, &harness).await?;
     let monitor = p.db.raw(HARNESS_APP).await?;
@@ -154,17 +164,45 @@ async fn drive(
         )
         .await
         .map_err(sql_error("creating chaos_claims"))?;
+    Ok((harness, monitor))
+}
 
-    // The lock.
+/// What happened while the lock was held.
+struct Fault {
+    started: SystemTime,
+    ended: SystemTime,
+    window: Duration,
+    clients: Arc<Clients>,
+    /// Orphans sampled every 100 ms: (since the lock was taken, count).
+    series: Vec<(Duration, usize)>,
+    orphan_max: usize,
+    orphans_at_release: usize,
+    /// When each abandoned backend was first seen gone, by pid.
+    gone_at: HashMap<i32, Instant>,
+    /// `(max_connections, connections in use)` at the end of the window.
+    connections: Result<(i32, i32), tokio_postgres::Error>,
+}
+
+/// The fault: the harness locks `courier_ranges` for a window while clients with short deadlines keep
+/// claiming, giving up and retrying; orphans are sampled; then the lock goes and every client backend
+/// must end.
+async fn lock_out_the_clients(
+    options: &Options,
+    mode: Mode,
+    p: &Pipeline,
+    monitor: &RawSession,
+) -> Result<Fault, ChaosError> {
+    let window = options
+        .length
+        .pick(Duration::from_secs(6), Duration::from_secs(20));
     let blocker = p.db.raw("chaos-blocker").await?;
     blocker
         .batch_execute("BEGIN; LOCK TABLE courier_ranges IN ACCESS EXCLUSIVE MODE")
         .await
         .map_err(sql_error("blocker takes the table lock"))?;
-    let fault_started = SystemTime::now();
+    let started = SystemTime::now();
     let window_start = Instant::now();
 
-    // The clients.
     let client_store = match mode {
         Mode::Naive => None,
         Mode::Courier => Some(
@@ -195,7 +233,7 @@ async fn drive(
     let mut series: Vec<(Duration, usize)> = Vec::new();
     let mut gone_at: HashMap<i32, Instant> = HashMap::new();
     while window_start.elapsed() < window {
-        let orphans = sample(&monitor, &clients, &mut gone_at).await?;
+        let orphans = sample(monitor, &clients, &mut gone_at).await?;
         orphan_max = orphan_max.max(orphans);
         series.push((window_start.elapsed(), orphans));
         if mode == Mode::Naive && orphans >= ORPHAN_CAP {
@@ -215,15 +253,13 @@ async fn drive(
     drop(client_store);
     // Before the lock goes: wait (bounded) until no abandoned backend is still queued. Courier's end
     // within client_connection_check_interval; naive ones never do, and the wait just ends.
-    let settle = poll(Duration::from_secs(2), || async {
-        let orphans = sample(&monitor, &clients, &mut HashMap::new()).await.ok()?;
+    let _settled = poll(Duration::from_secs(2), || async {
+        let orphans = sample(monitor, &clients, &mut HashMap::new()).await.ok()?;
         (orphans == 0).then_some(())
     })
     .await;
-    let orphans_at_release = sample(&monitor, &clients, &mut gone_at).await?;
+    let orphans_at_release = sample(monitor, &clients, &mut gone_at).await?;
     orphan_max = orphan_max.max(orphans_at_release);
-    let _ = settle;
-
     let connections = monitor
         .query_one(
             "SELECT current_setting('max_connections')::int, (SELECT count(*) FROM pg_stat_activity)::int",
@@ -238,7 +274,23 @@ async fn drive(
         .await
         .map_err(sql_error("blocker releases the lock"))?;
     drop(blocker);
-    let fault_ended = SystemTime::now();
+    let ended = SystemTime::now();
+    wait_for_client_backends_to_end(monitor).await?;
+    Ok(Fault {
+        started,
+        ended,
+        window,
+        clients,
+        series,
+        orphan_max,
+        orphans_at_release,
+        gone_at,
+        connections,
+    })
+}
+
+/// Every client backend must end once the lock is gone (naive orphans run their claims first).
+async fn wait_for_client_backends_to_end(monitor: &RawSession) -> Result<(), ChaosError> {
     let drained = poll(Duration::from_secs(20), || async {
         let left: i64 = monitor
             .query_one(
@@ -251,33 +303,55 @@ async fn drive(
         (left == 0).then_some(())
     })
     .await;
-    if drained.is_none() {
-        let left: Vec<String> = crate::incident8::activity(&monitor)
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|a| a.application == CLIENT_APP)
-            .take(5)
-            .map(|a| {
-                format!(
-                    "pid {} {} {}/{} `{}`",
-                    a.pid, a.state, a.wait_event_type, a.wait_event, a.query
-                )
-            })
-            .collect();
-        return Err(ChaosError::Stuck(format!(
-            "client backends were still alive 20 s after the lock was freed: {}",
-            left.join("; ")
-        )));
+    if drained.is_some() {
+        return Ok(());
     }
+    let left: Vec<String> = crate::incident8::activity(monitor)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| a.application == CLIENT_APP)
+        .take(5)
+        .map(|a| {
+            format!(
+                "pid {} {} {}/{} `{}`",
+                a.pid, a.state, a.wait_event_type, a.wait_event, a.query
+            )
+        })
+        .collect();
+    Err(ChaosError::Stuck(format!(
+        "client backends were still alive 20 s after the lock was freed: {}",
+        left.join("; ")
+    )))
+}
 
-    // Late claims: committed by a backend whose client had given up.
-    let abandoned = clients.abandoned();
+/// What followed the fault.
+struct After {
+    /// Claims committed by a backend whose client had given up: `(owner, range id, epoch)`.
+    late: Vec<(String, i64, i64)>,
+    /// How many of them a stale checkpoint could no longer settle.
+    fenced: usize,
+    /// Every message delivered within `bound`.
+    complete: bool,
+    bound: Duration,
+}
+
+/// Finds the late claims, lets a courier worker deliver the backlog, then checks that every late
+/// claim's checkpoint is fenced (its epoch moved on).
+async fn deliver_and_fence(
+    options: &Options,
+    p: &mut Pipeline,
+    workers: &mut Vec<crate::workers::WorkerHandle>,
+    harness: &Store,
+    monitor: &RawSession,
+    fault: &Fault,
+) -> Result<After, ChaosError> {
+    let abandoned = fault.clients.abandoned();
     let owners: HashSet<&str> = abandoned
         .iter()
         .map(|(owner, _, _)| owner.as_str())
         .collect();
-    let claims: Vec<(String, i64, i64)> = monitor
+    let late: Vec<(String, i64, i64)> = monitor
         .query(
             "SELECT owner, range_id, epoch FROM chaos_claims ORDER BY claimed_at",
             &[],
@@ -286,65 +360,85 @@ async fn drive(
         .map_err(sql_error("reading chaos_claims"))?
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
-    let late: Vec<&(String, i64, i64)> = claims
-        .iter()
-        .filter(|(owner, _, _)| owners.contains(owner.as_str()))
+        .filter(|(owner, _, _): &(String, i64, i64)| owners.contains(owner.as_str()))
         .collect();
 
-    // A courier worker delivers the backlog.
     workers.push(p.start_worker(&p.good_url()).await?);
     let bound = options
         .length
         .pick(Duration::from_secs(60), Duration::from_secs(180));
     let complete = p.wait_all_delivered(bound).await;
 
-    // Fencing: every late claim's epoch is stale now; its checkpoint changes nothing.
     let mut fenced = 0;
     for (_, range_id, epoch) in &late {
-        let row = monitor
-            .query_one("SELECT partition, start_offset, end_offset, epoch FROM courier_ranges WHERE id = $1", &[range_id])
-            .await
-            .map_err(sql_error("reading a late-claimed range"))?;
-        let (partition, start, end, now_epoch): (i32, i64, i64, i64) =
-            (row.get(0), row.get(1), row.get(2), row.get(3));
-        let Ok(range) = OffsetRange::new(start, end) else {
-            continue;
-        };
-        let stale = Lease {
-            id: *range_id,
-            route: ROUTE.to_owned(),
-            partition,
-            range,
-            epoch: Epoch(*epoch),
-            attempts: 1,
-            kind: RangeKind::Live,
-            resume_from: start,
-            replay_id: None,
-        };
-        let outcome = harness
-            .checkpoint(&stale)
-            .await
-            .map_err(|e| ChaosError::Setup(format!("stale checkpoint of range {range_id}: {e}")))?;
-        if now_epoch > *epoch && outcome == CheckpointOutcome::Fenced {
+        if stale_checkpoint_is_fenced(harness, monitor, *range_id, *epoch).await? {
             fenced += 1;
         }
     }
+    Ok(After {
+        late,
+        fenced,
+        complete,
+        bound,
+    })
+}
 
-    let judgement = p
-        .judge(Some(FaultWindow {
-            started: fault_started,
-            ended: fault_ended,
-        }))
-        .await?;
+/// Whether a checkpoint of range `range_id` at the claim's `epoch` is refused now.
+async fn stale_checkpoint_is_fenced(
+    harness: &Store,
+    monitor: &RawSession,
+    range_id: i64,
+    epoch: i64,
+) -> Result<bool, ChaosError> {
+    let row = monitor
+        .query_one(
+            "SELECT partition, start_offset, end_offset, epoch FROM courier_ranges WHERE id = $1",
+            &[&range_id],
+        )
+        .await
+        .map_err(sql_error("reading a late-claimed range"))?;
+    let (partition, start, end, now_epoch): (i32, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    let Ok(range) = OffsetRange::new(start, end) else {
+        return Ok(false);
+    };
+    let stale = Lease {
+        id: range_id,
+        route: ROUTE.to_owned(),
+        partition,
+        range,
+        epoch: Epoch(epoch),
+        attempts: 1,
+        kind: RangeKind::Live,
+        resume_from: start,
+        replay_id: None,
+    };
+    let outcome = harness
+        .checkpoint(&stale)
+        .await
+        .map_err(|e| ChaosError::Setup(format!("stale checkpoint of range {range_id}: {e}")))?;
+    Ok(now_epoch > epoch && outcome == CheckpointOutcome::Fenced)
+}
 
-    // The report.
+/// The report: what the clients did, the orphans, the late claims, and the checks.
+fn judge(
+    report: &mut ScenarioReport,
+    mode: Mode,
+    fault: &Fault,
+    after: &After,
+    judgement: crate::judge::Judgement,
+) {
+    let clients = &fault.clients;
+    let (orphan_max, window) = (fault.orphan_max, fault.window);
+    let late = after.late.len();
+    let abandoned = clients.abandoned();
     let attempts = clients.attempts.load(AtomicOrdering::Relaxed);
     let server_gave_up = clients.server_gave_up.load(AtomicOrdering::Relaxed);
     let lifetimes: Vec<Duration> = abandoned
         .iter()
         .filter_map(|(_, pid, at)| {
-            gone_at
+            fault
+                .gone_at
                 .get(pid)
                 .map(|gone| gone.saturating_duration_since(*at))
         })
@@ -360,22 +454,23 @@ async fn drive(
         clients.received.load(AtomicOrdering::Relaxed),
     ));
     report.note(format!(
-        "orphan backends queued on the lock: {} (sampled every 100 ms; max {orphan_max}, {orphans_at_release} still queued when the lock was freed)",
-        growth(&series)
+        "orphan backends queued on the lock: {} (sampled every 100 ms; max {orphan_max}, {} still queued when the lock was freed)",
+        growth(&fault.series),
+        fault.orphans_at_release
     ));
     if mode == Mode::Naive {
-        match connections {
+        match &fault.connections {
             Ok((max, in_use)) if orphan_max > 0 => {
                 let rate = orphan_max as f64 / window.as_secs_f64();
                 report.note(format!(
                     "at {rate:.1} new orphans/s, this server (max_connections {max}, {in_use} connections in use at the end of the window) refuses every new connection (`too many clients already`) after ~{:.0} s",
-                    f64::from(max) / rate
+                    f64::from(*max) / rate
                 ));
             }
             Ok(_) => {}
             Err(error) => report.evidence.push(format!(
                 "could not read max_connections: {}",
-                db_error(&error)
+                db_error(error)
             )),
         }
         if clients.capped.load(AtomicOrdering::Relaxed) {
@@ -389,8 +484,8 @@ async fn drive(
         ));
     }
     report.note(format!(
-        "late claims committed after the lock was freed, received by no client: {}; fenced afterwards (epoch moved on, stale checkpoint changed nothing): {fenced}",
-        late.len()
+        "late claims committed after the lock was freed, received by no client: {late}; fenced afterwards (epoch moved on, stale checkpoint changed nothing): {}",
+        after.fenced
     ));
     for error in clients
         .other_errors
@@ -403,24 +498,23 @@ async fn drive(
     }
     report.check(
         "every message delivered",
-        complete,
+        after.complete,
         format!(
-            "{} of {} within {bound:?}",
-            judgement.delivered, judgement.messages_in
+            "{} of {} within {:?}",
+            judgement.delivered, judgement.messages_in, after.bound
         ),
     );
     report.check(
         "every late claim fenced",
-        fenced == late.len(),
-        format!("{fenced} of {}", late.len()),
+        after.fenced == late,
+        format!("{} of {late}", after.fenced),
     );
     match mode {
         Mode::Naive => report.check(
             "reproduced",
-            orphan_max > 0 && !late.is_empty(),
+            orphan_max > 0 && late > 0,
             format!(
-                "up to {orphan_max} orphan backends; {} claims committed that no client received",
-                late.len()
+                "up to {orphan_max} orphan backends; {late} claims committed that no client received"
             ),
         ),
         Mode::Courier => {
@@ -428,12 +522,11 @@ async fn drive(
             let bound = client_timeouts().client_connection_check_interval + Duration::from_secs(1);
             report.check(
                 "no orphan survives the connection check",
-                survived == 0 && longest_orphan <= bound && late.is_empty(),
+                survived == 0 && longest_orphan <= bound && late == 0,
                 format!(
-                    "longest orphan {:.0} ms (bound {} ms), {survived} survived, {} late claims",
+                    "longest orphan {:.0} ms (bound {} ms), {survived} survived, {late} late claims",
                     longest_orphan.as_secs_f64() * 1000.0,
                     bound.as_millis(),
-                    late.len()
                 ),
             );
         }
@@ -441,12 +534,11 @@ async fn drive(
     // No stall column: the lock is the harness's in both modes, and the worker starts after it.
     report.incident8 = Some(Incident8Figures {
         orphan_backends_max: Some(orphan_max),
-        late_claims: Some(late.len()),
+        late_claims: Some(late),
         lost: Some(judgement.lost),
         ..Incident8Figures::default()
     });
     report.judgement = Some(judgement);
-    Ok(())
 }
 
 /// Counts orphans now: backends waiting on a lock whose client already gave up. Records when each

@@ -81,6 +81,8 @@ async fn one(options: &Options, mode: Mode) -> Result<ScenarioReport, ChaosError
     Ok(report)
 }
 
+/// Warm-up, then the fault (a frozen holder, a booting worker's DDL queued behind it, the stall), the
+/// booting worker's outcome, and recovery with the judgement.
 async fn drive(
     options: &Options,
     mode: Mode,
@@ -103,9 +105,57 @@ async fn drive(
         .await
         .map_err(sql_error("reading pg_stat_database"))?;
 
-    // 1. The holder takes row locks and freezes.
     // Kept alive, and silent, until the fault is over.
-    let (holder_pid, holder): (i32, Box<dyn Send>) = match mode {
+    let (holder_pid, holder) = freeze_a_holder(mode, p, idle_timeout).await?;
+    let started = SystemTime::now();
+    let frozen_at = Instant::now();
+    let booting = boot_a_worker(mode, p).await?;
+    let alter_pid = wait_lock_waiter(
+        &monitor,
+        "ALTER TABLE courier_ranges",
+        Duration::from_secs(10),
+    )
+    .await;
+    report.note(match alter_pid {
+        Some(pid) => format!("the booting worker's ALTER TABLE (pid {pid}) queued for AccessExclusiveLock behind the holder (pid {holder_pid})"),
+        None => "the booting worker's ALTER TABLE was not seen waiting on the lock".to_owned(),
+    });
+    let stall = Stall {
+        holder_pid,
+        alter_pid,
+        frozen_at,
+        started,
+        naive_bound,
+        idle_timeout,
+    };
+    let ended = stall_until_the_holder_is_gone(mode, &monitor, &stall, report).await?;
+    drop(holder);
+    booted(mode, &monitor, booting, report).await?;
+    let fault = FaultWindow { started, ended };
+    recover_and_judge(
+        options,
+        mode,
+        p,
+        &monitor,
+        deadlocks_before,
+        fault,
+        &stall,
+        report,
+    )
+    .await
+}
+
+/// The booting worker's DDL, running: `Some(migration)` for courier's runner.
+type Booting = tokio::task::JoinHandle<Result<Option<courier_store::MigrationReport>, String>>;
+
+/// 1. A holder takes row locks and freezes: a raw session (naive) or a courier session whose
+///    `idle_in_transaction_session_timeout` is `idle_timeout` (courier). Its pid and the session.
+async fn freeze_a_holder(
+    mode: Mode,
+    p: &Pipeline,
+    idle_timeout: Duration,
+) -> Result<(i32, Box<dyn Send>), ChaosError> {
+    Ok(match mode {
         Mode::Naive => {
             let holder = p.db.raw("frozen-worker").await?;
             let pid = holder
@@ -146,12 +196,13 @@ async fn drive(
                 .map_err(sql_error("holder locks rows"))?;
             (pid, Box::new(holder))
         }
-    };
-    let fault_started = SystemTime::now();
-    let frozen_at = Instant::now();
+    })
+}
 
-    // 2. The booting worker's DDL.
-    let booting = match mode {
+/// 2. A booting worker's DDL: a raw `ALTER TABLE` (naive) or courier's migration runner applying it as a
+///    migration under `ddl_lock_timeout`, retried (courier).
+async fn boot_a_worker(mode: Mode, p: &Pipeline) -> Result<Booting, ChaosError> {
+    Ok(match mode {
         Mode::Naive => {
             let session = p.db.raw("booting-worker").await?;
             tokio::spawn(async move {
@@ -173,31 +224,47 @@ async fn drive(
                     .map_err(|e| e.to_string())
             })
         }
-    };
-    let alter_pid = wait_lock_waiter(
-        &monitor,
-        "ALTER TABLE courier_ranges",
-        Duration::from_secs(10),
-    )
-    .await;
-    report.note(match alter_pid {
-        Some(pid) => format!("the booting worker's ALTER TABLE (pid {pid}) queued for AccessExclusiveLock behind the holder (pid {holder_pid})"),
-        None => "the booting worker's ALTER TABLE was not seen waiting on the lock".to_owned(),
-    });
+    })
+}
 
-    // 3. The stall: naive, until the harness steps in; courier, until the server ends the holder.
-    let fault_ended = match mode {
+/// The fault as it stands once the DDL queued.
+struct Stall {
+    holder_pid: i32,
+    alter_pid: Option<i32>,
+    frozen_at: Instant,
+    started: SystemTime,
+    naive_bound: Duration,
+    idle_timeout: Duration,
+}
+
+/// 3. The stall: naive, until the harness steps in at `naive_bound`; courier, until the server ends the
+///    holder. When the holder was gone.
+async fn stall_until_the_holder_is_gone(
+    mode: Mode,
+    monitor: &crate::env::RawSession,
+    stall: &Stall,
+    report: &mut ScenarioReport,
+) -> Result<SystemTime, ChaosError> {
+    let Stall {
+        holder_pid,
+        alter_pid,
+        frozen_at,
+        started: fault_started,
+        naive_bound,
+        idle_timeout,
+    } = *stall;
+    Ok(match mode {
         Mode::Naive => {
             // Holding the fault window open (not synchronisation): this is the stall being measured.
             tokio::time::sleep(naive_bound.saturating_sub(frozen_at.elapsed())).await;
-            report.evidence = pileup_evidence(&monitor, holder_pid, alter_pid, frozen_at.elapsed())
+            report.evidence = pileup_evidence(monitor, holder_pid, alter_pid, frozen_at.elapsed())
                 .await
                 .map_err(sql_error("capturing pg_stat_activity"))?;
             monitor
                 .execute("SELECT pg_terminate_backend($1)", &[&holder_pid])
                 .await
                 .map_err(sql_error("pg_terminate_backend of the holder"))?;
-            let ended = wait_backend_gone(&monitor, holder_pid, Duration::from_secs(10))
+            let ended = wait_backend_gone(monitor, holder_pid, Duration::from_secs(10))
                 .await
                 .ok_or_else(|| {
                     ChaosError::Stuck(format!(
@@ -212,7 +279,7 @@ async fn drive(
         }
         Mode::Courier => {
             let bound = idle_timeout + Duration::from_secs(15);
-            let ended = wait_backend_gone(&monitor, holder_pid, bound)
+            let ended = wait_backend_gone(monitor, holder_pid, bound)
                 .await
                 .ok_or_else(|| {
                     ChaosError::Stuck(format!(
@@ -231,10 +298,16 @@ async fn drive(
             );
             ended
         }
-    };
-    drop(holder);
+    })
+}
 
-    // 4. The booting worker finishes; courier's migration is applied exactly once.
+/// 4. The booting worker finishes; courier's migration is applied exactly once.
+async fn booted(
+    mode: Mode,
+    monitor: &crate::env::RawSession,
+    booting: Booting,
+    report: &mut ScenarioReport,
+) -> Result<(), ChaosError> {
     let boot = tokio::time::timeout(Duration::from_secs(60), booting)
         .await
         .map_err(|_| {
@@ -279,8 +352,23 @@ async fn drive(
             format!("the migration runner failed: {e}"),
         ),
     }
+    Ok(())
+}
 
-    // 5. Recovery: everything produced is delivered; then the judge.
+/// 5. Recovery: everything produced is delivered; then the judgement.
+#[allow(clippy::too_many_arguments)]
+async fn recover_and_judge(
+    options: &Options,
+    mode: Mode,
+    p: &mut Pipeline,
+    monitor: &crate::env::RawSession,
+    deadlocks_before: i64,
+    fault: FaultWindow,
+    stall: &Stall,
+    report: &mut ScenarioReport,
+) -> Result<(), ChaosError> {
+    let (naive_bound, idle_timeout) = (stall.naive_bound, stall.idle_timeout);
+    let (fault_started, fault_ended) = (fault.started, fault.ended);
     let bound = options
         .length
         .pick(Duration::from_secs(60), Duration::from_secs(240));
@@ -288,16 +376,11 @@ async fn drive(
         .await?;
     p.stop_trickle().await?;
     let complete = p.wait_all_delivered(bound).await;
-    let deadlocks = deadlocks_reported(&monitor)
+    let deadlocks = deadlocks_reported(monitor)
         .await
         .map_err(sql_error("reading pg_stat_database"))?
         - deadlocks_before;
-    let judgement = p
-        .judge(Some(FaultWindow {
-            started: fault_started,
-            ended: fault_ended,
-        }))
-        .await?;
+    let judgement = p.judge(Some(fault)).await?;
     report.check(
         "every message delivered",
         complete,
