@@ -7,7 +7,7 @@
 //! circuit breaker (the destination is paused after failing continuously). A refusal sends nothing
 //! and is retryable.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -108,6 +108,30 @@ struct Inner {
     blocked_until: Mutex<Option<Instant>>,
 }
 
+/// The one HTTP client every destination of the process sends with. Building a client loads the
+/// system's TLS roots and sets up a TLS context (about 150 ms each, measured): one per destination made a
+/// worker with 1,000 destinations take minutes to start. What differs per destination is per request
+/// (the timeout) or enforced by the [`Deliverer`] (concurrency, by its semaphore); connections are
+/// pooled per host either way. Redirects are not followed (a 3xx fails the range permanently) and
+/// environment proxy settings are ignored.
+fn shared_client() -> Result<reqwest::Client, reqwest::Error> {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    if let Some(client) = CLIENT.get() {
+        return Ok(client.clone());
+    }
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .dns_resolver(Resolver)
+        .user_agent(concat!("courier/", env!("CARGO_PKG_VERSION")))
+        .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_HOST)
+        .build()?;
+    Ok(CLIENT.get_or_init(|| client).clone())
+}
+
+/// Idle connections kept per destination host (a destination's `max_in_flight` bounds those in use).
+const IDLE_CONNECTIONS_PER_HOST: usize = 64;
+
 /// Locks a mutex that is only ever held for a few instructions; a panic elsewhere cannot leave these
 /// states half-updated in a way that matters, so poisoning is ignored.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -115,8 +139,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Deliverer {
-    /// Validates `config` and builds the client. Redirects are not followed (a 3xx fails the range
-    /// permanently) and environment proxy settings are ignored.
+    /// Validates `config`; requests go out through the process's one client ([`shared_client`]).
     pub fn new(mut config: DestinationConfig) -> Result<Self, BuildError> {
         config.validate()?;
         if config.format == Format::PerMessage {
@@ -126,18 +149,10 @@ impl Deliverer {
         }
         let url = config.parsed_url()?;
         let headers: HeaderMap = config.header_pairs()?.into_iter().collect();
-        let client = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .dns_resolver(Resolver)
-            .user_agent(concat!("courier/", env!("CARGO_PKG_VERSION")))
-            .pool_max_idle_per_host(config.max_in_flight)
-            .build()
-            .map_err(|source| BuildError::Client {
-                url: config.url.clone(),
-                source,
-            })?;
+        let client = shared_client().map_err(|source| BuildError::Client {
+            url: config.url.clone(),
+            source,
+        })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 slots: Semaphore::new(config.max_in_flight),
@@ -289,6 +304,7 @@ impl Deliverer {
             self.inner
                 .client
                 .post(self.inner.url.clone())
+                .timeout(self.inner.config.timeout)
                 .headers(headers)
                 .body(body)
         };
