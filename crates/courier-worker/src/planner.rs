@@ -19,7 +19,7 @@
 //! cost matters). While messages arrive the planner ticks every `plan_interval`; while nothing moves it
 //! slows down to [`QUIET_PLAN_INTERVAL`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,6 +67,25 @@ struct State {
     last_marks: HashMap<String, Vec<PartitionWatermarks>>,
     /// Ticks a partition's high watermark stayed below its frontier.
     behind_ticks: BTreeMap<(String, i32), u32>,
+}
+
+impl State {
+    /// Takes `owned` as the routes planned from now on; `true` when that changed anything.
+    fn adopt(&mut self, mut owned: Vec<String>) -> bool {
+        // The store returns them in no particular order: compared unsorted, every claim looked like a
+        // change of ownership and forced a round (and a scan of every route per partition).
+        owned.sort_unstable();
+        if owned == self.owned {
+            return false;
+        }
+        // Newly owned routes need their progress read before anything is carved for them.
+        self.last_round = None;
+        let keep: HashSet<&str> = owned.iter().map(String::as_str).collect();
+        self.progress
+            .retain(|(route, _), _| keep.contains(route.as_str()));
+        self.owned = owned;
+        true
+    }
 }
 
 pub(crate) async fn run(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
@@ -130,13 +149,9 @@ async fn claim(ctx: &Context, state: &mut State, throttle: &Throttle) {
     match ctx.store.claim_planning(&names, &ctx.id, ttl).await {
         Ok(owned) => {
             state.last_claim = Some(Instant::now());
-            if owned != state.owned {
-                tracing::info!(worker = %ctx.id, planning = owned.len(), of = names.len(), "Planning routes.");
-                // Newly owned routes need their progress read before anything is carved for them.
-                state.last_round = None;
-                state.progress.retain(|(route, _), _| owned.contains(route));
+            if state.adopt(owned) {
+                tracing::info!(worker = %ctx.id, planning = state.owned.len(), of = names.len(), "Planning routes.");
             }
-            state.owned = owned;
         }
         Err(error) => {
             metrics::store_error("claim planning");
@@ -393,5 +408,41 @@ async fn share_retry_after(ctx: &Context) {
             }
         }
         Err(_) => metrics::store_error("destination wait"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(partition: i32) -> PartitionProgress {
+        PartitionProgress {
+            partition,
+            initial_offset: 0,
+            frontier: 100,
+            watermark: 100,
+            expired_leases: 0,
+        }
+    }
+
+    #[test]
+    fn the_same_routes_in_another_order_are_no_change_of_ownership() {
+        let mut state = State::default();
+        assert!(state.adopt(vec!["b".into(), "a".into(), "c".into()]));
+        state.last_round = Some(Instant::now());
+        for route in ["a", "b", "c"] {
+            state.progress.insert((route.into(), 0), progress(0));
+        }
+        // The store answers in no particular order: nothing changed, nothing is re-read.
+        assert!(!state.adopt(vec!["c".into(), "a".into(), "b".into()]));
+        assert!(state.last_round.is_some());
+        assert_eq!(state.progress.len(), 3);
+        // A route lost: its progress goes, and the next round reads the rest afresh.
+        assert!(state.adopt(vec!["c".into(), "a".into()]));
+        assert!(state.last_round.is_none());
+        assert_eq!(state.owned, vec!["a".to_owned(), "c".to_owned()]);
+        let mut left: Vec<&str> = state.progress.keys().map(|(r, _)| r.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, vec!["a", "c"]);
     }
 }
