@@ -21,7 +21,8 @@
 //! - `register`: recording the routes at start (first partitions, settings compared, dead-letter topics).
 //! - `context`: what the tasks share ([`WorkerStats`], the routes, the store, the reader) and the log
 //!   throttle.
-//! - `config`: [`WorkerConfig`] and [`RouteConfig`].
+//! - `config`: [`WorkerConfig`] and [`RouteConfig`], and [`validate_delivery`], the one place their
+//!   rules (and the destinations') are checked.
 //! - [`metrics`]: every metric name, in one place.
 //! - `planner`: the planner tick.
 //! - `delivery`: lease → read → deliver → checkpoint for one range.
@@ -51,7 +52,7 @@ mod view;
 mod worker;
 
 pub use boot::{open_store, BootError, BootRetry, GaveUp, Schema, Service};
-pub use config::{OnPoison, RouteConfig, StartFrom, WorkerConfig};
+pub use config::{validate_delivery, OnPoison, RouteConfig, StartFrom, WorkerConfig};
 pub use context::WorkerStats;
 pub use error::WorkerError;
 pub use view::{DestinationState, Liveness, Loop, WorkerView};

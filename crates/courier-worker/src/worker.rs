@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::boot::BootRetry;
-use crate::config::{RouteConfig, WorkerConfig};
+use crate::config::{validate_delivery, RouteConfig, WorkerConfig};
 use crate::context::{Context, Route, WorkerStats};
 use crate::error::WorkerError;
 use crate::timeline::{record_change, started_change, watch_circuits};
@@ -44,14 +44,7 @@ impl Worker {
                     .into(),
             ));
         }
-        let longest_timeout = destinations
-            .values()
-            .map(|d| d.timeout)
-            .max()
-            .unwrap_or_default();
-        config
-            .validate(longest_timeout)
-            .map_err(WorkerError::Config)?;
+        validate_delivery(&config, destinations, &routes).map_err(WorkerError::Config)?;
         let runtime_routes = with_deliverers(destinations, routes)?;
         let boot = BootRetry::new(config.boot_timeout);
         let brokers = kafka.brokers.clone();
@@ -223,8 +216,8 @@ impl Worker {
     }
 }
 
-/// The routes with the deliverer of their destination, one deliverer per destination (shared by its
-/// routes, so its concurrency limit and circuit breaker are per destination).
+/// The routes (validated) with the deliverer of their destination, one deliverer per destination (shared
+/// by its routes, so its concurrency limit and circuit breaker are per destination).
 fn with_deliverers(
     destinations: &BTreeMap<String, DestinationConfig>,
     routes: Vec<RouteConfig>,
@@ -237,16 +230,10 @@ fn with_deliverers(
     }
     let mut runtime_routes = Vec::new();
     for route in routes {
-        route.validate().map_err(WorkerError::Config)?;
-        let deliverer = deliverers.get(&route.destination).cloned().ok_or_else(|| {
-            WorkerError::Config(format!(
-                "routes.{}.destination names {:?}, which is not a [destinations.{}] section; known destinations: {}",
-                route.name,
-                route.destination,
-                route.destination,
-                deliverers.keys().cloned().collect::<Vec<_>>().join(", ")
-            ))
-        })?;
+        // Every route's destination is configured: `validate_delivery` checked.
+        let Some(deliverer) = deliverers.get(&route.destination).cloned() else {
+            continue;
+        };
         runtime_routes.push(Route {
             config: route,
             deliverer,
