@@ -1,4 +1,4 @@
-//! Gathering a report: the store's [`Snapshot`](courier_store::status::Snapshot) and paused routes, then
+//! Gathering a report: the store's [`Snapshot`](courier_store::Snapshot) and paused routes, then
 //! Kafka's watermarks and the age of each partition's oldest undelivered message, then the offsets below
 //! Kafka's log start courier never delivered. Every Kafka call is bounded by [`StatusConfig::timeout`]
 //! and all of them together by three times that, and the first one that goes unanswered ends the
@@ -9,8 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use courier_core::OffsetRange;
 use courier_kafka::{KafkaConfig, RangeReader};
-use courier_store::status::PartitionRow;
-use courier_store::{Store, StoreError};
+use courier_store::{PartitionRow, Store, StoreError};
 use tokio::time::Instant;
 
 use super::judge::judge;

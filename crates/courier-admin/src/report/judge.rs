@@ -93,7 +93,7 @@ fn deleted_before_delivery(report: &Report, attention: &mut Vec<Attention>) {
                     recent.route,
                     recent.offsets,
                     recent.losses,
-                    courier_store::losses::RECENT_LOSSES_HOURS
+                    courier_store::RECENT_LOSSES_HOURS
                 ),
             )
             .route(&recent.route),

@@ -13,7 +13,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use courier_store::status::{Snapshot, WorkerRow};
+use courier_store::{Snapshot, WorkerRow};
 use serde::Deserialize;
 
 mod attention;

@@ -1,6 +1,6 @@
 //! Judging reports built by hand: each condition needs attention when it should, and only then.
 
-use courier_store::status::{FailedPartitionRow, FailedRow, PartitionRow, RetryingRow, RouteRow};
+use courier_store::{FailedPartitionRow, FailedRow, PartitionRow, RetryingRow, RouteRow};
 
 use super::judge::judge;
 use super::*;
