@@ -11,22 +11,23 @@
 //! | `/status.json` | what `courier status --json` prints |
 //!
 //! # Layout
-//! - [`config`]: [`AdminConfig`], the `[admin]` section.
-//! - [`server`]: [`AdminServer`]: binds, serves the paths above, is attached to the worker once it runs.
-//! - [`health`]: liveness from the worker's loop beats; readiness from background checks.
+//! - `config`: [`AdminConfig`], the `[admin]` section.
+//! - `server`: [`AdminServer`]: binds, serves the paths above, is attached to the worker once it runs.
+//! - `health`: liveness from the worker's loop beats; readiness from background checks.
 //! - [`report`]: the status report: the store's snapshot and Kafka's watermarks (each call bounded by a
 //!   short timeout), judged into [`Attention`] items (what, since when, which runbook); its JSON.
-//! - [`latency`]: end-to-end latency of the last minutes per route, a `metrics` recorder, for p50/p99.
-//! - [`page`]: the status page's HTML.
+//! - `latency`: end-to-end latency of the last minutes per route, a `metrics` recorder, for p50/p99.
+//! - `page`: the status page's HTML.
 
 #![forbid(unsafe_code)]
 
-pub mod config;
-pub mod health;
-pub mod latency;
-pub mod page;
+mod config;
+mod health;
+mod latency;
+mod page;
+// Public as a namespace: `courier status` gathers, judges and words the report with its functions.
 pub mod report;
-pub mod server;
+mod server;
 
 pub use config::AdminConfig;
 pub use latency::LatencyWindow;

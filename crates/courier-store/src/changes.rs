@@ -9,7 +9,7 @@
 //! pruned by the workers' heartbeat task, a bounded batch at a time.
 //!
 //! It also owns pausing: `courier_routes.paused` with who, why and since when. A paused route's ranges are
-//! never leased (the lease statement reads the paused routes, see [`crate::protocol`]), so every worker
+//! never leased (the lease statement reads the paused routes, see [`crate::lease`]), so every worker
 //! honours a pause at its next lease call; the planner keeps carving, so the lag stays visible.
 
 use std::fmt;
@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use crate::error::Result;
 use crate::pool::{millis, Store};
-use crate::protocol::{db, invalid};
+use crate::query::{db, invalid, params};
 
 /// What happened. Stored as its [`Kind::as_str`] text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,20 +157,19 @@ pub(crate) async fn insert(tx: &tokio_postgres::Transaction<'_>, change: &Change
 impl Store {
     /// Records one event on its own (a worker starting or stopping, a circuit opening): one insert.
     pub async fn record_change(&self, change: &Change) -> Result<()> {
-        const OP: &str = "record change";
-        let change = change.clone();
-        self.run(OP, move |c| {
-            Box::pin(async move {
-                c.execute(
-                    "INSERT INTO courier_changes (kind, route, destination, actor, summary) VALUES ($1, $2, $3, $4, $5)",
-                    &[&change.kind.as_str(), &change.route, &change.destination, &change.actor, &change.summary],
-                )
-                .await
-                .map_err(db(OP))?;
-                Ok(())
-            })
-        })
+        self.execute(
+            "record change",
+            "INSERT INTO courier_changes (kind, route, destination, actor, summary) VALUES ($1, $2, $3, $4, $5)",
+            params![
+                change.kind.as_str(),
+                change.route.clone(),
+                change.destination.clone(),
+                change.actor.clone(),
+                change.summary.clone(),
+            ],
+        )
         .await
+        .map(drop)
     }
 
     /// Events of the last `since`, oldest first; with `route`, only that route's. At most `limit`: the
@@ -181,8 +180,6 @@ impl Store {
         route: Option<&str>,
         limit: i64,
     ) -> Result<Vec<ChangeRow>> {
-        const OP: &str = "read changes";
-        let (since, route) = (millis(since), route.map(str::to_owned));
         let sql = format!(
             "SELECT * FROM (
                  SELECT id, {AT}, kind, route, destination, actor, summary FROM courier_changes
@@ -192,13 +189,11 @@ impl Store {
              ORDER BY id"
         );
         let rows = self
-            .run(OP, move |c| {
-                Box::pin(async move {
-                    c.query(&sql, &[&since, &route, &limit])
-                        .await
-                        .map_err(db(OP))
-                })
-            })
+            .query(
+                "read changes",
+                sql,
+                params![millis(since), route.map(str::to_owned), limit],
+            )
             .await?;
         Ok(rows
             .iter()
@@ -216,21 +211,14 @@ impl Store {
 
     /// Deletes events older than `retention`, at most [`PRUNE_BATCH`] per call; returns how many.
     pub async fn prune_changes(&self, retention: Duration) -> Result<u64> {
-        const OP: &str = "prune changes";
-        let retention = millis(retention);
-        self.run(OP, move |c| {
-            Box::pin(async move {
-                c.execute(
-                    "DELETE FROM courier_changes WHERE id IN (
-                         SELECT id FROM courier_changes
-                         WHERE at < now() - $1::bigint * interval '1 millisecond'
-                         ORDER BY at LIMIT $2)",
-                    &[&retention, &PRUNE_BATCH],
-                )
-                .await
-                .map_err(db(OP))
-            })
-        })
+        self.execute(
+            "prune changes",
+            "DELETE FROM courier_changes WHERE id IN (
+                 SELECT id FROM courier_changes
+                 WHERE at < now() - $1::bigint * interval '1 millisecond'
+                 ORDER BY at LIMIT $2)",
+            params![millis(retention), PRUNE_BATCH],
+        )
         .await
     }
 
@@ -307,21 +295,15 @@ impl Store {
 
     /// Every paused route, by name.
     pub async fn paused_routes(&self) -> Result<Vec<PausedRoute>> {
-        const OP: &str = "read paused routes";
         let rows = self
-            .run(OP, |c| {
-                Box::pin(async move {
-                    c.query(
-                        "SELECT name,
-                                to_char(paused_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
-                                extract(epoch FROM now() - paused_at)::bigint, paused_by, pause_reason
-                         FROM courier_routes WHERE paused ORDER BY name",
-                        &[],
-                    )
-                    .await
-                    .map_err(db(OP))
-                })
-            })
+            .query(
+                "read paused routes",
+                "SELECT name,
+                        to_char(paused_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                        extract(epoch FROM now() - paused_at)::bigint, paused_by, pause_reason
+                 FROM courier_routes WHERE paused ORDER BY name",
+                params![],
+            )
             .await?;
         Ok(rows
             .iter()

@@ -9,20 +9,28 @@
 //! - [`pool`]: the connection pool that sets those limits on every connection, and the client deadline
 //!   around every call.
 //! - [`migrate`]: the embedded, forward-only, once-only migration runner. The only place with DDL.
-//! - [`protocol`]: the lease protocol: register, lease, renew, checkpoint, fail, release, replay, workers.
-//! - [`quarantine`]: messages a destination refused on their own: recorded with their range's checkpoint,
+//! - `query`: the preamble of every single-statement call, once (connection, deadline,
+//!   prepared statement, error mapping), so each method below reads as its SQL and its row mapping.
+//! - [`protocol`]: the lease protocol's vocabulary (route specs, lease requests, failures, replays and
+//!   their outcomes), spoken by the statements in:
+//!   - `lease`: claiming ranges and renewing leases (the one lease statement);
+//!   - `settle`: checkpoint, release, fail (compare-and-set on the epoch);
+//!   - `replay`: failed ranges and planned windows queued again, audited;
+//!   - `workers`: worker heartbeats and graceful stops;
+//!   - `destinations`: a destination's shared `Retry-After`.
+//! - `quarantine`: messages a destination refused on their own: recorded with their range's checkpoint,
 //!   listed, replayed one offset at a time.
-//! - [`losses`]: offsets Kafka deleted before delivery: recorded with their range's checkpoint, listed,
+//! - `losses`: offsets Kafka deleted before delivery: recorded with their range's checkpoint, listed,
 //!   and counted against Kafka's log start for `courier status`.
-//! - [`routes`]: a route's identity: its recorded delivery settings, compared by every worker that starts
-//!   it, changed only on purpose.
-//! - [`changes`]: "what changed?": the timeline of workers, migrations, replays, pauses, settings,
+//! - [`routes`]: a route's identity: registering it and its partitions, its recorded delivery settings,
+//!   compared by every worker that starts it, changed only on purpose.
+//! - `changes`: "what changed?": the timeline of workers, migrations, replays, pauses, settings,
 //!   `Retry-After`, circuits and failed or quarantined ranges; pausing and resuming a route.
-//! - [`planning`]: who plans a route, planning rounds (carve, advance watermarks), compaction, shared
-//!   `Retry-After`: paid per round, not per route.
+//! - `planning`: who plans a route, planning rounds (carve, advance watermarks), partition progress,
+//!   compaction: paid per round, not per route.
 //! - [`url`]: swapping the database of a URL, hiding its password.
-//! - [`status`]: the read-only snapshot behind `courier status`.
-//! - [`error`]: [`StoreError`], whose variants decide what the caller does next and whose messages say
+//! - `status`: the read-only snapshot behind `courier status`.
+//! - `error`: [`StoreError`], whose variants decide what the caller does next and whose messages say
 //!   what to do at 2 a.m.
 //!
 //! # Rules this crate keeps
@@ -32,23 +40,32 @@
 
 #![forbid(unsafe_code)]
 
-pub mod changes;
+mod changes;
+// `config` and `pool` stay public while the TLS work adds to them; `migrate`, `protocol`, `routes` and
+// `url` are paths other crates and the tests name (`migrate::Migration`, `protocol::ReplayAudit`,
+// `routes::describe_changes`, `url::redact`).
 pub mod config;
-pub mod error;
-pub mod losses;
+mod destinations;
+mod error;
+mod lease;
+mod losses;
 pub mod migrate;
-pub mod planning;
+mod planning;
 pub mod pool;
 pub mod protocol;
-pub mod quarantine;
+mod quarantine;
+mod query;
+mod replay;
 pub mod routes;
-pub mod status;
+mod settle;
+mod status;
 pub mod url;
+mod workers;
 
 pub use changes::{Change, ChangeRow, Kind as ChangeKind, PausedRoute};
 pub use config::{StoreConfig, Timeouts};
 pub use error::{Result, StoreError};
-pub use losses::{DeletedBeforeDelivery, Loss, LossRow, LossSummary};
+pub use losses::{DeletedBeforeDelivery, Loss, LossRow, LossSummary, RECENT_LOSSES_HOURS};
 pub use migrate::{MigrationReport, Migrator, SchemaVersion};
 pub use planning::{PlanOutcome, PlanRequest, PlanRound, RoundOutcome};
 pub use pool::{DedicatedConnection, Store};
@@ -58,3 +75,7 @@ pub use protocol::{
 };
 pub use quarantine::{QuarantineFilter, QuarantineRow, Quarantined};
 pub use routes::{Registration, RouteRecord, RouteSettings, SettingChange};
+pub use status::{
+    DeferredRow, FailedPartitionRow, FailedRow, LeaseRow, PartitionRow, QuarantineSummary,
+    RetryingRow, RouteRow, Snapshot, WorkerRow,
+};

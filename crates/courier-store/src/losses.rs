@@ -9,7 +9,7 @@ use courier_core::{Offset, OffsetRange, Partition};
 
 use crate::error::Result;
 use crate::pool::Store;
-use crate::protocol::db;
+use crate::query::{db, invalid, params};
 
 /// At most this many losses are listed one by one by `courier status`; the summary counts them all.
 pub const LOSSES_LISTED: i64 = 50;
@@ -62,36 +62,30 @@ impl Store {
     /// Recorded losses, of one route or all, newest first, at most `limit`.
     pub async fn losses(&self, route: Option<&str>, limit: i64) -> Result<Vec<LossRow>> {
         const OP: &str = "read losses";
-        let route = route.map(str::to_owned);
-        self.run(OP, move |c| {
-            Box::pin(async move {
-                let rows = c
-                    .query(
-                        "SELECT route, partition, start_offset, end_offset, reason, replay_id,
-                                EXTRACT(EPOCH FROM (now() - recorded_at))::bigint
-                         FROM courier_losses WHERE ($1::text IS NULL OR route = $1)
-                         ORDER BY recorded_at DESC, route, partition, start_offset LIMIT $2",
-                        &[&route, &limit],
-                    )
-                    .await
-                    .map_err(db(OP))?;
-                rows.iter()
-                    .map(|r| {
-                        let offsets = OffsetRange::new(r.get(2), r.get(3))
-                            .map_err(|e| crate::protocol::invalid(OP, e.to_string()))?;
-                        Ok(LossRow {
-                            route: r.get(0),
-                            partition: r.get(1),
-                            offsets,
-                            reason: r.get(4),
-                            replay_id: r.get(5),
-                            age_secs: r.get(6),
-                        })
-                    })
-                    .collect()
+        let rows = self
+            .query(
+                OP,
+                "SELECT route, partition, start_offset, end_offset, reason, replay_id,
+                        EXTRACT(EPOCH FROM (now() - recorded_at))::bigint
+                 FROM courier_losses WHERE ($1::text IS NULL OR route = $1)
+                 ORDER BY recorded_at DESC, route, partition, start_offset LIMIT $2",
+                params![route.map(str::to_owned), limit],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let offsets =
+                    OffsetRange::new(r.get(2), r.get(3)).map_err(|e| invalid(OP, e.to_string()))?;
+                Ok(LossRow {
+                    route: r.get(0),
+                    partition: r.get(1),
+                    offsets,
+                    reason: r.get(4),
+                    replay_id: r.get(5),
+                    age_secs: r.get(6),
+                })
             })
-        })
-        .await
+            .collect()
     }
 
     /// For each `(route, partition, log start)`, how many offsets below the log start courier has
@@ -105,38 +99,33 @@ impl Store {
         let routes: Vec<String> = log_starts.iter().map(|(r, _, _)| r.clone()).collect();
         let partitions: Vec<i32> = log_starts.iter().map(|(_, p, _)| *p).collect();
         let lows: Vec<i64> = log_starts.iter().map(|(_, _, low)| *low).collect();
-        self.run(OP, move |c| {
-            Box::pin(async move {
-                // Not planned yet: [frontier, low). Planned: the unsettled or failed live ranges' offsets
-                // below low, from where a range resumes (an earlier attempt delivered the part before).
-                let rows = c
-                    .query(
-                        "SELECT t.route, t.partition, t.low,
-                                GREATEST(0, t.low - p.frontier)
-                                + COALESCE((SELECT sum(LEAST(r.end_offset, t.low) - COALESCE(r.resume_offset, r.start_offset))
-                                            FROM courier_ranges r
-                                            WHERE r.route = t.route AND r.partition = t.partition AND r.kind = 'live'
-                                              AND r.state IN ('pending', 'leased', 'failed')
-                                              AND COALESCE(r.resume_offset, r.start_offset) < t.low), 0)::bigint
-                         FROM unnest($1::text[], $2::int[], $3::bigint[]) AS t (route, partition, low)
-                         JOIN courier_partitions p ON p.route = t.route AND p.partition = t.partition
-                         ORDER BY t.route, t.partition",
-                        &[&routes, &partitions, &lows],
-                    )
-                    .await
-                    .map_err(db(OP))?;
-                Ok(rows
-                    .iter()
-                    .map(|r| DeletedBeforeDelivery {
-                        route: r.get(0),
-                        partition: r.get(1),
-                        log_start: r.get(2),
-                        offsets: r.get(3),
-                    })
-                    .collect())
+        // Not planned yet: [frontier, low). Planned: the unsettled or failed live ranges' offsets below
+        // low, from where a range resumes (an earlier attempt delivered the part before).
+        let rows = self
+            .query(
+                OP,
+                "SELECT t.route, t.partition, t.low,
+                        GREATEST(0, t.low - p.frontier)
+                        + COALESCE((SELECT sum(LEAST(r.end_offset, t.low) - COALESCE(r.resume_offset, r.start_offset))
+                                    FROM courier_ranges r
+                                    WHERE r.route = t.route AND r.partition = t.partition AND r.kind = 'live'
+                                      AND r.state IN ('pending', 'leased', 'failed')
+                                      AND COALESCE(r.resume_offset, r.start_offset) < t.low), 0)::bigint
+                 FROM unnest($1::text[], $2::int[], $3::bigint[]) AS t (route, partition, low)
+                 JOIN courier_partitions p ON p.route = t.route AND p.partition = t.partition
+                 ORDER BY t.route, t.partition",
+                params![routes, partitions, lows],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| DeletedBeforeDelivery {
+                route: r.get(0),
+                partition: r.get(1),
+                log_start: r.get(2),
+                offsets: r.get(3),
             })
-        })
-        .await
+            .collect())
     }
 }
 

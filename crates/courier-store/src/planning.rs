@@ -1,5 +1,5 @@
 //! The planner's side of the store: who plans a route, carving ranges from Kafka's high watermarks,
-//! advancing watermarks, compacting settled ranges, and reading destinations' shared `Retry-After`.
+//! advancing watermarks, reading where each partition stands, and compacting settled ranges.
 //!
 //! Everything here is paid per planning round, not per route: one worker at a time plans a route
 //! ([`Store::claim_planning`]), and one [`Store::plan_round`] transaction carves every partition that has
@@ -12,12 +12,12 @@
 use std::time::Duration;
 
 use courier_core::{carve, Offset, OffsetRange, Partition};
-use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use crate::error::Result;
 use crate::pool::{millis, Store};
-use crate::protocol::{db, invalid, progress_from_row, PartitionProgress};
+use crate::protocol::PartitionProgress;
+use crate::query::{db, invalid, params};
 
 /// One partition to carve in a planning round.
 #[derive(Debug, Clone)]
@@ -67,31 +67,7 @@ impl RoundOutcome {
     }
 }
 
-/// A parameter of a query built by [`Store::query`].
-type Param = Box<dyn ToSql + Sync + Send>;
-
 impl Store {
-    /// Runs one prepared statement outside a transaction and returns its rows: each caller below reads as
-    /// its SQL and its row mapping.
-    async fn query(
-        &self,
-        operation: &'static str,
-        sql: &'static str,
-        params: Vec<Param>,
-    ) -> Result<Vec<Row>> {
-        self.run(operation, move |c| {
-            Box::pin(async move {
-                let statement = c.prepare_cached(sql).await.map_err(db(operation))?;
-                let refs: Vec<&(dyn ToSql + Sync)> = params
-                    .iter()
-                    .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-                    .collect();
-                c.query(&statement, &refs).await.map_err(db(operation))
-            })
-        })
-        .await
-    }
-
     /// Takes or keeps the planning of `routes` for `owner` until `ttl` from now, and returns the routes it
     /// plans: those nobody plans, those it already planned, and those whose planner stopped renewing.
     /// A worker calls it every `ttl / 3`, so a route has one planner at a time and a dead planner's routes
@@ -110,11 +86,7 @@ impl Store {
                  WHERE name = ANY($1::text[])
                    AND (planner IS NULL OR planner = $2 OR planner_until < now())
                  RETURNING name",
-                vec![
-                    Box::new(routes.to_vec()),
-                    Box::new(owner.to_owned()),
-                    Box::new(millis(ttl)),
-                ],
+                params![routes.to_vec(), owner.to_owned(), millis(ttl)],
             )
             .await?;
         Ok(rows.iter().map(|row| row.get(0)).collect())
@@ -126,7 +98,7 @@ impl Store {
         self.query(
             "release planning",
             "UPDATE courier_routes SET planner = NULL, planner_until = NULL WHERE planner = $1 RETURNING name",
-            vec![Box::new(owner.to_owned())],
+            params![owner.to_owned()],
         )
         .await
         .map(drop)
@@ -265,6 +237,19 @@ impl Store {
             .collect())
     }
 
+    /// Frontier and watermark of every partition of a route.
+    pub async fn partitions(&self, route: &str) -> Result<Vec<PartitionProgress>> {
+        let rows = self
+            .query(
+                "read partitions",
+                "SELECT p.partition, p.initial_offset, p.frontier, p.watermark, (SELECT count(*) FROM courier_ranges x WHERE x.route = p.route AND x.partition = p.partition AND x.kind = 'live' AND x.state = 'leased' AND x.lease_expires_at <= now())
+                 FROM courier_partitions p WHERE p.route = $1 ORDER BY p.partition",
+                params![route.to_owned()],
+            )
+            .await?;
+        Ok(rows.iter().map(progress_from_row).collect())
+    }
+
     /// Deletes up to `limit` done ranges of `routes` that no longer matter: live ones wholly below the
     /// watermark, and finished replays. Failed ranges stay until replayed. Returns how many rows went.
     pub async fn compact_routes(&self, routes: &[String], limit: i64) -> Result<u64> {
@@ -278,7 +263,7 @@ impl Store {
                        AND (r.kind = 'replay' OR r.end_offset <= p.watermark)
                      LIMIT $2)
                  RETURNING id",
-                vec![Box::new(routes.to_vec()), Box::new(limit)],
+                params![routes.to_vec(), limit],
             )
             .await?;
         Ok(rows.len() as u64)
@@ -287,31 +272,6 @@ impl Store {
     /// [`Store::compact_routes`] for one route.
     pub async fn compact(&self, route: &str, limit: i64) -> Result<u64> {
         self.compact_routes(&[route.to_owned()], limit).await
-    }
-
-    /// How long every worker must still hold off each of `destinations` that asked for it, in one
-    /// statement (a worker reads them every second).
-    pub async fn destination_waits(
-        &self,
-        destinations: &[String],
-    ) -> Result<Vec<(String, Duration)>> {
-        let rows = self
-            .query(
-                "read destination waits",
-                "SELECT name, (EXTRACT(EPOCH FROM (not_before - now())) * 1000)::bigint
-                 FROM courier_destinations WHERE name = ANY($1::text[]) AND not_before > now()",
-                vec![Box::new(destinations.to_vec())],
-            )
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|row| {
-                (
-                    row.get(0),
-                    Duration::from_millis(u64::try_from(row.get::<_, i64>(1)).unwrap_or(0)),
-                )
-            })
-            .collect())
     }
 }
 
@@ -343,6 +303,17 @@ const ADVANCE_WATERMARKS: &str = "
               AND x.state = 'leased' AND x.lease_expires_at <= now()),
            g.route
     FROM progress g ORDER BY g.route, g.partition";
+
+/// A `(partition, initial_offset, frontier, watermark, expired_leases)` row.
+fn progress_from_row(row: &Row) -> PartitionProgress {
+    PartitionProgress {
+        partition: row.get(0),
+        initial_offset: row.get(1),
+        frontier: row.get(2),
+        watermark: row.get(3),
+        expired_leases: row.get(4),
+    }
+}
 
 /// A partition row as locked by a planning round.
 #[derive(Debug, Clone, Copy)]

@@ -11,7 +11,9 @@ use courier_core::{CheckpointOutcome, Lease, Offset, OffsetRange, Partition};
 use crate::error::Result;
 use crate::losses::{self, Loss};
 use crate::pool::Store;
-use crate::protocol::{db, insert_audit, invalid, ReplayAudit, ReplayOutcome};
+use crate::protocol::{ReplayAudit, ReplayOutcome};
+use crate::query::{db, invalid, params};
+use crate::replay::insert_audit;
 
 /// One message refused by the destination, to record with its range's checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,37 +195,30 @@ impl Store {
 
     /// Quarantined messages not replayed yet, of one route or all, oldest offsets first, at most `limit`.
     pub async fn quarantined(&self, route: Option<&str>, limit: i64) -> Result<Vec<QuarantineRow>> {
-        const OP: &str = "read quarantine";
-        let route = route.map(str::to_owned);
-        self.run(OP, move |c| {
-            Box::pin(async move {
-                let rows = c
-                    .query(
-                        "SELECT route, partition, message_offset, status, reason, dead_letter_topic, times,
-                                EXTRACT(EPOCH FROM (now() - quarantined_at))::bigint
-                         FROM courier_quarantine
-                         WHERE replayed_at IS NULL AND ($1::text IS NULL OR route = $1)
-                         ORDER BY route, partition, message_offset LIMIT $2",
-                        &[&route, &limit],
-                    )
-                    .await
-                    .map_err(db(OP))?;
-                Ok(rows
-                    .iter()
-                    .map(|r| QuarantineRow {
-                        route: r.get(0),
-                        partition: r.get(1),
-                        offset: r.get(2),
-                        status: r.get(3),
-                        reason: r.get(4),
-                        dead_letter_topic: r.get(5),
-                        times: r.get(6),
-                        age_secs: r.get(7),
-                    })
-                    .collect())
+        let rows = self
+            .query(
+                "read quarantine",
+                "SELECT route, partition, message_offset, status, reason, dead_letter_topic, times,
+                        EXTRACT(EPOCH FROM (now() - quarantined_at))::bigint
+                 FROM courier_quarantine
+                 WHERE replayed_at IS NULL AND ($1::text IS NULL OR route = $1)
+                 ORDER BY route, partition, message_offset LIMIT $2",
+                params![route.map(str::to_owned), limit],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| QuarantineRow {
+                route: r.get(0),
+                partition: r.get(1),
+                offset: r.get(2),
+                status: r.get(3),
+                reason: r.get(4),
+                dead_letter_topic: r.get(5),
+                times: r.get(6),
+                age_secs: r.get(7),
             })
-        })
-        .await
+            .collect())
     }
 
     /// Queues quarantined messages of a route for delivery again, each as a replay range

@@ -20,7 +20,8 @@ use courier_core::{Offset, Partition};
 use crate::changes::{Change, Kind};
 use crate::error::{Result, StoreError};
 use crate::pool::Store;
-use crate::protocol::{db, invalid, partition_offsets, RouteSpec};
+use crate::protocol::RouteSpec;
+use crate::query::{db, invalid, params};
 
 /// A route's delivery settings: key -> value as text (secrets already redacted), compared key by key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -168,6 +169,47 @@ pub struct RouteRecord {
 }
 
 impl Store {
+    /// Records a route, or checks that the recorded one still reads the same topic. Progress is offsets
+    /// of one topic: pointing an existing route at another topic would deliver the wrong messages.
+    ///
+    /// `first_partitions` are where a **new** route starts (its `start` setting applied to the partitions
+    /// the topic has now), registered in the same statement as the route itself, so no other worker can
+    /// see the route without them. For a route already recorded they are ignored: `start` decides only
+    /// where a route begins, and partitions added to the topic later start at their log start offset
+    /// ([`Store::ensure_partitions`]). Returns whether this call created the route.
+    ///
+    /// No delivery settings are compared: workers call [`Store::register_route`], which does.
+    pub async fn ensure_route(
+        &self,
+        route: &RouteSpec,
+        first_partitions: &[(Partition, Offset)],
+    ) -> Result<bool> {
+        let registration = self
+            .register_route(route, &RouteSettings::default(), first_partitions, false)
+            .await?;
+        Ok(registration.created)
+    }
+
+    /// Registers partitions of a route with the offset each starts from. Known partitions keep their
+    /// progress: the initial offset only matters the first time.
+    pub async fn ensure_partitions(
+        &self,
+        route: &str,
+        initial: &[(Partition, Offset)],
+    ) -> Result<()> {
+        const OP: &str = "ensure partitions";
+        let (partitions, offsets) = partition_offsets(OP, initial)?;
+        self.execute(
+            OP,
+            "INSERT INTO courier_partitions (route, partition, initial_offset, frontier, watermark)
+             SELECT $1, p, o, o, o FROM unnest($2::int[], $3::bigint[]) AS t (p, o)
+             ON CONFLICT (route, partition) DO NOTHING",
+            params![route.to_owned(), partitions, offsets],
+        )
+        .await
+        .map(drop)
+    }
+
     /// Records a route with its settings, or checks an existing one against them.
     ///
     /// A new route is created with `first_partitions` (where it starts; see [`Store::ensure_route`]) and
@@ -336,19 +378,14 @@ impl Store {
     pub async fn routes(&self) -> Result<Vec<RouteRecord>> {
         const OP: &str = "read routes";
         let rows = self
-            .run(OP, |c| {
-                Box::pin(async move {
-                    c.query(
-                        "SELECT name, topic, destination, settings::text, paused,
-                                to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
-                                to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
-                         FROM courier_routes ORDER BY name",
-                        &[],
-                    )
-                    .await
-                    .map_err(db(OP))
-                })
-            })
+            .query(
+                OP,
+                "SELECT name, topic, destination, settings::text, paused,
+                        to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                        to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+                 FROM courier_routes ORDER BY name",
+                params![],
+            )
             .await?;
         rows.iter()
             .map(|row| {
@@ -367,6 +404,20 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// `(partition, offset)` pairs as the two arrays an `unnest` takes; a negative offset is refused.
+pub(crate) fn partition_offsets(
+    operation: &'static str,
+    pairs: &[(Partition, Offset)],
+) -> Result<(Vec<i32>, Vec<i64>)> {
+    if let Some((partition, offset)) = pairs.iter().find(|(_, o)| *o < 0) {
+        return Err(invalid(
+            operation,
+            format!("partition {partition}: initial offset {offset} is negative"),
+        ));
+    }
+    Ok(pairs.iter().copied().unzip())
 }
 
 #[cfg(test)]

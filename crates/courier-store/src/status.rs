@@ -7,10 +7,11 @@
 
 use courier_core::Partition;
 
-use crate::error::{Result, StoreError};
+use crate::error::Result;
 use crate::losses::{LossRow, LossSummary, LOSSES_LISTED, RECENT_LOSSES_HOURS};
 use crate::pool::Store;
 use crate::quarantine::QuarantineRow;
+use crate::query::{db, params};
 
 /// At most this many quarantined messages are listed one by one; the summary counts them all.
 pub const QUARANTINE_LISTED: i64 = 50;
@@ -158,29 +159,18 @@ pub struct Snapshot {
     pub losses: Vec<LossRow>,
 }
 
-fn db(operation: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
-    move |e| StoreError::from_db(operation, e)
-}
-
 impl Store {
     /// `(id, epoch)` of the ranges leased now by owners matching the SQL `LIKE` pattern `owner_like`:
     /// evidence for chaos runs and tests ("what did this worker hold when it died?").
     pub async fn leases_held_by(&self, owner_like: &str) -> Result<Vec<(i64, i64)>> {
-        const OP: &str = "read leases held";
-        let owner = owner_like.to_owned();
-        self.run(OP, move |c| {
-            Box::pin(async move {
-                let rows = c
-                    .query(
-                        "SELECT id, epoch FROM courier_ranges WHERE state = 'leased' AND lease_owner LIKE $1",
-                        &[&owner],
-                    )
-                    .await
-                    .map_err(db(OP))?;
-                Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-            })
-        })
-        .await
+        let rows = self
+            .query(
+                "read leases held",
+                "SELECT id, epoch FROM courier_ranges WHERE state = 'leased' AND lease_owner LIKE $1",
+                params![owner_like.to_owned()],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     /// Reads the whole status snapshot.
@@ -429,22 +419,16 @@ impl Store {
     /// How many ranges of replay `replay_id` are settled, and how many there are in all (settled replay
     /// ranges may have been compacted away: they count as settled).
     pub async fn replay_progress(&self, replay_id: i64) -> Result<(i64, i64)> {
-        const OP: &str = "replay progress";
-        self.run(OP, move |c| {
-            Box::pin(async move {
-                let row = c
-                    .query_one(
-                        "SELECT r.ranges::bigint,
-                                (SELECT count(*) FROM courier_ranges x WHERE x.replay_id = r.id AND x.state IN ('pending', 'leased'))
-                         FROM courier_replays r WHERE r.id = $1",
-                        &[&replay_id],
-                    )
-                    .await
-                    .map_err(db(OP))?;
-                let (total, open): (i64, i64) = (row.get(0), row.get(1));
-                Ok((total - open, total))
-            })
-        })
-        .await
+        let row = self
+            .query_one(
+                "replay progress",
+                "SELECT r.ranges::bigint,
+                        (SELECT count(*) FROM courier_ranges x WHERE x.replay_id = r.id AND x.state IN ('pending', 'leased'))
+                 FROM courier_replays r WHERE r.id = $1",
+                params![replay_id],
+            )
+            .await?;
+        let (total, open): (i64, i64) = (row.get(0), row.get(1));
+        Ok((total - open, total))
     }
 }

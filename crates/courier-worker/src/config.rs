@@ -1,5 +1,8 @@
-//! What a worker process is told: how many delivery tasks, lease timing, and the routes it serves.
+//! What a worker process is told: how many delivery tasks, lease timing, and the routes it serves; and
+//! the one place their rules are checked ([`validate_delivery`]), worded once for `courier check-config`,
+//! `courier run` and [`Worker::new`](crate::Worker::new) alike.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use courier_core::{Backoff, Ordering};
@@ -152,6 +155,40 @@ impl WorkerConfig {
         }
         Ok(())
     }
+}
+
+/// Checks the worker's settings, every destination and every route (its own keys, and that its destination
+/// is configured), naming the key at fault: `worker.lease_ttl`, `destinations.NAME`,
+/// `routes.NAME.destination`. The CLI adds where each named key was set (file:line or the environment).
+pub fn validate_delivery<'a>(
+    worker: &WorkerConfig,
+    destinations: &BTreeMap<String, DestinationConfig>,
+    routes: impl IntoIterator<Item = &'a RouteConfig>,
+) -> Result<(), String> {
+    for (name, destination) in destinations {
+        destination
+            .validate()
+            .map_err(|e| format!("destinations.{name}: {e}"))?;
+    }
+    let longest_timeout = destinations
+        .values()
+        .map(|d| d.timeout)
+        .max()
+        .unwrap_or_default();
+    worker.validate(longest_timeout)?;
+    for route in routes {
+        route.validate()?;
+        if !destinations.contains_key(&route.destination) {
+            return Err(format!(
+                "routes.{}.destination is {:?}, but there is no [destinations.{}] section (known: {}): add it, or name one of those",
+                route.name,
+                route.destination,
+                route.destination,
+                destinations.keys().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Where a new route starts reading a partition the first time it sees it.
@@ -327,5 +364,38 @@ mod tests {
         .validate(Duration::ZERO)
         .expect_err("0");
         assert!(err.contains("lease_ttl"));
+    }
+
+    fn route(destination: &str) -> RouteConfig {
+        RouteConfig {
+            name: "orders".into(),
+            topic: "orders".into(),
+            destination: destination.into(),
+            ordering: Ordering::None,
+            range_size: 100,
+            max_attempts: 5,
+            start: StartFrom::Earliest,
+            on_poison: OnPoison::Quarantine,
+            dead_letter_topic: None,
+        }
+    }
+
+    #[test]
+    fn a_route_to_a_missing_destination_and_a_bad_destination_are_refused_naming_the_key() {
+        let destinations = BTreeMap::from([(
+            "hooks".to_owned(),
+            DestinationConfig::new("http://127.0.0.1:9/hooks"),
+        )]);
+        let worker = WorkerConfig::default();
+        validate_delivery(&worker, &destinations, &[route("hooks")]).expect("valid");
+        let err = validate_delivery(&worker, &destinations, &[route("hook")]).expect_err("missing");
+        assert!(
+            err.starts_with("routes.orders.destination is \"hook\"")
+                && err.contains("known: hooks"),
+            "{err}"
+        );
+        let bad = BTreeMap::from([("hooks".to_owned(), DestinationConfig::new("not a url"))]);
+        let err = validate_delivery(&worker, &bad, &[route("hooks")]).expect_err("bad url");
+        assert!(err.starts_with("destinations.hooks: "), "{err}");
     }
 }

@@ -162,32 +162,8 @@ impl Config {
         self.store.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         self.admin.validate().map_err(|e| anyhow::anyhow!(e))?;
         self.status.validate().map_err(|e| anyhow::anyhow!(e))?;
-        for (name, destination) in &self.destinations {
-            destination
-                .validate()
-                .map_err(|e| anyhow::anyhow!("destinations.{name}: {e}"))?;
-        }
-        let longest = self
-            .destinations
-            .values()
-            .map(|d| d.timeout)
-            .max()
-            .unwrap_or_default();
-        self.worker
-            .validate(longest)
+        courier_worker::validate_delivery(&self.worker, &self.destinations, self.routes.values())
             .map_err(|e| anyhow::anyhow!(e))?;
-        for route in self.routes.values() {
-            route.validate().map_err(|e| anyhow::anyhow!(e))?;
-            if !self.destinations.contains_key(&route.destination) {
-                bail!(
-                    "routes.{}.destination is {:?}, but there is no [destinations.{}] section (known: {})",
-                    route.name,
-                    route.destination,
-                    route.destination,
-                    self.destinations.keys().cloned().collect::<Vec<_>>().join(", ")
-                );
-            }
-        }
         Ok(())
     }
 

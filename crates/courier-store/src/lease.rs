@@ -1,0 +1,203 @@
+//! Claiming and keeping ranges: the lease statement (which ranges a worker may claim, and the claim that
+//! bumps their epoch), alone or settling the ranges just delivered in the same statement, and renewing a
+//! lease held.
+//!
+//! The lease statement lives only here ([`lease_candidates`] and [`LEASE_UPDATE`]), so a change to what a
+//! worker may claim is made in one place for every statement that claims.
+
+use std::time::Duration;
+
+use courier_core::{CheckpointOutcome, Epoch, Lease, OffsetRange};
+use tokio_postgres::Row;
+
+use crate::error::Result;
+use crate::pool::{millis, Store};
+use crate::protocol::LeaseRequest;
+use crate::query::{invalid, params};
+use crate::settle::epoch_outcome;
+
+impl Store {
+    /// Claims up to `max_ranges` ranges of any of the requested routes, oldest first: pending ones whose
+    /// backoff has passed, and leased ones whose lease expired. Each claim bumps the epoch. Rows another
+    /// worker is claiming right now are skipped, not waited on. For ordered routes only the lowest
+    /// unsettled live range of each partition is eligible, so a partition is delivered in offset order.
+    pub async fn lease(&self, request: &LeaseRequest) -> Result<Vec<Lease>> {
+        let (limit, ttl, kind) = lease_params(request);
+        let rows = self
+            .query(
+                "lease",
+                format!("WITH {} UPDATE {LEASE_UPDATE}", lease_candidates("")),
+                params![
+                    request.routes.clone(),
+                    limit,
+                    request.owner.clone(),
+                    ttl,
+                    kind,
+                    request.ordered.clone(),
+                ],
+            )
+            .await?;
+        rows.iter().map(|row| lease_from_row(row, 0)).collect()
+    }
+
+    /// Checkpoints `done` and leases the next ranges of `next` in one statement: a busy delivery task
+    /// pays one store transaction per range instead of two. [`Store::checkpoint_all_and_lease`] with one
+    /// range.
+    pub async fn checkpoint_and_lease(
+        &self,
+        done: &Lease,
+        next: &LeaseRequest,
+    ) -> Result<(CheckpointOutcome, Vec<Lease>)> {
+        let (outcomes, leases) = self
+            .checkpoint_all_and_lease(std::slice::from_ref(done), Some(next))
+            .await?;
+        let outcome = outcomes
+            .first()
+            .copied()
+            .unwrap_or(CheckpointOutcome::Fenced);
+        Ok((outcome, leases))
+    }
+
+    /// Checkpoints every range of `done` and, with `next`, leases the next ranges in one statement: a
+    /// delivery task that delivered several ranges at once settles them all in one transaction. Each
+    /// checkpoint is fenced on its own, exactly as [`Store::checkpoint`] (the outcomes come in `done`'s
+    /// order); the lease makes the same choice as [`Store::lease`], never picking a range of `done` (one
+    /// statement must not modify a row twice) and, with an ordered route, not yet seeing the successor of
+    /// a range checkpointed by the same statement (it comes with the next call).
+    pub async fn checkpoint_all_and_lease(
+        &self,
+        done: &[Lease],
+        next: Option<&LeaseRequest>,
+    ) -> Result<(Vec<CheckpointOutcome>, Vec<Lease>)> {
+        let ids: Vec<i64> = done.iter().map(|lease| lease.id).collect();
+        let epochs: Vec<i64> = done.iter().map(|lease| lease.epoch.0).collect();
+        let (routes, ordered, owner, (limit, ttl, kind)) = match next {
+            Some(request) => (
+                request.routes.clone(),
+                request.ordered.clone(),
+                request.owner.clone(),
+                lease_params(request),
+            ),
+            // Nothing to lease: no route to look in.
+            None => (Vec::new(), Vec::new(), String::new(), (0, 0, "live")),
+        };
+        let rows = self
+            .query(
+                "checkpoint and lease",
+                format!(
+                    "WITH done AS (
+                         UPDATE courier_ranges r SET state = 'done', lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+                         FROM unnest($7::bigint[], $8::bigint[]) AS d (id, epoch)
+                         WHERE r.id = d.id AND r.epoch = d.epoch AND r.state = 'leased'
+                         RETURNING r.id, r.epoch),
+                     {},
+                     leased AS (UPDATE {LEASE_UPDATE})
+                     SELECT (SELECT COALESCE(array_agg(id), '{{}}') FROM done),
+                            (SELECT COALESCE(array_agg(epoch), '{{}}') FROM done), leased.*
+                     FROM (SELECT 1) AS one LEFT JOIN leased ON true",
+                    lease_candidates("AND r.id <> ALL($7::bigint[])")
+                ),
+                params![routes, limit, owner, ttl, kind, ordered, ids.clone(), epochs.clone()],
+            )
+            .await?;
+        // By (id, epoch): the same range can be in `done` twice, under an expired lease and the one that
+        // replaced it, and only the current one is applied.
+        let checkpointed: Vec<(i64, i64)> = rows
+            .first()
+            .map(|row| {
+                let ids: Vec<i64> = row.get(0);
+                let epochs: Vec<i64> = row.get(1);
+                ids.into_iter().zip(epochs).collect()
+            })
+            .unwrap_or_default();
+        let outcomes = ids
+            .iter()
+            .zip(&epochs)
+            .map(|(id, epoch)| epoch_outcome(u64::from(checkpointed.contains(&(*id, *epoch)))))
+            .collect();
+        let leases = rows
+            .iter()
+            .filter(|row| row.get::<_, Option<i64>>(2).is_some())
+            .map(|row| lease_from_row(row, 2))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((outcomes, leases))
+    }
+
+    /// Extends a lease still held under `lease.epoch`.
+    pub async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<CheckpointOutcome> {
+        self.execute(
+            "renew",
+            "UPDATE courier_ranges SET lease_expires_at = now() + $3::bigint * interval '1 millisecond', updated_at = now()
+             WHERE id = $1 AND epoch = $2 AND state = 'leased'",
+            params![lease.id, lease.epoch.0, millis(ttl)],
+        )
+        .await
+        .map(epoch_outcome)
+    }
+}
+
+/// The `picked AS (...)` part of a lease statement: the ranges a worker may claim, oldest first across
+/// every requested route, locked, skipping rows another worker is claiming right now. Parameters: $1
+/// routes, $2 limit, $5 kind, $6 ordered routes.
+///
+/// The statement walks `courier_ranges_workable` (kind, id) in id order and stops after `limit` eligible
+/// rows; after locking a row PostgreSQL re-checks these conditions against its latest version, so a
+/// range claimed or settled meanwhile is skipped. For an ordered route a range is eligible only when no
+/// lower live range of its partition is unsettled in this statement's snapshot: a range settled after the
+/// snapshot only delays its successor to the next call, never lets two run at once.
+///
+/// A paused route's ranges are never picked (`courier pause`): the paused routes are read once per
+/// statement (an index holds only them), so every worker honours a pause at its next lease call.
+fn lease_candidates(also: &str) -> String {
+    format!(
+        "picked AS (
+             SELECT r.id FROM courier_ranges r
+             WHERE r.kind = $5 AND r.state IN ('pending', 'leased') AND r.route = ANY($1::text[])
+               AND r.route <> ALL(ARRAY(SELECT name FROM courier_routes WHERE paused))
+               AND ((r.state = 'pending' AND r.not_before <= now())
+                    OR (r.state = 'leased' AND r.lease_expires_at <= now()))
+               AND (r.kind = 'replay' OR r.route <> ALL($6::text[]) OR NOT EXISTS (
+                        SELECT 1 FROM courier_ranges h
+                        WHERE h.route = r.route AND h.partition = r.partition AND h.kind = 'live'
+                          AND h.state IN ('pending', 'leased') AND h.start_offset < r.start_offset))
+               {also}
+             ORDER BY r.id LIMIT $2
+             FOR UPDATE OF r SKIP LOCKED)"
+    )
+}
+
+/// Claims the picked ranges: epoch + 1, owner $3, expiry in $4 milliseconds.
+const LEASE_UPDATE: &str = "courier_ranges r
+     SET state = 'leased', epoch = r.epoch + 1, lease_owner = $3,
+         lease_expires_at = now() + $4::bigint * interval '1 millisecond',
+         attempts = r.attempts + 1, updated_at = now()
+     FROM picked WHERE r.id = picked.id
+     RETURNING r.id, r.partition, r.start_offset, r.end_offset, r.epoch, r.attempts, r.kind,
+               COALESCE(r.resume_offset, r.start_offset), r.route, r.replay_id";
+
+/// `$2` limit, `$4` TTL in milliseconds and `$5` kind of a lease statement.
+fn lease_params(request: &LeaseRequest) -> (i64, i64, &'static str) {
+    (
+        i64::try_from(request.max_ranges).unwrap_or(i64::MAX),
+        millis(request.ttl),
+        request.kind.as_str(),
+    )
+}
+
+/// A lease from the columns of [`LEASE_UPDATE`]'s `RETURNING`, starting at column `first`.
+fn lease_from_row(row: &Row, first: usize) -> Result<Lease> {
+    let range = OffsetRange::new(row.get(first + 2), row.get(first + 3))
+        .map_err(|e| invalid("lease", e.to_string()))?;
+    let kind: String = row.get(first + 6);
+    Ok(Lease {
+        id: row.get(first),
+        route: row.get(first + 8),
+        partition: row.get(first + 1),
+        range,
+        epoch: Epoch(row.get(first + 4)),
+        attempts: row.get(first + 5),
+        kind: kind.parse().map_err(|e: String| invalid("lease", e))?,
+        resume_from: row.get(first + 7),
+        replay_id: row.get(first + 9),
+    })
+}
