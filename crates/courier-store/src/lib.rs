@@ -20,6 +20,8 @@
 //!   `Retry-After`, circuits and failed or quarantined ranges; pausing and resuming a route.
 //! - [`planning`]: who plans a route, planning rounds (carve, advance watermarks), compaction, shared
 //!   `Retry-After`: paid per round, not per route.
+//! - `tls`: `sslmode` and the CA from the URL or `[store]`, the one OpenSSL connector every connection
+//!   goes through, and what a TLS failure means.
 //! - [`url`]: swapping the database of a URL, hiding its password.
 //! - [`status`]: the read-only snapshot behind `courier status`.
 //! - [`error`]: [`StoreError`], whose variants decide what the caller does next and whose messages say
@@ -43,10 +45,11 @@ pub mod protocol;
 pub mod quarantine;
 pub mod routes;
 pub mod status;
+mod tls;
 pub mod url;
 
 pub use changes::{Change, ChangeRow, Kind as ChangeKind, PausedRoute};
-pub use config::{StoreConfig, Timeouts};
+pub use config::{SslMode, StoreConfig, Timeouts};
 pub use error::{Result, StoreError};
 pub use losses::{DeletedBeforeDelivery, Loss, LossRow, LossSummary};
 pub use migrate::{MigrationReport, Migrator, SchemaVersion};
