@@ -99,7 +99,11 @@ pub async fn run(path: &Path, connect: bool) -> anyhow::Result<()> {
         };
         match answer {
             Ok(response) => checks.ok(&what, format!("{url} answers HTTP {}", response.status())),
-            Err(error) => checks.fail(&what, format!("{url}: no HTTP answer: {}", chain(&error))),
+            // `{:#}`: with its causes (reqwest's own text is only "error sending request").
+            Err(error) => checks.fail(
+                &what,
+                format!("{url}: no HTTP answer: {:#}", anyhow::Error::new(error)),
+            ),
         }
     }
 
@@ -134,21 +138,6 @@ impl Checks {
     fn skip(&mut self, what: &str, why: &str) {
         println!("  skip  {what}: not checked, {why}");
     }
-}
-
-/// An error with its causes: reqwest's own text is only "error sending request".
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// What the configuration would run, without connecting.
