@@ -2,8 +2,9 @@
 //! over TLS (`hostssl` lines only), its CA and certificate made here, checked with every `sslmode`.
 //!
 //! The shared cluster on :54329 must not be reconfigured, so this test runs its own with Debian's
-//! `initdb` and `pg_ctl` (the package `scripts/postgres.sh` installs) on a free port under `target/`,
-//! and stops it when done, even when an assertion fails.
+//! `initdb` and `pg_ctl` (the package `scripts/postgres.sh` installs) on a free port, in `target/`
+//! (or the temporary folder when the postgres user cannot enter the checkout), and stops and removes it
+//! when done, even when an assertion fails.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -157,10 +158,16 @@ struct TlsCluster {
 
 impl TlsCluster {
     fn start() -> Self {
+        let name = format!("courier-pg-tls-{}", std::process::id());
         let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
-        let dir = target.join(format!("pg-tls-{}", std::process::id()));
+        let mut dir = target.join(&name);
+        // As root the cluster runs as the postgres user, who may not be allowed into the checkout (a
+        // clone under /root): then it lives in the temporary folder instead.
+        if as_root() && !postgres_can_enter(&target) {
+            dir = std::env::temp_dir().join(&name);
+        }
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create the cluster's folder under target/");
+        std::fs::create_dir_all(&dir).expect("create the cluster's folder");
         let dir = dir.canonicalize().expect("canonical path");
 
         let (ca, ca_key) = certificate("courier test CA", None, true);
@@ -215,10 +222,11 @@ impl TlsCluster {
             b"local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
         );
         let options = format!(
+            // The socket in the temporary folder: a deep checkout's path would pass the socket path limit.
             "-c port={} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c ssl=on \
              -c ssl_cert_file={} -c ssl_key_file={} -c fsync=off -c shared_buffers=16MB -c max_connections=20",
             cluster.port,
-            dir.display(),
+            std::env::temp_dir().display(),
             dir.join("server.crt").display(),
             key.display(),
         );
@@ -266,6 +274,15 @@ fn postgres_bin() -> PathBuf {
         .max()
         .expect("a PostgreSQL server under /usr/lib/postgresql");
     root.join(newest.to_string()).join("bin")
+}
+
+fn postgres_can_enter(dir: &Path) -> bool {
+    std::fs::create_dir_all(dir).is_ok()
+        && Command::new("runuser")
+            .args(["-u", "postgres", "--", "test", "-x"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|status| status.success())
 }
 
 fn as_root() -> bool {
