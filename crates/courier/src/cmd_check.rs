@@ -75,7 +75,7 @@ pub async fn run(path: &Path, connect: bool) -> anyhow::Result<()> {
                 Ok(count) => checks.ok(&what, format!("{count} partition(s)")),
                 Err(error) => checks.fail(&what, error.to_string()),
             },
-            None => checks.skip(&what, "Kafka did not answer"),
+            None => checks.skip(&what, "the Kafka check failed"),
         }
     }
 
