@@ -3,6 +3,7 @@
 #
 #   scripts/kafka.sh start                        resolve jars (once), format (once), boot, wait until it answers
 #   scripts/kafka.sh stop                         SIGTERM, bounded wait, then SIGKILL
+#   scripts/kafka.sh restart                      stop, then start (picks up a changed server.properties)
 #   scripts/kafka.sh status                       exit 0 when a broker answers, 1 otherwise
 #   scripts/kafka.sh create-topic NAME PARTITIONS idempotent
 #
@@ -11,9 +12,12 @@
 #
 # Everything lives under target/kafka/ (override with COURIER_KAFKA_DIR): libs/ (jars, from
 # scripts/kafka/pom.xml), data/ (the log dir), server.properties, kafka.pid, kafka.log.
-# The broker listens on 127.0.0.1:9092 (clients) and 127.0.0.1:9093 (controller) only; a second checkout
-# can run its own with COURIER_KAFKA_DIR, COURIER_KAFKA_PORT and COURIER_KAFKA_CONTROLLER_PORT (clients
-# then need KAFKA_BROKERS=127.0.0.1:<port>).
+# The broker listens on 127.0.0.1:9092 (clients), 127.0.0.1:9093 (controller) and 127.0.0.1:9094
+# (SASL_PLAINTEXT: PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 for the test user courier / courier-secret, for
+# courier's SASL tests) only; a second checkout can run its own with COURIER_KAFKA_DIR, COURIER_KAFKA_PORT,
+# COURIER_KAFKA_CONTROLLER_PORT and COURIER_KAFKA_SASL_PORT (default: the client port + 2; clients then
+# need KAFKA_BROKERS=127.0.0.1:<port>, and the SASL tests find the listener at that port + 2, or at
+# KAFKA_SASL_BROKERS).
 #
 # Needs: bash, java 17+, mvn (first start, or after the pom changes), coreutils, od, flock.
 # JVM start-up costs seconds on 2 cores, so readiness is checked in bash (a raw Kafka ApiVersions and
@@ -36,6 +40,12 @@ LOCK="$KDIR/kafka.lock"
 HOST=127.0.0.1
 PORT=${COURIER_KAFKA_PORT:-9092}
 CONTROLLER_PORT=${COURIER_KAFKA_CONTROLLER_PORT:-9093}
+# Two above the client port by default, so a second broker moved with COURIER_KAFKA_PORT (the soak's)
+# moves its SASL listener along.
+SASL_PORT=${COURIER_KAFKA_SASL_PORT:-$((PORT + 2))}
+# The SASL listener's test user: a development broker's throwaway credentials, not a secret.
+SASL_USER=courier
+SASL_PASSWORD=courier-secret
 START_DEADLINE_S=${KAFKA_START_TIMEOUT_S:-90}
 STOP_DEADLINE_S=${KAFKA_STOP_TIMEOUT_S:-30}
 
@@ -148,11 +158,17 @@ write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@$HOST:$CONTROLLER_PORT
-listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://$HOST:$PORT
+listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT,SASL_PLAINTEXT://$HOST:$SASL_PORT
+advertised.listeners=PLAINTEXT://$HOST:$PORT,SASL_PLAINTEXT://$HOST:$SASL_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+# courier's SASL tests: PLAIN users are listed here, SCRAM credentials live in the metadata log (added
+# by ensure_scram_user after the first start). No authorizer: authentication only.
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$SASL_USER="$SASL_PASSWORD";
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 log.dirs=$DATA
 num.partitions=1
 default.replication.factor=1
@@ -275,6 +291,9 @@ cmd_start() {
     if pid=$(our_pid); then
         if answers "$HOST" "$PORT"; then
             say "already running (pid $pid) on $HOST:$PORT"
+            port_open "$SASL_PORT" ||
+                say "warning: it has no SASL listener on $HOST:$SASL_PORT (started by an older scripts/kafka.sh); courier's SASL tests fail until you run: scripts/kafka.sh restart"
+            ensure_scram_user
             return 0
         fi
         say "broker pid $pid is running but not answering yet; waiting"
@@ -285,7 +304,7 @@ cmd_start() {
     rm -f "$PIDFILE"
 
     local p owner
-    for p in "$PORT" "$CONTROLLER_PORT"; do
+    for p in "$PORT" "$CONTROLLER_PORT" "$SASL_PORT"; do
         if port_open "$p"; then
             owner=$(port_owner "$p")
             if [[ $p == "$PORT" ]] && answers "$HOST" "$PORT"; then
@@ -313,7 +332,24 @@ cmd_start() {
     pid=$!
     echo "$pid" >"$PIDFILE"
     wait_ready "$pid"
-    say "ready on $HOST:$PORT (pid $pid)"
+    ensure_scram_user
+    say "ready on $HOST:$PORT, SASL on $HOST:$SASL_PORT (pid $pid)"
+}
+
+# The SCRAM credentials of the SASL test user, once per data dir (they live in the metadata log, so a
+# data dir formatted by an older script gets them on its next start). A JVM tool run: seconds, once.
+ensure_scram_user() {
+    local stamp="$DATA/courier-scram-user"
+    [[ -f $stamp ]] && return 0
+    say "adding SCRAM-SHA-256/512 credentials for the SASL test user '$SASL_USER'"
+    local mechanism
+    # One mechanism per request: the broker refuses two changes of one user's credentials in one.
+    for mechanism in SCRAM-SHA-256 SCRAM-SHA-512; do
+        run_tool kafka.admin.ConfigCommand --bootstrap-server "$HOST:$PORT" --alter --entity-type users \
+            --entity-name "$SASL_USER" --add-config "$mechanism=[password=$SASL_PASSWORD]" >&2 ||
+            die "could not add the $mechanism credentials of '$SASL_USER' (see above); the broker runs, SASL tests will fail"
+    done
+    touch "$stamp"
 }
 
 cmd_stop() {
@@ -412,6 +448,10 @@ usage() {
 case "${1:-}" in
 start) cmd_start ;;
 stop) cmd_stop ;;
+restart)
+    cmd_stop
+    cmd_start
+    ;;
 status) cmd_status ;;
 create-topic)
     shift

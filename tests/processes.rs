@@ -534,3 +534,80 @@ async fn migrate_names_the_database_it_changed_and_never_guesses_one() {
     );
     assert!(!stdout.contains("courier:courier@"), "{stdout}");
 }
+
+// Multi-threaded: the sink serves the destination check while this thread waits for the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_connect_checks_each_service_on_its_own_line_and_names_what_failed() {
+    let db = TestDb::migrated().await;
+    let topic = common::topic_with("check", 2, 0).await;
+    let sink = common::sink().await;
+    let good = write_config(
+        "good.toml",
+        &common::one_route_config(&db.url, &topic, &sink.url(), ""),
+    );
+    let output = courier(&[
+        "check-config",
+        "--connect",
+        "--config",
+        good.to_str().expect("path"),
+    ])
+    .output()
+    .expect("run");
+    let stdout = common::stdout_of(&output);
+    assert!(output.status.success(), "{stdout}{}", stderr_of(&output));
+    for line in [
+        "  ok    store: ",
+        "  ok    schema: version ",
+        "  ok    kafka: ",
+        &format!("  ok    topic {topic:?} (route r): 2 partition(s)"),
+        "  ok    destination d: ",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(line)),
+            "no line {line:?}:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("All checks passed."), "{stdout}");
+
+    // A wrong store URL, a topic that does not exist, a destination nobody listens at: each its own
+    // FAIL line; the schema cannot be checked without the store.
+    let missing = courier_testkit::unique_name("no-such-topic");
+    let bad = write_config(
+        "bad.toml",
+        &common::one_route_config(
+            "postgres://courier:courier@127.0.0.1:1/courier",
+            &missing,
+            "http://127.0.0.1:1/hooks",
+            "",
+        ),
+    );
+    let output = courier(&[
+        "check-config",
+        "--connect",
+        "--config",
+        bad.to_str().expect("path"),
+    ])
+    .output()
+    .expect("run");
+    let stdout = common::stdout_of(&output);
+    let stderr = stderr_of(&output);
+    assert!(!output.status.success(), "{stdout}");
+    for line in [
+        "  FAIL  store: cannot reach the store at 127.0.0.1:1/courier",
+        "  skip  schema: ",
+        "  ok    kafka: ",
+        &format!("  FAIL  topic {missing:?} (route r): topic {missing:?} does not exist"),
+        "  FAIL  destination d: http://127.0.0.1:1/hooks: no HTTP answer",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(line)),
+            "no line {line:?}:\n{stdout}"
+        );
+    }
+    assert!(
+        stderr.contains(&format!(
+            "3 check(s) failed: store, topic {missing:?} (route r), destination d"
+        )),
+        "{stderr}"
+    );
+}

@@ -28,10 +28,11 @@ struct Session {
 
 impl Session {
     async fn open(config: &KafkaConfig) -> Result<Self, Error> {
+        crate::refusal::check(config).await?;
         let client_config = config.admin_client_config();
         let outages = OutageLog::for_cluster(&config.brokers);
         let waiting = outages.waiting(Waiting::Admin);
-        let context = CourierContext::new(Arc::clone(&outages), None);
+        let context = CourierContext::new(config, Arc::clone(&outages), None);
         let admin = blocking(move || {
             client_config
                 .create_with_context::<_, Admin>(context)

@@ -21,6 +21,7 @@ use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientContext;
 
+use crate::config::KafkaConfig;
 use crate::error::is_undecodable;
 use crate::outage::OutageLog;
 use crate::reader::lock;
@@ -34,15 +35,31 @@ pub(crate) struct CourierContext {
     /// librdkafka's words for the last undecodable batch. rdkafka hands the consumer only the error
     /// code; the text (codec, batch offset, size) reaches the context, just before, on the same thread.
     undecodable: Mutex<Option<String>>,
+    /// Who this client is to the brokers (`KafkaConfig::identity`), named when they refuse it.
+    identity: String,
+    /// librdkafka's words for the brokers refusing this client's credentials or certificates, kept
+    /// for whoever waits on the client (`crate::refusal`) to fail at once instead of at its deadline.
+    refused: Mutex<Option<String>>,
 }
 
 impl CourierContext {
-    pub(crate) fn new(outages: Arc<OutageLog>, traffic: Option<ClientTraffic>) -> Self {
+    pub(crate) fn new(
+        config: &KafkaConfig,
+        outages: Arc<OutageLog>,
+        traffic: Option<ClientTraffic>,
+    ) -> Self {
         Self {
             outages,
             traffic,
             undecodable: Mutex::new(None),
+            identity: config.identity(),
+            refused: Mutex::new(None),
         }
+    }
+
+    /// librdkafka's reason, if the brokers refused this client's credentials or certificates.
+    pub(crate) fn take_refusal(&self) -> Option<String> {
+        lock(&self.refused).take()
     }
 
     /// librdkafka's description of the undecodable batch the consumer just reported, if it gave one.
@@ -102,6 +119,21 @@ pub(crate) fn classify(code: Option<RDKafkaErrorCode>) -> Kind {
     }
 }
 
+/// The brokers refused who courier says it is (SASL) or could not be trusted (TLS): no retry helps.
+pub(crate) fn is_refusal(code: Option<RDKafkaErrorCode>) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        Some(
+            C::Authentication
+                | C::SaslAuthenticationFailed
+                | C::UnsupportedSASLMechanism
+                | C::IllegalSASLState
+                | C::SSL
+        )
+    )
+}
+
 /// librdkafka's log facilities for connection failures and timeouts, which it also reports as errors.
 fn is_connectivity_facility(facility: &str) -> bool {
     matches!(
@@ -143,12 +175,20 @@ impl ClientContext for CourierContext {
                 tracing::debug!(%error, reason, "librdkafka could not decode a record batch.");
                 *lock(&self.undecodable) = Some(reason.to_owned());
             }
-            Kind::Actionable => tracing::error!(
-                %error,
-                reason,
-                "Kafka refused courier's client: fix the credentials, certificates, ACLs or the \
-                 librdkafka properties in the [kafka] section (`extra`); reads fail until then."
-            ),
+            Kind::Actionable => {
+                if is_refusal(error.rdkafka_error_code()) {
+                    *lock(&self.refused) = Some(reason.to_owned());
+                }
+                tracing::error!(
+                    %error,
+                    reason,
+                    identity = %self.identity,
+                    "Kafka refused courier's client ({}): fix the credentials, certificates, ACLs or \
+                     the settings of the [kafka] section; reads fail until then. Runbook: \
+                     docs/runbooks/kafka-unavailable.md",
+                    self.identity
+                )
+            }
             Kind::Transient => tracing::warn!(
                 %error,
                 reason,

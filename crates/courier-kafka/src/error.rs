@@ -157,6 +157,20 @@ pub enum Error {
          properties of the [kafka] section."
     )]
     Config(#[source] KafkaError),
+    /// The brokers refused courier's SASL credentials or its TLS handshake. Not retryable: fix the
+    /// credentials or certificates.
+    #[error(
+        "the Kafka brokers at {brokers} refused courier ({identity}): {reason}. Check the user name and \
+         the password in that environment variable, that the brokers have credentials for this user with \
+         this mechanism (SCRAM credentials are per mechanism), and with TLS that kafka.ssl_ca_location \
+         names the CA that signed the brokers' certificates. Runbook: docs/runbooks/kafka-unavailable.md"
+    )]
+    Refused {
+        brokers: String,
+        /// [`KafkaConfig::identity`](crate::KafkaConfig::identity): mechanism, user, password variable.
+        identity: String,
+        reason: String,
+    },
     /// The topic does not exist.
     #[error(
         "topic {topic:?} does not exist on the cluster: create it (scripts/kafka.sh create-topic for the \
@@ -199,7 +213,9 @@ impl Error {
     /// Whether the same call can succeed later without anyone changing anything.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Config(_) | Self::UnknownTopic { .. } | Self::Task(_) => false,
+            Self::Config(_) | Self::Refused { .. } | Self::UnknownTopic { .. } | Self::Task(_) => {
+                false
+            }
             Self::Timeout { .. } | Self::Delivery { .. } => true,
             Self::Kafka { source, .. } => !matches!(
                 source.rdkafka_error_code(),

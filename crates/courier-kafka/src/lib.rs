@@ -12,6 +12,8 @@
 //! - `error`: [`ReadError`] (its variant decides retry or fail) and [`Error`].
 //! - `context`: what librdkafka reports beside its calls (errors, log lines, statistics), classified
 //!   and routed to tracing.
+//! - `refusal`: SASL credentials and TLS checked when a client is made, failing at once when the
+//!   brokers refuse them ([`Error::Refused`]).
 //! - `outage`: broker outages logged once per cluster (a WARN, summaries, an INFO at the end).
 //! - `traffic`: bytes received from the brokers, from librdkafka's statistics ([`RECEIVED_BYTES`],
 //!   [`RangeReader::bytes_received`]).
@@ -29,11 +31,13 @@ mod error;
 mod outage;
 mod producer;
 mod reader;
+mod refusal;
 mod traffic;
 
 pub use admin::{add_partitions, create_topic, create_topic_with_config, delete_records_before};
-pub use config::KafkaConfig;
+pub use config::{KafkaConfig, SaslMechanism, SecurityProtocol};
 pub use error::{Error, ReadError};
 pub use producer::{Delivered, OutgoingRecord, Producer, Record};
 pub use reader::{PartitionWatermarks, RangeContents, RangeReader, Undecodable, PARK_AFTER};
+pub use refusal::check_connection;
 pub use traffic::RECEIVED_BYTES;

@@ -72,9 +72,10 @@ impl std::fmt::Debug for Producer {
 impl Producer {
     /// Creates the producer off the runtime (client creation does blocking I/O).
     pub async fn connect(config: KafkaConfig) -> Result<Self, Error> {
+        crate::refusal::check(&config).await?;
         let client_config = config.producer_client_config();
         let outages = OutageLog::for_cluster(&config.brokers);
-        let context = CourierContext::new(Arc::clone(&outages), None);
+        let context = CourierContext::new(&config, Arc::clone(&outages), None);
         let inner = blocking(move || client_config.create_with_context(context))
             .await?
             .map_err(Error::Config)?;

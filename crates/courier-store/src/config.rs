@@ -5,6 +5,7 @@
 //! connection, and [`Timeouts::validate`] refuses a configuration where the server would outlast the
 //! client.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -24,8 +25,68 @@ pub struct StoreConfig {
     /// Shown in `pg_stat_activity.application_name`, so an operator can tell courier's sessions apart.
     #[serde(default = "default_application_name")]
     pub application_name: String,
+    /// TLS to the server, as libpq's `sslmode`. Also read from the URL (`?sslmode=verify-full`); set in
+    /// both places, they must agree. Unset in both: `prefer`, libpq's default.
+    #[serde(default)]
+    pub ssl_mode: Option<SslMode>,
+    /// PEM file of the CA(s) that signed the server's certificate, as libpq's `sslrootcert` (also read
+    /// from the URL). Only these CAs are trusted; `"system"` trusts the system's CA store. Unset,
+    /// `verify-ca` and `verify-full` trust the system's CA store.
+    #[serde(default)]
+    pub ssl_root_cert: Option<PathBuf>,
     #[serde(default)]
     pub timeouts: Timeouts,
+}
+
+/// How courier encrypts and authenticates its connections to PostgreSQL: libpq's `sslmode` values and
+/// meanings (`allow` is left out: it only adds a plaintext first attempt that `prefer` makes pointless).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Never TLS. A server that only accepts TLS refuses the login.
+    Disable,
+    /// TLS when the server offers it, plaintext otherwise; the certificate is not checked.
+    #[default]
+    Prefer,
+    /// TLS or no connection; the certificate is not checked (encryption without authentication), unless
+    /// a CA file is given, which makes it `verify-ca` (as libpq does).
+    Require,
+    /// TLS, and the server's certificate must chain to a trusted CA; any host name is accepted.
+    VerifyCa,
+    /// TLS, a trusted certificate, and the host courier connects to must be named in it.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The libpq spelling, as written in a URL or the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+
+    /// Reads the libpq spelling.
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            Self::Disable,
+            Self::Prefer,
+            Self::Require,
+            Self::VerifyCa,
+            Self::VerifyFull,
+        ]
+        .into_iter()
+        .find(|mode| mode.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for SslMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 fn default_pool_size() -> usize {
@@ -43,6 +104,8 @@ impl StoreConfig {
             url: url.into(),
             pool_size: default_pool_size(),
             application_name: default_application_name(),
+            ssl_mode: None,
+            ssl_root_cert: None,
             timeouts: Timeouts::default(),
         }
     }

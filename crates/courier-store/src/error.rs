@@ -27,6 +27,13 @@ pub enum StoreError {
     )]
     Authentication { target: String, detail: String },
 
+    /// TLS to the store failed for a reason waiting will not fix (an untrusted certificate, a host name it
+    /// does not name, a server without TLS, or one that requires it): not retried at boot.
+    #[error(
+        "TLS to the store at {target} failed: {problem}. Runbook: docs/runbooks/store-unavailable.md"
+    )]
+    Tls { target: String, problem: String },
+
     #[error(
         "the database at {target} has no courier schema (no courier_migrations table). \
          Run `courier migrate` against it first (or `courier run --migrate`)."

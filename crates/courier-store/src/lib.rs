@@ -28,6 +28,8 @@
 //!   `Retry-After`, circuits and failed or quarantined ranges; pausing and resuming a route.
 //! - `planning`: who plans a route, planning rounds (carve, advance watermarks), partition progress,
 //!   compaction: paid per round, not per route.
+//! - `tls`: `sslmode` and the CA from the URL or `[store]`, the one OpenSSL connector every connection
+//!   goes through, and what a TLS failure means.
 //! - [`url`]: swapping the database of a URL, hiding its password.
 //! - `status`: the read-only snapshot behind `courier status`.
 //! - `error`: [`StoreError`], whose variants decide what the caller does next and whose messages say
@@ -59,11 +61,12 @@ mod replay;
 pub mod routes;
 mod settle;
 mod status;
+mod tls;
 pub mod url;
 mod workers;
 
 pub use changes::{Change, ChangeRow, Kind as ChangeKind, PausedRoute};
-pub use config::{StoreConfig, Timeouts};
+pub use config::{SslMode, StoreConfig, Timeouts};
 pub use error::{Result, StoreError};
 pub use losses::{DeletedBeforeDelivery, Loss, LossRow, LossSummary, RECENT_LOSSES_HOURS};
 pub use migrate::{MigrationReport, Migrator, SchemaVersion};

@@ -19,7 +19,7 @@ use tokio_postgres::error::SqlState;
 
 use crate::config::StoreConfig;
 use crate::error::{Result, StoreError};
-use crate::pool::{connect_dedicated, millis, pg_config, DedicatedConnection};
+use crate::pool::{millis, DedicatedConnection, Endpoint};
 
 /// Key of the advisory lock that serialises migration runners (ASCII "courier\0" as an i64).
 const MIGRATION_LOCK_KEY: i64 = 0x636f_7572_6965_7200;
@@ -113,9 +113,8 @@ impl Migrator {
 
     /// Brings the database up to date. Safe to run from many processes at once and while workers run.
     pub async fn run(&self, config: &StoreConfig) -> Result<MigrationReport> {
-        let (pg_config, target) = pg_config(config)?;
         // A dedicated connection, closed when this function returns: nothing it did can outlive it.
-        let mut client = connect_dedicated(&pg_config, &target).await?;
+        let mut client = Endpoint::new(config)?.connect_dedicated().await?;
         let mut report = MigrationReport::default();
 
         if let Some(applied) = read_applied(&client).await? {
@@ -151,11 +150,13 @@ impl Migrator {
 
     /// Reads the schema version without any lock and refuses to go on when it is not exactly current.
     pub async fn check(&self, config: &StoreConfig) -> Result<SchemaVersion> {
-        let (pg_config, target) = pg_config(config)?;
-        let client = connect_dedicated(&pg_config, &target).await?;
+        let endpoint = Endpoint::new(config)?;
+        let client = endpoint.connect_dedicated().await?;
         let applied = read_applied(&client)
             .await?
-            .ok_or(StoreError::SchemaMissing { target })?;
+            .ok_or(StoreError::SchemaMissing {
+                target: endpoint.target,
+            })?;
         let version = self.verify(&applied)?;
         if version.applied < version.expected {
             return Err(StoreError::SchemaBehind {

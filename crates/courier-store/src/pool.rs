@@ -15,25 +15,25 @@ use deadpool_postgres::{
 };
 use futures::future::BoxFuture;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::NoTls;
 
-use crate::config::{StoreConfig, Timeouts};
+use crate::config::{SslMode, StoreConfig, Timeouts};
 use crate::error::{Result, StoreError};
+use crate::tls::Tls;
 
 /// A handle on the store: cheap to clone, shared by every task of a process.
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
-    pg_config: tokio_postgres::Config,
+    endpoint: Endpoint,
     timeouts: Timeouts,
-    target: String,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the URL: it carries the password.
         f.debug_struct("Store")
-            .field("target", &self.target)
+            .field("target", &self.endpoint.target)
+            .field("ssl_mode", &self.endpoint.tls.mode)
             .finish_non_exhaustive()
     }
 }
@@ -42,11 +42,11 @@ impl Store {
     /// Validates `config`, opens the pool and makes one round trip, so a wrong URL, a wrong password or a
     /// server that is down is reported here, once, clearly.
     pub async fn connect(config: &StoreConfig) -> Result<Self> {
-        let (pg_config, target) = pg_config(config)?;
+        let endpoint = Endpoint::new(config)?;
         let timeouts = config.timeouts.clone();
         let manager = Manager::from_config(
-            pg_config.clone(),
-            NoTls,
+            endpoint.pg_config.clone(),
+            endpoint.tls.connector.clone(),
             ManagerConfig {
                 // Only a closed connection is replaced on checkout; one a call did not finish with never
                 // comes back (see `run`).
@@ -63,9 +63,8 @@ impl Store {
             .map_err(|e| StoreError::Config(format!("cannot build the store pool: {e}")))?;
         let store = Self {
             pool,
-            pg_config,
+            endpoint,
             timeouts,
-            target,
         };
         store
             .run("connect", |client| {
@@ -88,7 +87,37 @@ impl Store {
 
     /// `host:port/database`, safe to print (no password).
     pub fn target(&self) -> &str {
-        &self.target
+        &self.endpoint.target
+    }
+
+    /// The `sslmode` this store connects with.
+    pub fn ssl_mode(&self) -> SslMode {
+        self.endpoint.tls.mode
+    }
+
+    /// How a connection of this store is protected, as one phrase: the TLS version the server agreed
+    /// on or "not encrypted", then what the `sslmode` verifies. Asks the server (`pg_stat_ssl`), since
+    /// with `prefer` only the server's answer says whether TLS is in use.
+    pub async fn describe_security(&self) -> Result<String> {
+        let version: Option<String> = self
+            .run("describe_security", |client| {
+                Box::pin(async move {
+                    let row = client
+                        .query_one(
+                            "SELECT CASE WHEN ssl THEN version END FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                            &[],
+                        )
+                        .await
+                        .map_err(|e| StoreError::from_db("describe_security", e))?;
+                    Ok(row.get(0))
+                })
+            })
+            .await?;
+        let channel = match version {
+            Some(version) => format!("encrypted with {version}"),
+            None => "not encrypted".to_owned(),
+        };
+        Ok(format!("{channel}, {}", self.endpoint.tls.describe()))
     }
 
     /// Runs `call` on a pooled connection under the client deadline.
@@ -136,7 +165,7 @@ impl Store {
     /// A connection outside the pool, with the same limits, for work that must not share a session
     /// (the migration runner, tests that hold locks on purpose). Dropping the client closes it.
     pub async fn dedicated_connection(&self) -> Result<DedicatedConnection> {
-        connect_dedicated(&self.pg_config, &self.target).await
+        self.endpoint.connect_dedicated().await
     }
 
     fn pool_error(&self, operation: &'static str, error: PoolError) -> StoreError {
@@ -145,12 +174,12 @@ impl Store {
                 StoreError::PoolExhausted { operation }
             }
             PoolError::Timeout(_) => StoreError::Unreachable {
-                target: self.target.clone(),
+                target: self.endpoint.target.clone(),
                 detail: format!("no connection within {:?}", self.timeouts.pool_create),
             },
-            PoolError::Backend(error) => connect_error(&self.target, error),
+            PoolError::Backend(error) => self.endpoint.connect_error(error),
             other => StoreError::Unreachable {
-                target: self.target.clone(),
+                target: self.endpoint.target.clone(),
                 detail: other.to_string(),
             },
         }
@@ -177,28 +206,82 @@ impl Drop for Checkout {
     }
 }
 
-/// Validates `config` and builds the driver configuration every courier connection uses: the
-/// server-side limits as `options`, client keepalives, a connect timeout. Also returns the printable target.
-pub(crate) fn pg_config(config: &StoreConfig) -> Result<(tokio_postgres::Config, String)> {
-    config.validate()?;
-    let mut pg_config: tokio_postgres::Config = config.url.parse().map_err(|e| {
-        StoreError::Config(format!(
-            "store.url is not a valid PostgreSQL URL ({e}); expected postgres://USER:PASSWORD@HOST:PORT/DATABASE"
-        ))
-    })?;
-    let timeouts = &config.timeouts;
-    pg_config
-        .application_name(&config.application_name)
-        .options(timeouts.server_options())
-        .connect_timeout(timeouts.pool_create)
-        // The client also watches the server: a dead store is found by keepalives, not by waiting.
-        .keepalives(true)
-        .keepalives_idle(timeouts.tcp_keepalives_idle)
-        .keepalives_interval(timeouts.tcp_keepalives_interval)
-        .keepalives_retries(timeouts.tcp_keepalives_count)
-        .tcp_user_timeout(timeouts.tcp_user_timeout);
-    let target = describe_target(&pg_config);
-    Ok((pg_config, target))
+/// Where and how every courier connection to the store goes: the driver configuration (server-side
+/// limits as `options`, keepalives, connect timeout, TLS mode), the TLS connector, and the printable
+/// target. The pool, dedicated connections and the migration runner all connect through one.
+#[derive(Clone)]
+pub(crate) struct Endpoint {
+    pg_config: tokio_postgres::Config,
+    tls: Tls,
+    pub(crate) target: String,
+}
+
+impl Endpoint {
+    /// Validates `config` and builds the endpoint.
+    pub(crate) fn new(config: &StoreConfig) -> Result<Self> {
+        config.validate()?;
+        let (tls, url) = Tls::from_config(config)?;
+        let mut pg_config: tokio_postgres::Config = url.parse().map_err(|e| {
+            StoreError::Config(format!(
+                "store.url is not a valid PostgreSQL URL ({e}); expected postgres://USER:PASSWORD@HOST:PORT/DATABASE"
+            ))
+        })?;
+        let timeouts = &config.timeouts;
+        pg_config
+            .application_name(&config.application_name)
+            .options(timeouts.server_options())
+            .ssl_mode(tls.driver_mode())
+            .connect_timeout(timeouts.pool_create)
+            // The client also watches the server: a dead store is found by keepalives, not by waiting.
+            .keepalives(true)
+            .keepalives_idle(timeouts.tcp_keepalives_idle)
+            .keepalives_interval(timeouts.tcp_keepalives_interval)
+            .keepalives_retries(timeouts.tcp_keepalives_count)
+            .tcp_user_timeout(timeouts.tcp_user_timeout);
+        let target = describe_target(&pg_config);
+        Ok(Self {
+            pg_config,
+            tls,
+            target,
+        })
+    }
+
+    /// Opens one connection outside any pool, with the same limits and TLS as pooled ones.
+    pub(crate) async fn connect_dedicated(&self) -> Result<DedicatedConnection> {
+        let (client, connection) = self
+            .pg_config
+            .connect(self.tls.connector.clone())
+            .await
+            .map_err(|e| self.connect_error(e))?;
+        let connection = tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "Dedicated store connection ended.");
+            }
+        });
+        Ok(DedicatedConnection { client, connection })
+    }
+
+    /// Turns a failure to connect into the error that tells the operator what to fix.
+    fn connect_error(&self, error: tokio_postgres::Error) -> StoreError {
+        let target = self.target.clone();
+        let detail = db_message(&error);
+        if let Some(tls) = self.tls.explain(&target, &error, &detail) {
+            return tls;
+        }
+        match error.code() {
+            Some(code)
+                if *code == SqlState::INVALID_PASSWORD
+                    || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
+            {
+                StoreError::Authentication { target, detail }
+            }
+            // A database that does not exist will not appear by waiting: a configuration error, not an outage.
+            Some(code) if *code == SqlState::INVALID_CATALOG_NAME => StoreError::Config(format!(
+                "{target}: {detail} (create it, or fix the database name in DATABASE_URL / store.url)"
+            )),
+            _ => StoreError::Unreachable { target, detail },
+        }
+    }
 }
 
 /// One connection outside the pool. Dropping it closes the socket at once, even with a statement in
@@ -228,48 +311,6 @@ impl Drop for DedicatedConnection {
     }
 }
 
-/// Opens one connection outside any pool, with the same limits as pooled ones.
-pub(crate) async fn connect_dedicated(
-    pg_config: &tokio_postgres::Config,
-    target: &str,
-) -> Result<DedicatedConnection> {
-    let (client, connection) = pg_config
-        .connect(NoTls)
-        .await
-        .map_err(|e| connect_error(target, e))?;
-    let connection = tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%error, "Dedicated store connection ended.");
-        }
-    });
-    Ok(DedicatedConnection { client, connection })
-}
-
-/// Turns a failure to connect into the error that tells the operator what to fix.
-pub(crate) fn connect_error(target: &str, error: tokio_postgres::Error) -> StoreError {
-    let target = target.to_owned();
-    match error.code() {
-        Some(code)
-            if *code == SqlState::INVALID_PASSWORD
-                || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
-        {
-            StoreError::Authentication {
-                target,
-                detail: db_message(&error),
-            }
-        }
-        // A database that does not exist will not appear by waiting: a configuration error, not an outage.
-        Some(code) if *code == SqlState::INVALID_CATALOG_NAME => StoreError::Config(format!(
-            "{target}: {} (create it, or fix the database name in DATABASE_URL / store.url)",
-            db_message(&error)
-        )),
-        _ => StoreError::Unreachable {
-            target,
-            detail: db_message(&error),
-        },
-    }
-}
-
 fn db_message(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => db.message().to_owned(),
@@ -277,8 +318,12 @@ fn db_message(error: &tokio_postgres::Error) -> String {
             let mut text = error.to_string();
             let mut source = std::error::Error::source(error);
             while let Some(cause) = source {
-                text.push_str(": ");
-                text.push_str(&cause.to_string());
+                // TLS errors repeat their cause in their own text: say each part once.
+                let cause_text = cause.to_string();
+                if !text.contains(&cause_text) {
+                    text.push_str(": ");
+                    text.push_str(&cause_text);
+                }
                 source = cause.source();
             }
             text

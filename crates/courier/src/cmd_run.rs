@@ -190,32 +190,3 @@ fn file_hash(path: &Path) -> Option<String> {
             .collect::<String>()
     ))
 }
-
-pub fn check_config(path: &Path) -> anyhow::Result<()> {
-    let config = Config::load(path)?;
-    println!("{} is valid.", path.display());
-    println!(
-        "  store: {} connections, client deadline {:?}",
-        config.store.pool_size, config.store.timeouts.client_deadline
-    );
-    println!("  kafka: {}", config.kafka.brokers);
-    match config.admin.address().map_err(anyhow::Error::msg)? {
-        Some(address) => {
-            println!("  admin: http://{address}/ (status page, /healthz, /readyz, /metrics)")
-        }
-        None => println!("  admin: off"),
-    }
-    println!("  log format: {:?}", config.log.format);
-    for route in config.routes.values() {
-        println!(
-            "  route {}: topic {:?} -> destination {:?} ({}), ranges of {}, ordering {:?}",
-            route.name,
-            route.topic,
-            route.destination,
-            config.destinations[&route.destination].url,
-            route.range_size,
-            route.ordering
-        );
-    }
-    Ok(())
-}

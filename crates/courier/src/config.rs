@@ -143,23 +143,30 @@ impl Config {
         for (name, route) in &mut config.routes {
             route.name = name.clone();
         }
-        config.validate().map_err(|error| {
-            let source = Source {
-                file,
-                text,
-                overrides: &overrides,
-            };
-            match source.attribute(&error.to_string()) {
+        let source = Source {
+            file,
+            text,
+            overrides: &overrides,
+        };
+        config
+            .validate()
+            .map_err(|error| match source.attribute(&error.to_string()) {
                 Some(sources) => anyhow::anyhow!("{error:#} ({sources})"),
                 None => error.context(format!("in {file}")),
-            }
-        })?;
+            })?;
+        // librdkafka refuses unknown property names and bad values only when a client is created:
+        // create one now, offline, so a typo in [kafka.extra] is reported here with its line.
+        config
+            .kafka
+            .check_properties()
+            .map_err(|error| anyhow::anyhow!(source.explain_extra(&config.kafka, &error)))?;
         Ok(config)
     }
 
     /// Cross-field rules, checked before anything connects.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.store.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.kafka.validate().map_err(|e| anyhow::anyhow!(e))?;
         self.admin.validate().map_err(|e| anyhow::anyhow!(e))?;
         self.status.validate().map_err(|e| anyhow::anyhow!(e))?;
         courier_worker::validate_delivery(&self.worker, &self.destinations, self.routes.values())
@@ -307,6 +314,36 @@ impl Source<'_> {
 }
 
 impl Source<'_> {
+    /// librdkafka's refusal of the client configuration, blaming the `[kafka.extra]` property it names
+    /// (the longest one its message contains) and where that property was set.
+    fn explain_extra(&self, kafka: &KafkaConfig, error: &str) -> String {
+        let blamed = kafka
+            .extra
+            .keys()
+            .filter(|key| error.contains(key.as_str()))
+            .max_by_key(|key| key.len());
+        let Some(key) = blamed else {
+            return format!("kafka ({}): {error}", self.file);
+        };
+        let path = ["kafka".to_owned(), "extra".to_owned(), key.clone()];
+        let from = match self
+            .overrides
+            .iter()
+            .rev()
+            .find(|(set, _)| set[..] == path[..])
+        {
+            Some((_, variable)) => format!("environment variable {variable}"),
+            None => match locate(self.text, &path) {
+                Some(((line, column), true)) => format!("{}:{line}:{column}", self.file),
+                _ => self.file.to_owned(),
+            },
+        };
+        format!(
+            "kafka.extra.\"{key}\" ({from}): {error}; [kafka.extra] takes librdkafka's property names \
+             and values (librdkafka's CONFIGURATION.md lists them)"
+        )
+    }
+
     /// Where each key a validation message names got its value, e.g. `worker.lease_ttl: environment
     /// variable COURIER__WORKER__LEASE_TTL; worker.renew_every: courier.toml:8:15`, or `None` when the
     /// message names no key. Validation messages start from the key they are about.
@@ -458,6 +495,47 @@ mod tests {
         let text = include_str!("../../../courier.example.toml");
         let config = parse(text, &[]).expect("courier.example.toml must stay valid");
         assert!(!config.routes.is_empty());
+    }
+
+    #[test]
+    fn an_unknown_kafka_extra_property_is_named_with_its_line() {
+        let text = MINIMAL.replace(
+            "brokers = \"127.0.0.1:9092\"",
+            "brokers = \"127.0.0.1:9092\"\n        [kafka.extra]\n        \"socket.keepalive.enable\" = \"true\"\n        \"fetch.wait.max.msec\" = \"5\"",
+        );
+        let message = format!("{:#}", parse(&text, &[]).expect_err("unknown property"));
+        assert!(
+            message.contains("kafka.extra.\"fetch.wait.max.msec\" (courier.toml:8:")
+                && message.contains("CONFIGURATION.md"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn kafka_security_errors_name_the_key_and_where_it_was_set() {
+        let message = format!(
+            "{:#}",
+            parse(MINIMAL, &[("KAFKA_BROKERS", "k1:9092,k2")]).expect_err("k2 has no port")
+        );
+        assert!(
+            message.contains("\"k2\", which is not host:port")
+                && message.contains("kafka.brokers: environment variable KAFKA_BROKERS"),
+            "{message}"
+        );
+        let text = MINIMAL.replace(
+            "brokers = \"127.0.0.1:9092\"",
+            "brokers = \"127.0.0.1:9092\"\n        security_protocol = \"sasl_ssl\"\n        sasl_password = \"hunter2\"",
+        );
+        let message = format!(
+            "{:#}",
+            parse(&text, &[]).expect_err("a password in the file")
+        );
+        assert!(
+            message.contains("kafka.sasl_password is set")
+                && message.contains("kafka.sasl_password: courier.toml:7:")
+                && !message.contains("hunter2"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - `cmd_*`: one module per subcommand.
 
 mod cmd_changes;
+mod cmd_check;
 mod cmd_demo;
 mod cmd_gameday;
 mod cmd_migrate;
@@ -48,7 +49,9 @@ impl Command {
     /// The configuration file this command reads, if any: its `[log] format` applies.
     fn config_path(&self) -> Option<&Path> {
         match self {
-            Command::Run { config, .. } | Command::CheckConfig { config } => Some(config.as_path()),
+            Command::Run { config, .. } | Command::CheckConfig { config, .. } => {
+                Some(config.as_path())
+            }
             Command::Migrate { config, .. } => config.as_deref(),
             Command::Status(args) => Some(args.config_path()),
             _ => None,
@@ -88,10 +91,15 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         boot_timeout: Option<std::time::Duration>,
     },
-    /// Check a configuration file and print what it would run, without connecting to anything.
+    /// Check a configuration file (keys, broker list, librdkafka property names) and print what it would
+    /// run, without connecting to anything; with --connect, also check the store (and its TLS), the
+    /// schema version, Kafka, each route's topic and each destination, one line each.
     CheckConfig {
         #[arg(long, short, env = "COURIER_CONFIG", default_value = "courier.toml")]
         config: PathBuf,
+        /// Also connect: store, schema version, Kafka, topics, destinations. Exits 1 naming what failed.
+        #[arg(long)]
+        connect: bool,
     },
     /// Where every route stands: progress, lag, leases, failures, workers. Exit 3 when something needs attention.
     Status(cmd_status::StatusArgs),
@@ -145,7 +153,9 @@ fn main() -> ExitCode {
                 dev,
                 boot_timeout,
             } => done(cmd_migrate::run(config.as_deref(), dev, boot_timeout).await),
-            Command::CheckConfig { config } => done(cmd_run::check_config(&config)),
+            Command::CheckConfig { config, connect } => {
+                done(cmd_check::run(&config, connect).await)
+            }
             Command::Status(args) => cmd_status::run(args).await,
             Command::Routes(args) => done(cmd_routes::run(args).await),
             Command::Pause(args) => done(cmd_changes::pause(args).await),

@@ -222,8 +222,11 @@ where
 
 impl RangeReader {
     /// Creates a reader and its first consumer (off the runtime: client creation does blocking I/O).
-    /// Fails only on an invalid configuration; an unreachable cluster shows up on the first call.
+    /// Fails on an invalid configuration, and with SASL or TLS configured on brokers that refuse
+    /// courier's credentials (`Error::Refused`, at once); an unreachable cluster shows up on the first
+    /// call (with SASL or TLS, here, after `read_timeout`).
     pub async fn connect(config: KafkaConfig) -> Result<Self, Error> {
+        crate::refusal::check(&config).await?;
         let inner = Arc::new(Inner {
             idle: Mutex::new(Vec::new()),
             partition_counts: Mutex::new(HashMap::new()),

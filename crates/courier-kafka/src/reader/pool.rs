@@ -166,6 +166,7 @@ impl Inner {
 
     pub(super) fn create_consumer(&self) -> Result<BaseConsumer, Error> {
         let context = CourierContext::new(
+            &self.config,
             Arc::clone(&self.outages),
             Some(ClientTraffic::new(Arc::clone(&self.traffic))),
         );
