@@ -41,9 +41,9 @@
 //!      *base* offset, leaves its fetch position there (so it fetches the same batch again and again)
 //!      and never says where the batch ends: assigning at any offset inside the batch makes the broker
 //!      send the whole batch again, with the same error, while assigning past it yields the next
-//!      message. So a probe assigns at `p` and polls once: the same batch's error means `p` is inside
-//!      it, anything else (a message at or after `p`, another batch's error, the end of the partition)
-//!      that `p` is past it. An exponential then binary search over the rest of the range finds its
+//!      message. So a probe assigns at `p` and takes the first answer: the same batch's error means
+//!      `p` is inside it, anything else (a message at or after `p`, another batch's error, the end of
+//!      the partition) that `p` is past it. An exponential then binary search over the rest of the range finds its
 //!      end in about `2 log2(batch records)` fetches, each logged, counted
 //!      ([`UNDECODABLE_PROBES`], [`Undecodable::probes`]) and bounded by the read's deadline. Which
 //!      batch an error is about comes from librdkafka's words ("... of message at 5 of 96 bytes",

@@ -340,7 +340,7 @@ impl RangeRead<'_> {
             probes,
             %cause,
             "A record batch cannot be decoded: stepped over it, reading on after it; its offsets are \
-             reported undecodable. Runbook: docs/runbooks/failed-ranges.md"
+             reported undecodable. Runbook: docs/runbooks/quarantined-messages.md"
         );
         self.undecodable.push(Undecodable {
             offsets,

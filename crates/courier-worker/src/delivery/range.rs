@@ -1,7 +1,8 @@
 //! Delivering one leased range: read it (from where an earlier attempt stopped), split it into requests
 //! within the destination's limits, send them (concurrently for unordered routes), and judge the answers
 //! into one [`Verdict`]. A batch refused for good is handed to `isolate` to find the messages refused on
-//! their own.
+//! their own. Offsets the read stepped over because Kafka's record batch there cannot be decoded are
+//! quarantined with the checkpoint, or fail the range there with `on_poison = "fail-range"`.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -101,7 +102,7 @@ fn with_undecodable(lease: &Lease, contents: &RangeContents, verdict: Verdict) -
                 offsets = %span.offsets,
                 cause = %span.cause,
                 "Kafka holds a record batch this build cannot decode: delivered the rest of the range, \
-                 quarantining its offsets. Runbook: docs/runbooks/failed-ranges.md"
+                 quarantining its offsets. Runbook: docs/runbooks/quarantined-messages.md"
             );
             (span.offsets.start()..span.offsets.end()).map(|offset| Refused {
                 message: Message {
