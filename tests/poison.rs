@@ -509,15 +509,25 @@ fn seqs_delivered(destination: &courier_sink::Sink) -> BTreeSet<u64> {
 
 /// Issue 11 item 1: a record batch Kafka serves but no consumer can decode does not take its range's
 /// good messages down with it. The messages on both sides of it are delivered, its offsets quarantined
-/// (listed by `courier status`, replayable), the range checkpointed and the later range delivered.
+/// (listed by `courier status`, replayable, never dead-lettered), the range checkpointed and the later
+/// range delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undecodable_batch_is_quarantined_and_the_messages_around_it_are_delivered() {
     let db = TestDb::migrated().await;
     let topic = topic_with_a_corrupt_batch().await;
+    let dead_letters = unique_name("undecodable-dlq");
+    create_topic(&kafka_brokers(), &dead_letters, 1)
+        .await
+        .expect("dead-letter topic");
     let destination = sink().await;
     let config = write_config(
         "courier.toml",
-        &one_route_config(&db.url, &topic, &destination.url(), ""),
+        &one_route_config(
+            &db.url,
+            &topic,
+            &destination.url(),
+            &format!("dead_letter_topic = \"{dead_letters}\""),
+        ),
     );
     let config = config.to_str().expect("path");
     let worker = start_worker(config);
@@ -557,6 +567,15 @@ async fn an_undecodable_batch_is_quarantined_and_the_messages_around_it_are_deli
             && topic.is_none()),
         "{reasons:?}"
     );
+    // No dead letter: there are no bytes to write.
+    let reader = RangeReader::connect(KafkaConfig::new(kafka_brokers()))
+        .await
+        .expect("reader");
+    let letters = reader
+        .high_watermarks(&dead_letters)
+        .await
+        .expect("watermarks");
+    assert_eq!(letters[0].high, 0, "nothing dead-lettered");
     let (code, json) = status(config);
     assert_eq!(code, Some(3), "quarantined offsets need attention");
     assert_eq!(
