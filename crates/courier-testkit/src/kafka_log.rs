@@ -4,8 +4,8 @@
 //! the page cache, and checks nothing on the way out).
 //!
 //! Where the log is: `log.dirs` of the broker's `server.properties` in `COURIER_KAFKA_DIR` (what
-//! `scripts/kafka.sh` honours), else in the workspace's own `target/kafka/` (where `scripts/kafka.sh` puts
-//! it). A log that cannot be found fails the test with what was tried: never a silent skip.
+//! `scripts/kafka.sh` honours; relative to the workspace root), else in the workspace's own
+//! `target/kafka/` (where `scripts/kafka.sh` puts it). A log that cannot be found fails the test with what was tried: never a silent skip.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -43,9 +43,11 @@ pub fn partition_dir(topic: &str, partition: i32) -> PathBuf {
 /// The broker's `log.dirs` (the first one), from its `server.properties`. Panics, saying where it looked
 /// and how to point the tests at the broker, when it cannot be found.
 pub fn log_dir() -> PathBuf {
+    // A relative COURIER_KAFKA_DIR is taken from the workspace root, where the Makefile runs
+    // scripts/kafka.sh (a test's working directory is its crate's).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let kafka_dir = std::env::var_os("COURIER_KAFKA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/kafka"));
+        .map_or_else(|| root.join("target/kafka"), |dir| root.join(dir));
     let properties = kafka_dir.join("server.properties");
     let text = std::fs::read_to_string(&properties).unwrap_or_else(|e| {
         panic!(
