@@ -353,6 +353,33 @@ async fn too_large_batches_are_split_and_a_message_too_large_alone_is_quarantine
     drop(worker);
 }
 
+/// Starts a worker on an ordered `fail-range` route from `topic` to `destination` and waits until one of
+/// its ranges has failed. Returns the configuration's path and the worker.
+async fn run_until_a_range_fails(
+    db: &TestDb,
+    topic: &str,
+    destination: &courier_sink::Sink,
+) -> (String, Worker) {
+    let config = write_config(
+        "courier.toml",
+        &one_route_config(
+            &db.url,
+            topic,
+            &destination.url(),
+            "ordering = \"partition\"\non_poison = \"fail-range\"",
+        ),
+    );
+    let config = config.to_str().expect("path").to_owned();
+    let worker = start_worker(&config);
+    wait_for_count(
+        db,
+        "SELECT count(*) FROM courier_ranges WHERE state = 'failed'",
+        1,
+    )
+    .await;
+    (config, worker)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_range_keeps_todays_behaviour_for_ordered_destinations() {
     let db = TestDb::migrated().await;
@@ -362,23 +389,8 @@ async fn fail_range_keeps_todays_behaviour_for_ordered_destinations() {
         needle: "\"poison\":true".into(),
         status: 422,
     });
-    let config = write_config(
-        "courier.toml",
-        &one_route_config(
-            &db.url,
-            &topic,
-            &destination.url(),
-            "ordering = \"partition\"\non_poison = \"fail-range\"",
-        ),
-    );
-    let config = config.to_str().expect("path");
-    let worker = start_worker(config);
-    wait_for_count(
-        &db,
-        "SELECT count(*) FROM courier_ranges WHERE state = 'failed'",
-        1,
-    )
-    .await;
+    let (config, worker) = run_until_a_range_fails(&db, &topic, &destination).await;
+    let config = config.as_str();
     let (code, json) = status(config);
     assert_eq!(code, Some(3));
     assert!(quarantined(&json).is_empty(), "nothing quarantined");
@@ -452,5 +464,187 @@ async fn an_ordered_route_isolates_in_place_and_keeps_the_other_messages_in_offs
         .collect();
     let expected: Vec<u64> = (0..400).filter(|s| *s != 73 && *s != 260).collect();
     assert_eq!(seqs, expected);
+    drop(worker);
+}
+
+/// One partition of 400 messages `{"id": "0-<seq>", "seq": <seq>}` (offset = seq): [0, 50) and
+/// [90, 400) as plain batches, [50, 90) as one gzip batch whose compressed bytes are then corrupted in the
+/// broker's segment file, so no consumer can decode it. Returns the topic.
+async fn topic_with_a_corrupt_batch() -> String {
+    let topic = unique_name("undecodable");
+    create_topic(&kafka_brokers(), &topic, 1)
+        .await
+        .expect("create topic");
+    let body = |seq: usize| {
+        let body = json!({ "id": format!("0-{seq}"), "seq": seq });
+        (Some(0), None, body.to_string().into_bytes())
+    };
+    for (seqs, codec) in [(0..50, "none"), (50..90, "gzip"), (90..400, "none")] {
+        let producer = Producer::connect(
+            KafkaConfig::new(kafka_brokers()).with_extra("compression.codec", codec),
+        )
+        .await
+        .expect("producer");
+        producer
+            .send_batch(&topic, seqs.map(body))
+            .await
+            .expect("produce");
+    }
+    let batch = courier_testkit::kafka_log::corrupt_compressed_batch(&topic, 0, 50);
+    assert_eq!(
+        (batch.base_offset, batch.last_offset),
+        (50, 89),
+        "the gzip messages landed in one batch"
+    );
+    topic
+}
+
+fn seqs_delivered(destination: &courier_sink::Sink) -> BTreeSet<u64> {
+    destination
+        .delivered_elements()
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .collect()
+}
+
+/// Issue 11 item 1: a record batch Kafka serves but no consumer can decode does not take its range's
+/// good messages down with it. The messages on both sides of it are delivered, its offsets quarantined
+/// (listed by `courier status`, replayable, never dead-lettered), the range checkpointed and the later
+/// range delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_batch_is_quarantined_and_the_messages_around_it_are_delivered() {
+    let db = TestDb::migrated().await;
+    let topic = topic_with_a_corrupt_batch().await;
+    let dead_letters = unique_name("undecodable-dlq");
+    create_topic(&kafka_brokers(), &dead_letters, 1)
+        .await
+        .expect("dead-letter topic");
+    let destination = sink().await;
+    let config = write_config(
+        "courier.toml",
+        &one_route_config(
+            &db.url,
+            &topic,
+            &destination.url(),
+            &format!("dead_letter_topic = \"{dead_letters}\""),
+        ),
+    );
+    let config = config.to_str().expect("path");
+    let worker = start_worker(config);
+
+    wait_for_count(
+        &db,
+        "SELECT count(*) FROM courier_partitions WHERE watermark = 400",
+        1,
+    )
+    .await;
+    let expected: BTreeSet<u64> = (0..50).chain(90..400).collect();
+    assert_eq!(seqs_delivered(&destination), expected);
+    wait_for_count(
+        &db,
+        "SELECT count(*) FROM courier_ranges WHERE state <> 'done'",
+        0,
+    )
+    .await;
+    let client = db.raw_client().await;
+    let reasons: Vec<(i64, String, Option<String>)> = client
+        .query(
+            "SELECT message_offset, reason, dead_letter_topic FROM courier_quarantine ORDER BY message_offset",
+            &[],
+        )
+        .await
+        .expect("quarantine")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        reasons.iter().map(|(o, _, _)| *o).collect::<Vec<_>>(),
+        (50..90).collect::<Vec<_>>()
+    );
+    assert!(
+        reasons.iter().all(|(_, reason, topic)| reason
+            .starts_with("undecodable: Decompression (codec 0x1)")
+            && topic.is_none()),
+        "{reasons:?}"
+    );
+    // No dead letter: there are no bytes to write.
+    let reader = RangeReader::connect(KafkaConfig::new(kafka_brokers()))
+        .await
+        .expect("reader");
+    let letters = reader
+        .high_watermarks(&dead_letters)
+        .await
+        .expect("watermarks");
+    assert_eq!(letters[0].high, 0, "nothing dead-lettered");
+    let (code, json) = status(config);
+    assert_eq!(code, Some(3), "quarantined offsets need attention");
+    assert_eq!(
+        quarantined(&json),
+        (50..90).map(|offset| (0, offset)).collect::<BTreeSet<_>>()
+    );
+
+    // Replayable: a replay that still cannot decode it quarantines it again, and delivers nothing.
+    let output = courier(&[
+        "replay",
+        "--config",
+        config,
+        "--route",
+        "r",
+        "--quarantined",
+        "--partition",
+        "0",
+        "--offset",
+        "60",
+        "--reason",
+        "the broker's log was repaired",
+        "--wait",
+        "--timeout",
+        "120s",
+    ])
+    .output()
+    .expect("replay");
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    wait_for_count(
+        &db,
+        "SELECT count(*) FROM courier_quarantine WHERE message_offset = 60 AND times = 2 AND replayed_at IS NULL",
+        1,
+    )
+    .await;
+    assert_eq!(seqs_delivered(&destination), expected);
+    drop(worker);
+}
+
+/// With `on_poison = "fail-range"` order matters more than progress: the range fails at the undecodable
+/// batch, once the messages before it went through, and resumes there on replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_batch_fails_its_range_there_when_the_route_says_fail_range() {
+    let db = TestDb::migrated().await;
+    let topic = topic_with_a_corrupt_batch().await;
+    let destination = sink().await;
+    let (config, worker) = run_until_a_range_fails(&db, &topic, &destination).await;
+    let config = config.as_str();
+    let client = db.raw_client().await;
+    let row = client
+        .query_one(
+            "SELECT start_offset, resume_offset, last_error FROM courier_ranges WHERE state = 'failed'",
+            &[],
+        )
+        .await
+        .expect("the failed range");
+    let (start, resume, error): (i64, Option<i64>, Option<String>) =
+        (row.get(0), row.get(1), row.get(2));
+    assert_eq!((start, resume), (0, Some(50)));
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("undecodable:") && e.contains("offsets [50, 90)")),
+        "{error:?}"
+    );
+    let (_, json) = status(config);
+    assert!(quarantined(&json).is_empty(), "nothing quarantined");
+    assert!(seqs_delivered(&destination).is_superset(&(0..50).collect()));
+    assert!(seqs_delivered(&destination)
+        .iter()
+        .all(|seq| !(50..200).contains(seq)));
     drop(worker);
 }

@@ -68,6 +68,20 @@ impl CourierContext {
     }
 }
 
+/// The offset librdkafka's description of an undecodable batch names: the batch's base offset
+/// ("Decompression (codec 0x1) of message at 5 of 96 bytes failed: ...", "MessageSet at offset 5 (96
+/// bytes) failed CRC32C check ..."). rdkafka hands the consumer only the error code, so this is the only
+/// way to tell which batch failed: what lets a read step over exactly that batch.
+pub(crate) fn batch_offset(description: &str) -> Option<i64> {
+    ["of message at ", "at offset "].iter().find_map(|marker| {
+        let (_, rest) = description.split_once(marker)?;
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .map_or(rest, |end| &rest[..end]);
+        digits.parse().ok()
+    })
+}
+
 /// What an error from librdkafka means for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -229,6 +243,26 @@ mod tests {
         assert_eq!(classify(Some(C::NotImplemented)), Kind::Undecodable);
         assert_eq!(classify(Some(C::LeaderNotAvailable)), Kind::Transient);
         assert_eq!(classify(None), Kind::Transient);
+    }
+
+    #[test]
+    fn finds_the_batch_librdkafka_could_not_decode() {
+        assert_eq!(
+            batch_offset(
+                "Decompression (codec 0x1) of message at 5 of 96 bytes failed: Local: Invalid \
+                 compressed data"
+            ),
+            Some(5)
+        );
+        assert_eq!(
+            batch_offset(
+                "MessageSet at offset 1042 (96 bytes) failed CRC32C check (original 0x1 != \
+                 calculated 0x2)"
+            ),
+            Some(1042)
+        );
+        assert_eq!(batch_offset("Local: Invalid compressed data"), None);
+        assert_eq!(batch_offset("of message at -1 of 5 bytes"), None);
     }
 
     #[test]

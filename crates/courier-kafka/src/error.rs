@@ -62,25 +62,29 @@ pub enum ReadError {
         partition: Partition,
         partition_count: i32,
     },
-    /// A record batch in the range cannot be decoded: compressed with a codec this build lacks, or
-    /// corrupt. Reading it again fails the same way, so it is not retryable.
+    /// Offsets of the range lie in a record batch that cannot be decoded: compressed with a codec this
+    /// build lacks, or corrupt. Reading it again fails the same way, so it is not retryable. From
+    /// [`RangeReader::read`](crate::RangeReader::read), which reads all or nothing; delivery reads with
+    /// [`RangeReader::read_surviving`](crate::RangeReader::read_surviving), which steps over the batch and
+    /// names its offsets ([`RangeContents::undecodable`](crate::RangeContents::undecodable)).
     #[error(
-        "{topic}/{partition}: the records from offset {offset} cannot be decoded ({cause}). The \
-         messages of range {range} before offset {offset} were delivered; the range fails there with \
-         reason `undecodable` (the Kafka client cannot step over a record batch it cannot decode, so \
-         the rest of that batch cannot be read; reading it again fails the same way). 'Not \
-         implemented' means the batch is compressed with a codec this build of courier lacks (it reads \
-         none, gzip, snappy, lz4 and zstd): upgrade courier, then replay the range (it resumes at offset \
-         {offset}). A CRC or decompression failure means the batch is corrupt on the broker: inspect it \
-         with kafka-dump-log.sh; a replay only helps once Kafka serves it differently; see \
-         docs/runbooks/failed-ranges.md."
+        "{topic}/{partition}: offsets {offsets} of range {range} lie in a record batch that cannot be \
+         decoded ({cause}); reading it again fails the same way. Delivery quarantines those offsets \
+         (reason `undecodable`) and delivers the rest of the range; a route with on_poison = \
+         \"fail-range\" fails the range at offset {start} instead, once the messages before it went \
+         through. 'Not implemented' means the batch is compressed with a codec this build of courier \
+         lacks (it reads none, gzip, snappy, lz4 and zstd): upgrade courier, then replay (`courier \
+         replay --quarantined`, or the failed range). A decompression or CRC failure means the batch is \
+         corrupt on the broker: inspect it with kafka-dump-log.sh; a replay only helps once Kafka serves \
+         it differently; see docs/runbooks/failed-ranges.md.",
+        start = offsets.start()
     )]
     Undecodable {
         topic: String,
         partition: Partition,
         range: OffsetRange,
-        /// The first offset of the range not read: the undecodable batch holds it, or the next record.
-        offset: Offset,
+        /// The offsets of the range the undecodable batch holds (the first such batch, when several).
+        offsets: OffsetRange,
         /// librdkafka's words (codec, batch offset and size), else the error code.
         cause: String,
     },
@@ -269,7 +273,10 @@ pub(crate) fn is_timeout(error: &KafkaError) -> bool {
 
 /// librdkafka's ways of saying "this record batch cannot be decoded": a codec it was built without
 /// (`NotImplemented`, or the broker refusing to convert for it), a batch that fails to decompress or its
-/// CRC check. The same bytes fail the same way on every read.
+/// CRC check. The same bytes fail the same way on every read. Seen against the real broker (librdkafka
+/// 2.12, courier-kafka's test `steps_over_a_corrupt_batch_...`): a gzip batch whose compressed bytes are
+/// corrupt on disk is `BadCompression` ("Decompression (codec 0x1) of message at 5 of 96 bytes failed:
+/// Local: Invalid compressed data"), reported at the batch's base offset on every fetch that returns it.
 pub(crate) fn is_undecodable(code: RDKafkaErrorCode) -> bool {
     matches!(
         code,
@@ -321,7 +328,7 @@ mod tests {
             topic: "orders".into(),
             partition: 2,
             range,
-            offset: 150,
+            offsets: OffsetRange::new(150, 160).expect("span"),
             cause: "Decompression (codec 0x4) of message at 150 of 900 bytes failed: Local: Not \
                     implemented"
                 .into(),
@@ -329,7 +336,12 @@ mod tests {
         assert!(!error.is_retryable());
         assert_eq!(error.reason(), "undecodable");
         let text = error.to_string();
-        for needle in ["orders/2", "offset 150", "codec 0x4", "failed-ranges.md"] {
+        for needle in [
+            "orders/2",
+            "offsets [150, 160)",
+            "codec 0x4",
+            "failed-ranges.md",
+        ] {
             assert!(text.contains(needle), "{needle:?} in {text}");
         }
 

@@ -38,6 +38,8 @@ pub use admin::{add_partitions, create_topic, create_topic_with_config, delete_r
 pub use config::{KafkaConfig, SaslMechanism, SecurityProtocol};
 pub use error::{Error, ReadError};
 pub use producer::{Delivered, OutgoingRecord, Producer, Record};
-pub use reader::{PartitionWatermarks, RangeContents, RangeReader, Undecodable, PARK_AFTER};
+pub use reader::{
+    PartitionWatermarks, RangeContents, RangeReader, Undecodable, PARK_AFTER, UNDECODABLE_PROBES,
+};
 pub use refusal::check_connection;
 pub use traffic::RECEIVED_BYTES;

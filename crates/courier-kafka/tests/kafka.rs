@@ -8,8 +8,9 @@ use std::time::Duration;
 use courier_core::{Header, Message, OffsetRange};
 use courier_kafka::{
     create_topic, create_topic_with_config, delete_records_before, Delivered, Error, KafkaConfig,
-    OutgoingRecord, PartitionWatermarks, Producer, RangeReader, ReadError,
+    OutgoingRecord, PartitionWatermarks, Producer, RangeContents, RangeReader, ReadError,
 };
+use courier_testkit::kafka_log;
 use rdkafka::consumer::Consumer as _;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
 use rdkafka::ClientConfig;
@@ -896,6 +897,140 @@ async fn a_broker_that_never_answers_gives_a_retryable_timeout() {
             .expect_err("no broker");
         assert!(error.is_retryable(), "{error}");
         accept.abort();
+    })
+    .await;
+}
+
+/// A topic of one partition laid out as `batches` says: each `(records, codec)` produced as one record
+/// batch (checked on disk), payloads `"0-{offset}-..."` (compressible) and keys `"k{offset}"`.
+async fn topic_of_batches(test: &str, batches: &[(usize, &str)]) -> String {
+    let topic = unique_topic(test);
+    create_topic(&brokers(), &topic, 1).await.expect("create");
+    let mut next = 0usize;
+    for &(records, codec) in batches {
+        let producer = Producer::connect(config().with_extra("compression.codec", codec))
+            .await
+            .unwrap_or_else(|e| panic!("a producer compressing with {codec}: {e}"));
+        producer
+            .send_batch(
+                &topic,
+                (next..next + records).map(|i| {
+                    let payload = format!("0-{i}-{}", "courier ".repeat(8));
+                    (
+                        Some(0),
+                        Some(format!("k{i}").into_bytes()),
+                        payload.into_bytes(),
+                    )
+                }),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("produce a {codec} batch: {e}"));
+        next += records;
+    }
+    let on_disk: Vec<(i64, i64)> = kafka_log::batches(&kafka_log::partition_dir(&topic, 0))
+        .iter()
+        .map(|b| (b.base_offset, b.last_offset))
+        .collect();
+    let mut expected = Vec::new();
+    let mut base = 0i64;
+    for &(records, _) in batches {
+        expected.push((base, base + records as i64 - 1));
+        base += records as i64;
+    }
+    assert_eq!(on_disk, expected, "each send landed in one record batch");
+    topic
+}
+
+/// The messages of `contents` are exactly `expected`, as [`topic_of_batches`] produced them.
+fn assert_messages(contents: &RangeContents, expected: impl IntoIterator<Item = i64>) {
+    let expected: Vec<i64> = expected.into_iter().collect();
+    assert_eq!(offsets(&contents.messages), expected);
+    for m in &contents.messages {
+        let payload = m.payload.as_deref().unwrap_or_default();
+        assert!(
+            payload.starts_with(format!("0-{}-", m.offset).as_bytes()),
+            "payload of {}",
+            m.offset
+        );
+        assert_eq!(m.key.as_deref(), Some(format!("k{}", m.offset).as_bytes()));
+    }
+}
+
+fn undecodable_spans(contents: &RangeContents) -> Vec<OffsetRange> {
+    contents.undecodable.iter().map(|u| u.offsets).collect()
+}
+
+/// A record batch corrupt on the broker (its compressed bytes overwritten in the segment file) is
+/// stepped over exactly: the messages on both sides of it are read, its offsets reported undecodable,
+/// never as a gap; a good batch between two corrupt ones is read; a range starting or ending inside a
+/// corrupt batch reports just its own part of it. The batch's end is found in a bounded number of probes.
+#[tokio::test]
+async fn steps_over_a_corrupt_batch_and_reads_the_messages_on_both_sides() {
+    bounded(async {
+        let topic = topic_of_batches(
+            "corrupt",
+            &[
+                (5, "none"),
+                (100, "gzip"),
+                (5, "none"),
+                (20, "lz4"),
+                (5, "none"),
+            ],
+        )
+        .await;
+        kafka_log::corrupt_compressed_batch(&topic, 0, 5);
+        kafka_log::corrupt_compressed_batch(&topic, 0, 110);
+        let reader = RangeReader::connect(config()).await.expect("reader");
+
+        let whole = reader
+            .read_surviving(&topic, 0, range(0, 135))
+            .await
+            .expect("a read stepping over both batches");
+        assert_messages(&whole, (0..5).chain(105..110).chain(130..135));
+        assert_eq!(undecodable_spans(&whole), [range(5, 105), range(110, 130)]);
+        assert!(whole.deleted.is_empty());
+        // librdkafka's words name the failure, for the operator.
+        assert!(
+            whole.undecodable[0]
+                .cause
+                .contains("Decompression (codec 0x1) of message at 5"),
+            "{:?}",
+            whole.undecodable[0]
+        );
+        for span in &whole.undecodable {
+            // Exponential then binary search over at most 135 offsets.
+            assert!(
+                (1..=16).contains(&span.probes),
+                "probes to find the end of {}: {}",
+                span.offsets,
+                span.probes
+            );
+        }
+
+        // Ranges starting and ending inside a corrupt batch; read by the same reader (its window must
+        // not pass an undecodable batch off as a gap either).
+        for (start, end, messages, spans) in [
+            (50, 108, 105..108, vec![range(50, 105)]),
+            (60, 70, 0..0, vec![range(60, 70)]),
+            (107, 112, 107..110, vec![range(110, 112)]),
+            (104, 106, 105..106, vec![range(104, 105)]),
+        ] {
+            let read = reader
+                .read_surviving(&topic, 0, range(start, end))
+                .await
+                .unwrap_or_else(|e| panic!("[{start}, {end}): {e}"));
+            assert_messages(&read, messages);
+            assert_eq!(undecodable_spans(&read), spans, "[{start}, {end})");
+        }
+
+        // All or nothing: a named, permanent error at the batch, never a timeout.
+        match reader.read(&topic, 0, range(0, 135)).await {
+            Err(error @ ReadError::Undecodable { offsets, .. }) if offsets == range(5, 105) => {
+                assert!(!error.is_retryable());
+                assert_eq!(error.reason(), "undecodable");
+            }
+            other => panic!("expected the undecodable batch at [5, 105), got {other:?}"),
+        }
     })
     .await;
 }

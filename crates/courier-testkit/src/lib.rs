@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`db`]: a fresh PostgreSQL database per test (sqlx-test style), migrated or not, and store handles.
+//! - [`kafka_log`]: the local broker's log on disk: its record batches, and corrupting one.
 //! - [`unique_name`]: names no other test (or earlier run) uses, for routes and topics.
 //!
 //! Everything here talks to real services on 127.0.0.1: the PostgreSQL started by
@@ -9,6 +10,7 @@
 //! `KAFKA_BROKERS`).
 
 pub mod db;
+pub mod kafka_log;
 
 pub use db::TestDb;
 

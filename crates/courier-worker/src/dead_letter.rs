@@ -94,6 +94,7 @@ mod tests {
             },
             reason: "HTTP 400 Bad Request: missing field".into(),
             status: Some(400),
+            undecodable: false,
         };
         let record = record("orders", "billing", "orders-topic", 3, &refused);
         let header = |name: &str| {

@@ -68,9 +68,13 @@ impl<'a> Policy<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Refused {
     pub message: Message,
-    /// The destination's answer (status and the start of its body).
+    /// The destination's answer (status and the start of its body), or why Kafka's record could not be
+    /// decoded.
     pub reason: String,
     pub status: Option<u16>,
+    /// Kafka's record could not be decoded (the destination never saw it): `message` holds only its
+    /// partition and offset, and it gets no dead letter (there are no bytes to write).
+    pub undecodable: bool,
 }
 
 /// How an isolation ended.
@@ -142,6 +146,7 @@ pub(crate) async fn isolate<D: Destination>(
                 message: message.clone(),
                 reason: answer.reason,
                 status: answer.status,
+                undecodable: false,
             });
         } else {
             // Split at a message offset, so the halves tile [first_offset, end_offset) exactly.

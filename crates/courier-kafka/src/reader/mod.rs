@@ -32,16 +32,26 @@
 //!      from the log start: what Kafka still holds of the range is read, and a range wholly below the
 //!      log start comes back with no message and all of it deleted. Past the end:
 //!      [`ReadError::NotYetWritten`];
-//!    - a record batch cannot be decoded (a codec this build lacks, a corrupt batch): the read stops at
-//!      the first offset not read, [`RangeContents::undecodable`], with the messages before it (so the
-//!      caller can deliver them) and none after (so an undecodable batch is never stepped over as if it
-//!      were a gap); [`RangeReader::read`] makes it [`ReadError::Undecodable`]. Why the read cannot
-//!      step over just the bad record (librdkafka 2.12, `rdkafka_msgset_reader.c`): a batch that fails
-//!      to decompress or parse is reported at its *base* offset and the fetch position stays there, so
-//!      librdkafka fetches the same batch again and again; assigning at any offset inside the batch
-//!      makes the broker send the whole batch again, with the same error. Its last offset is not
-//!      reported, so the records after the bad one in that batch cannot be reached (only a CRC failure,
-//!      with `check.crcs` on, skips its batch, and courier leaves that off);
+//!    - a record batch cannot be decoded (a codec this build lacks, a corrupt batch): the read steps over
+//!      exactly that batch and goes on after it, and the batch's offsets in the range are noted as
+//!      *undecodable* in [`RangeContents::undecodable`] (never passed off as a gap), so the messages on
+//!      both sides of it are read and delivered; [`RangeReader::read`] makes it
+//!      [`ReadError::Undecodable`]. Finding where the batch ends takes probes, because librdkafka
+//!      (2.12, `rdkafka_msgset_reader.c`) reports a batch that fails to decompress or parse at its
+//!      *base* offset, leaves its fetch position there (so it fetches the same batch again and again)
+//!      and never says where the batch ends: assigning at any offset inside the batch makes the broker
+//!      send the whole batch again, with the same error, while assigning past it yields the next
+//!      message. So a probe assigns at `p` and takes the first answer: the same batch's error means
+//!      `p` is inside it, anything else (a message at or after `p`, another batch's error, the end of
+//!      the partition) that `p` is past it. An exponential then binary search over the rest of the range finds its
+//!      end in about `2 log2(batch records)` fetches, each logged, counted
+//!      ([`UNDECODABLE_PROBES`], [`Undecodable::probes`]) and bounded by the read's deadline. Which
+//!      batch an error is about comes from librdkafka's words ("... of message at 5 of 96 bytes",
+//!      `context::batch_offset`); without them every undecodable error counts as the same batch, which
+//!      can only widen the span (a readable batch between two bad ones noted undecodable too, still
+//!      replayable), never skip an offset unreported. (Only a CRC failure, with `check.crcs` on, makes
+//!      librdkafka skip a batch itself, and courier leaves that off.) A batch that runs past the end of
+//!      the range ends the read there;
 //!    - the deadline ([`KafkaConfig::read_timeout`]) passes: [`ReadError::Timeout`], retryable.
 //! 5. After a success the consumer goes back to the pool still assigned, so it keeps prefetching (at most
 //!    `queued.max.messages.kbytes`); after an error it is unassigned first, so nothing stale survives.
@@ -54,7 +64,7 @@
 //! - `metadata`: partition counts (cached) and watermarks;
 //! - `range_read`: one exact read by one consumer, the state machine of step 4;
 //! - `window`: the read-ahead window of a lane. It only ever holds offsets that were read: offsets found
-//!   deleted are left out, so a range served from it later never hides a deletion.
+//!   deleted or undecodable are left out, so a range served from it later never hides either.
 //!
 //! # Why a `BaseConsumer` driven on a blocking thread
 //! Reading a range is a tight loop over `poll`: on the blocking pool, a `BaseConsumer` hands each message
@@ -121,34 +131,40 @@ pub struct RangeContents {
     /// order, disjoint. Usually one run at the start of the range; another only if retention moved on
     /// while the range was read. No message of `messages` lies in one.
     pub deleted: Vec<OffsetRange>,
-    /// The read stopped short of the range's end at a record it cannot decode: `messages` holds the
-    /// range's messages below it, none at or after it (see the module docs for why it cannot go on).
-    pub undecodable: Option<Undecodable>,
+    /// Offsets of the range that lie in record batches that cannot be decoded, in order, disjoint: the
+    /// read stepped over each batch (see the module docs) and read on after it. No message of `messages`
+    /// lies in one.
+    pub undecodable: Vec<Undecodable>,
 }
 
-/// Where a read stopped: a record batch that cannot be decoded (a codec this build lacks, a corrupt
-/// batch). Permanent: the same bytes fail the same way.
+/// Offsets a read stepped over: a record batch that cannot be decoded (a codec this build lacks, a
+/// corrupt batch). Permanent: the same bytes fail the same way.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Undecodable {
-    /// The first offset not read: the undecodable batch holds it, or the next record.
-    pub offset: Offset,
+    /// The batch's offsets within the range read.
+    pub offsets: OffsetRange,
     /// librdkafka's words (codec, batch offset and size), else the error code.
     pub cause: String,
+    /// The fetches it took to find where the batch ends.
+    pub probes: u32,
 }
 
+/// Fetches made to find where an undecodable record batch ends (module docs, step 4).
+pub const UNDECODABLE_PROBES: &str = "courier_kafka_undecodable_probes_total";
+
 impl RangeContents {
-    /// [`ReadError::Undecodable`] for the read of `range`, if it stopped at an undecodable record.
+    /// [`ReadError::Undecodable`] for the read of `range`, naming the first undecodable batch, if any.
     pub fn undecodable_error(
         &self,
         topic: &str,
         partition: Partition,
         range: OffsetRange,
     ) -> Option<ReadError> {
-        self.undecodable.as_ref().map(|u| ReadError::Undecodable {
+        self.undecodable.first().map(|u| ReadError::Undecodable {
             topic: topic.to_owned(),
             partition,
             range,
-            offset: u.offset,
+            offsets: u.offsets,
             cause: u.cause.clone(),
         })
     }
@@ -263,7 +279,7 @@ impl RangeReader {
     }
 
     /// Reads exactly the messages of `topic`/`partition` with offsets in `range`, in offset order, all
-    /// or nothing: an undecodable record fails it with [`ReadError::Undecodable`], offsets of the range
+    /// or nothing: an undecodable batch fails it with [`ReadError::Undecodable`], offsets of the range
     /// deleted before they were read with [`ReadError::Retention`] (naming the first run deleted).
     /// Delivery uses
     /// [`read_surviving`](Self::read_surviving) instead.
@@ -294,8 +310,8 @@ impl RangeReader {
     /// Reads what Kafka still holds of `range`: its messages as [`read`](Self::read) does, and the
     /// offsets found deleted (retention, `DeleteRecords`) before they were read, exactly. A range partly
     /// below the partition's log start yields the messages from the log start on; one wholly below it,
-    /// no message and all of it deleted. A read that meets an undecodable record stops there
-    /// ([`RangeContents::undecodable`]) with the messages before it.
+    /// no message and all of it deleted. A read that meets a record batch it cannot decode steps over
+    /// it and names its offsets ([`RangeContents::undecodable`]), with the messages on both sides.
     pub async fn read_surviving(
         &self,
         topic: &str,
@@ -446,12 +462,12 @@ impl Inner {
             .filter(|&next| next < from && from - next <= lane.window.reach());
         if let Some(next) = behind {
             if let Ok(through) = OffsetRange::new(next, range.end()) {
-                // A read through that stopped at an undecodable record: read this range alone, so that
-                // where it stops is this range's own.
+                // A read through that met an undecodable batch: read this range alone, so that the
+                // offsets it reports undecodable are this range's own.
                 let through_read = self
                     .read_exact(topic, partition, through, deadline)
                     .ok()
-                    .filter(|read| read.undecodable.is_none());
+                    .filter(|read| read.undecodable.is_empty());
                 if let Some(read) = through_read {
                     remember(&mut lane.window, through, &read);
                     messages.extend(read.messages.into_iter().filter(|m| m.offset >= from));
@@ -464,7 +480,7 @@ impl Inner {
                     return Ok(RangeContents {
                         messages,
                         deleted,
-                        undecodable: None,
+                        undecodable: Vec::new(),
                     });
                 }
                 // The gap could not be read: read this range alone, so its outcome is its own.
@@ -482,18 +498,16 @@ impl Inner {
 }
 
 /// Keeps what a read from Kafka of `read` held in the lane's window: only the part after the last
-/// offset found deleted and before an undecodable record, so that no later range is served from the
-/// window with a deletion or an undecodable batch taken for a gap in the log.
+/// offset found deleted or undecodable, so that no later range is served from the window with a deletion
+/// or an undecodable batch taken for a gap in the log.
 fn remember(window: &mut Window, read: OffsetRange, contents: &RangeContents) {
     let from = contents
         .deleted
-        .last()
-        .map_or(read.start(), OffsetRange::end);
-    let to = contents
-        .undecodable
-        .as_ref()
-        .map_or(read.end(), |u| u.offset);
-    if let Ok(kept) = OffsetRange::new(from, to) {
+        .iter()
+        .chain(contents.undecodable.iter().map(|u| &u.offsets))
+        .map(OffsetRange::end)
+        .fold(read.start(), Offset::max);
+    if let Ok(kept) = OffsetRange::new(from, read.end()) {
         let first = contents.messages.partition_point(|m| m.offset < from);
         window.append(kept, &contents.messages[first..]);
     }

@@ -12,7 +12,8 @@ use rdkafka::{Offset as RdOffset, TopicPartitionList};
 use tracing::{debug, warn};
 
 use super::pool::Loan;
-use super::{lock, remaining, BaseConsumer, Inner, RangeContents, Undecodable};
+use super::{lock, remaining, BaseConsumer, Inner, RangeContents, Undecodable, UNDECODABLE_PROBES};
+use crate::context::batch_offset;
 use crate::error::{is_timeout, is_undecodable, is_unknown_topic, ReadError};
 
 /// A consumer left assigned to `topic`/`partition` after reading a range that ended at `next`: the next
@@ -67,13 +68,14 @@ impl Inner {
             at_end: false,
             last_error: None,
             deleted: Vec::new(),
-            undecodable: None,
+            undecodable: Vec::new(),
+            stepped_over: None,
             fetch_stopped: false,
         };
         let result = read.run(cursor).map(|messages| RangeContents {
             messages,
             deleted: std::mem::take(&mut read.deleted),
-            undecodable: read.undecodable.take(),
+            undecodable: std::mem::take(&mut read.undecodable),
         });
         let (stash, at_end) = (read.stash.take(), read.at_end);
         if result.is_ok() && !read.fetch_stopped {
@@ -123,8 +125,10 @@ struct RangeRead<'a> {
     /// Offsets of the range Kafka had deleted (retention, `DeleteRecords`) before they were read, in
     /// order, contiguous runs merged.
     deleted: Vec<OffsetRange>,
-    /// Where the read stopped at a record batch it cannot decode.
-    undecodable: Option<Undecodable>,
+    /// Offsets of the range in record batches that cannot be decoded, stepped over, in order.
+    undecodable: Vec<Undecodable>,
+    /// The base offset of the last undecodable batch stepped over: an error about it is stale.
+    stepped_over: Option<Offset>,
     /// The consumer's fetch stopped at an out-of-range offset and was not re-assigned: it cannot continue
     /// into the next range.
     fetch_stopped: bool,
@@ -283,20 +287,7 @@ impl RangeRead<'_> {
                 )?;
                 Err(self.kafka_error("fetching", error))
             }
-            Some(code) if is_undecodable(code) => {
-                // Stop here with the messages before it: librdkafka refetches the same batch forever
-                // and cannot step inside it (module docs), so nothing after it is read.
-                self.undecodable = Some(Undecodable {
-                    offset: self.next,
-                    cause: self
-                        .consumer
-                        .context()
-                        .take_undecodable()
-                        .unwrap_or_else(|| error.to_string()),
-                });
-                self.fetch_stopped = true;
-                Ok(Step::Done)
-            }
+            Some(code) if is_undecodable(code) => self.on_undecodable(&error),
             Some(RDKafkaErrorCode::TopicAuthorizationFailed) => {
                 Err(self.kafka_error("fetching (not authorized to read the topic)", error))
             }
@@ -305,6 +296,156 @@ impl RangeRead<'_> {
                 debug!(topic = %self.topic, partition = self.partition, %error, "Transient error while reading a range.");
                 self.last_error = Some(error.to_string());
                 Ok(Step::Continue)
+            }
+        }
+    }
+
+    /// A record batch cannot be decoded: note its offsets in the range as undecodable and read on after
+    /// it (module docs, step 4).
+    fn on_undecodable(&mut self, error: &KafkaError) -> Result<Step, ReadError> {
+        let cause = self
+            .consumer
+            .context()
+            .take_undecodable()
+            .unwrap_or_else(|| error.to_string());
+        // Without librdkafka's words, the batch is the one holding `next`: everything before it was
+        // handed over.
+        let batch = batch_offset(&cause).unwrap_or(self.next);
+        if self.stepped_over == Some(batch) {
+            // Fetched before the re-assignment past it: stale.
+            return Ok(Step::Continue);
+        }
+        // Offsets between `next` and the batch held no message (librdkafka hands over everything before
+        // the batch first): a gap, like compaction's.
+        let from = batch.max(self.next);
+        if from >= self.range.end() {
+            // The range ended in a gap before the batch. The fetch stays stuck at the batch.
+            self.next = from;
+            self.fetch_stopped = true;
+            return Ok(Step::Done);
+        }
+        let (past, probes) = self.end_of_batch(batch, from)?;
+        metrics::counter!(UNDECODABLE_PROBES).increment(u64::from(probes));
+        let Ok(offsets) = OffsetRange::new(from, past) else {
+            // Cannot happen: the search only ever moves past `from`.
+            return Err(
+                self.kafka_error("stepping over an undecodable record batch", error.clone())
+            );
+        };
+        warn!(
+            topic = %self.topic,
+            partition = self.partition,
+            range = %self.range,
+            %offsets,
+            probes,
+            %cause,
+            "A record batch cannot be decoded: stepped over it, reading on after it; its offsets are \
+             reported undecodable. Runbook: docs/runbooks/quarantined-messages.md"
+        );
+        self.undecodable.push(Undecodable {
+            offsets,
+            cause,
+            probes,
+        });
+        self.stepped_over = Some(batch);
+        self.next = past;
+        if past >= self.range.end() {
+            // The batch runs to the range's end or past it: the fetch stays stuck at it.
+            self.fetch_stopped = true;
+            return Ok(Step::Done);
+        }
+        self.assign(past)?;
+        Ok(Step::Continue)
+    }
+
+    /// The first offset past the undecodable batch that starts at `batch`, searching `(from, end)` for
+    /// where it ends (`from` lies in it), or the range's end when the batch runs to it; and how many
+    /// probes that took. Exponential then binary search: about `2 log2(records of the batch)` probes.
+    fn end_of_batch(&mut self, batch: Offset, from: Offset) -> Result<(Offset, u32), ReadError> {
+        let last = self.range.end() - 1;
+        let (mut inside, mut step, mut probes) = (from, 1i64, 0u32);
+        let mut past = None;
+        while past.is_none() && inside < last {
+            let probe = inside.saturating_add(step).min(last);
+            probes += 1;
+            if self.probe_is_inside(batch, probe)? {
+                inside = probe;
+                step = step.saturating_mul(2);
+            } else {
+                past = Some(probe);
+            }
+        }
+        let Some(mut past) = past else {
+            return Ok((self.range.end(), probes));
+        };
+        while past - inside > 1 {
+            let probe = inside + (past - inside) / 2;
+            probes += 1;
+            if self.probe_is_inside(batch, probe)? {
+                inside = probe;
+            } else {
+                past = probe;
+            }
+        }
+        Ok((past, probes))
+    }
+
+    /// Whether `offset` lies in the undecodable batch that starts at `batch`: assigned there, the
+    /// consumer reports that batch's error again. Anything else it hands over first (a message at or
+    /// after `offset`, another batch's error, the end of the partition) means `offset` is past it.
+    fn probe_is_inside(&mut self, batch: Offset, offset: Offset) -> Result<bool, ReadError> {
+        debug!(topic = %self.topic, partition = self.partition, batch, offset, "Probing where an undecodable record batch ends.");
+        self.assign(offset)?;
+        loop {
+            let wait = remaining(self.deadline);
+            if wait.is_zero() {
+                return Err(self.timeout());
+            }
+            match self.consumer.poll(wait) {
+                Some(Ok(message))
+                    if message.partition() == self.partition && message.offset() >= offset =>
+                {
+                    return Ok(false)
+                }
+                // Nothing yet, or a message from before the assignment.
+                None | Some(Ok(_)) => {}
+                Some(Err(KafkaError::PartitionEOF(partition))) if partition == self.partition => {
+                    return Ok(false)
+                }
+                Some(Err(KafkaError::MessageConsumption(code))) if is_undecodable(code) => {
+                    let reported = self
+                        .consumer
+                        .context()
+                        .take_undecodable()
+                        .and_then(|cause| batch_offset(&cause));
+                    match reported {
+                        // Without librdkafka's words, take it for the same batch: the span can only
+                        // grow, never hide an offset.
+                        None => return Ok(true),
+                        Some(reported) if reported == batch => return Ok(true),
+                        Some(reported) if reported > batch => return Ok(false),
+                        // A batch before it: from before the assignment, stale.
+                        Some(_) => {}
+                    }
+                }
+                Some(Err(
+                    error @ KafkaError::MessageConsumption(
+                        RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
+                    ),
+                )) => {
+                    // Retention moved on under the read: read the range again, afresh.
+                    return Err(self.kafka_error(
+                        "probing where an undecodable record batch ends (offset out of range)",
+                        error,
+                    ));
+                }
+                Some(Err(error @ KafkaError::MessageConsumptionFatal(_))) => {
+                    return Err(self.kafka_error("consuming (fatal client error)", error))
+                }
+                Some(Err(error)) => {
+                    debug!(topic = %self.topic, partition = self.partition, %error, "Transient error while probing an undecodable record batch.");
+                    self.last_error = Some(error.to_string());
+                }
             }
         }
     }

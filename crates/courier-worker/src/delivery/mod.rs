@@ -45,9 +45,10 @@ enum Verdict {
     /// Every batch was acknowledged: checkpoint it.
     Delivered { messages: usize },
     /// Every message Kafka still held was acknowledged except `refused`, which the destination refuses on
-    /// their own, and Kafka had deleted the offsets `lost` before they were read: checkpoint the range
-    /// recording both (the refused messages quarantined and written to the dead-letter topic, if any;
-    /// the lost offsets as losses).
+    /// their own or which could not be decoded (`Refused::undecodable`), and Kafka had deleted the
+    /// offsets `lost` before they were read: checkpoint the range recording both (the refused messages
+    /// quarantined, those the destination refused also written to the dead-letter topic, if any; the
+    /// lost offsets as losses).
     SetAside {
         messages: usize,
         refused: Vec<Refused>,

@@ -1,7 +1,8 @@
 //! Delivering one leased range: read it (from where an earlier attempt stopped), split it into requests
 //! within the destination's limits, send them (concurrently for unordered routes), and judge the answers
 //! into one [`Verdict`]. A batch refused for good is handed to `isolate` to find the messages refused on
-//! their own.
+//! their own. Offsets the read stepped over because Kafka's record batch there cannot be decoded are
+//! quarantined with the checkpoint, or fail the range there with `on_poison = "fail-range"`.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -11,6 +12,7 @@ use courier_kafka::{RangeContents, ReadError};
 use futures::stream::{self, StreamExt};
 
 use super::Verdict;
+use crate::config::OnPoison;
 use crate::isolate::{self, Isolation, Refused};
 use crate::{metrics, Context, Route};
 
@@ -29,20 +31,32 @@ pub(super) async fn deliver(ctx: &Context, route: &Route, lease: &Lease) -> (Ver
         Ok(contents) => contents,
         Err(error) => return (read_verdict(ctx, route, lease, &error), Vec::new()),
     };
-    let verdict = send(ctx, route, lease, to_read, &contents.messages).await;
-    let undecodable = contents.undecodable_error(&route.config.topic, lease.partition, to_read);
-    let verdict = match (undecodable, &verdict) {
-        (Some(error), Verdict::Delivered { .. } | Verdict::SetAside { .. }) => {
-            match read_verdict(ctx, route, lease, &error) {
-                Verdict::Fail { reason, .. } => {
-                    let at = contents.undecodable.as_ref().map(|u| u.offset);
-                    stopped_at_undecodable(verdict, reason, at)
-                }
-                // Not permanent after all: as any read error.
-                other => other,
+    let verdict = match contents.undecodable.first() {
+        // Order matters more than progress: deliver what lies before the undecodable batch, then fail
+        // the range there.
+        Some(first) if route.config.on_poison == OnPoison::FailRange => {
+            let before = contents
+                .messages
+                .partition_point(|m| m.offset < first.offsets.start());
+            let verdict = match OffsetRange::new(to_read.start(), first.offsets.start()) {
+                Ok(sent) => send(ctx, route, lease, sent, &contents.messages[..before]).await,
+                Err(_) => Verdict::Delivered { messages: 0 },
+            };
+            match contents.undecodable_error(&route.config.topic, lease.partition, to_read) {
+                Some(error) => match read_verdict(ctx, route, lease, &error) {
+                    Verdict::Fail { reason, .. } => {
+                        stopped_at_undecodable(verdict, reason, Some(first.offsets.start()))
+                    }
+                    // Not permanent after all: as any read error.
+                    other => other,
+                },
+                None => verdict,
             }
         }
-        _ => verdict,
+        _ => {
+            let verdict = send(ctx, route, lease, to_read, &contents.messages).await;
+            with_undecodable(lease, &contents, verdict)
+        }
     };
     let read = contents.messages.iter().map(|m| m.offset).collect();
     (with_losses(route, lease, &contents, verdict), read)
@@ -63,6 +77,86 @@ fn stopped_at_undecodable(verdict: Verdict, reason: String, at: Option<i64>) -> 
             delivered_to: None,
         },
         // Not all of them went through: the range's retry reads it again and stops at the record again.
+        other => other,
+    }
+}
+
+/// The verdict on a range whose read stepped over record batches it cannot decode, the messages on both
+/// sides sent (`verdict`): once they all went through, the batches' offsets are quarantined with the
+/// checkpoint, one record per offset, with librdkafka's words as the reason.
+///
+/// Quarantined rather than recorded as lost (`courier_losses`, retention's record): the records are still
+/// in Kafka and only this build cannot read them (a codec it lacks, or a batch corrupt on this broker),
+/// so they must stay replayable (`courier replay --quarantined`, after an upgrade or a repair of the
+/// log), be listed and alerted on like any message set aside, and a replay that still cannot decode
+/// them quarantines them again. One record per offset, as the quarantine is kept, listed and replayed
+/// by offset. A retry or failure must not resume past the first undecodable offset, or the next attempt
+/// would never record them.
+fn with_undecodable(lease: &Lease, contents: &RangeContents, verdict: Verdict) -> Verdict {
+    let Some(first) = contents.undecodable.first() else {
+        return verdict;
+    };
+    let first = first.offsets.start();
+    let undecodable = || {
+        contents.undecodable.iter().flat_map(|span| {
+            tracing::error!(
+                %lease,
+                offsets = %span.offsets,
+                cause = %span.cause,
+                "Kafka holds a record batch this build cannot decode: delivered the rest of the range, \
+                 quarantining its offsets. Runbook: docs/runbooks/quarantined-messages.md"
+            );
+            (span.offsets.start()..span.offsets.end()).map(|offset| Refused {
+                message: Message {
+                    partition: lease.partition,
+                    offset,
+                    timestamp_ms: None,
+                    key: None,
+                    headers: Vec::new(),
+                    payload: None,
+                },
+                reason: format!("undecodable: {}", span.cause),
+                status: None,
+                undecodable: true,
+            })
+        })
+    };
+    let resume_before = |delivered_to: Option<i64>| delivered_to.map(|to| to.min(first));
+    match verdict {
+        Verdict::Delivered { messages } => Verdict::SetAside {
+            messages,
+            refused: undecodable().collect(),
+            lost: Vec::new(),
+        },
+        Verdict::SetAside {
+            messages,
+            mut refused,
+            lost,
+        } => {
+            refused.extend(undecodable());
+            refused.sort_by_key(|r| r.message.offset);
+            Verdict::SetAside {
+                messages,
+                refused,
+                lost,
+            }
+        }
+        Verdict::Retry {
+            reason,
+            backoff,
+            delivered_to,
+        } => Verdict::Retry {
+            reason,
+            backoff,
+            delivered_to: resume_before(delivered_to),
+        },
+        Verdict::Fail {
+            reason,
+            delivered_to,
+        } => Verdict::Fail {
+            reason,
+            delivered_to: resume_before(delivered_to),
+        },
         other => other,
     }
 }
@@ -404,7 +498,114 @@ fn since_unix_millis(timestamp_ms: i64) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use courier_core::{Epoch, RangeKind};
+    use courier_kafka::Undecodable;
+
     use super::*;
+
+    fn range(start: i64, end: i64) -> OffsetRange {
+        OffsetRange::new(start, end).expect("range")
+    }
+
+    #[test]
+    fn undecodable_offsets_are_quarantined_with_the_checkpoint_and_never_resumed_past() {
+        let lease = Lease {
+            id: 1,
+            route: "orders".into(),
+            partition: 2,
+            range: range(100, 200),
+            epoch: Epoch(1),
+            attempts: 1,
+            kind: RangeKind::Live,
+            resume_from: 100,
+            replay_id: None,
+        };
+        let contents = RangeContents {
+            messages: Vec::new(),
+            deleted: Vec::new(),
+            undecodable: vec![
+                Undecodable {
+                    offsets: range(150, 153),
+                    cause: "Decompression (codec 0x1) of message at 150 of 96 bytes failed".into(),
+                    probes: 4,
+                },
+                Undecodable {
+                    offsets: range(190, 191),
+                    cause: "Decompression (codec 0x3) of message at 190 of 40 bytes failed".into(),
+                    probes: 2,
+                },
+            ],
+        };
+        let offsets_of = |refused: &[Refused]| -> Vec<i64> {
+            refused.iter().map(|r| r.message.offset).collect()
+        };
+        match with_undecodable(&lease, &contents, Verdict::Delivered { messages: 96 }) {
+            Verdict::SetAside {
+                messages: 96,
+                refused,
+                lost,
+            } => {
+                assert_eq!(offsets_of(&refused), [150, 151, 152, 190]);
+                assert!(refused.iter().all(|r| r.undecodable && r.status.is_none()));
+                assert!(refused[0]
+                    .reason
+                    .starts_with("undecodable: Decompression (codec 0x1)"));
+                assert!(refused[3].reason.contains("codec 0x3"));
+                assert!(lost.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        // Messages the destination refused are quarantined beside them, in offset order.
+        let refused_by_destination = Refused {
+            message: Message {
+                partition: 2,
+                offset: 170,
+                timestamp_ms: None,
+                key: None,
+                headers: Vec::new(),
+                payload: Some(b"{}".to_vec()),
+            },
+            reason: "HTTP 400".into(),
+            status: Some(400),
+            undecodable: false,
+        };
+        let set_aside = Verdict::SetAside {
+            messages: 95,
+            refused: vec![refused_by_destination],
+            lost: Vec::new(),
+        };
+        match with_undecodable(&lease, &contents, set_aside) {
+            Verdict::SetAside { refused, .. } => {
+                assert_eq!(offsets_of(&refused), [150, 151, 152, 170, 190]);
+                assert!(!refused[3].undecodable);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Not everything went through: the next attempt must read the batch again, not resume past it.
+        let retry = Verdict::Retry {
+            reason: "HTTP 503".into(),
+            backoff: Duration::from_secs(1),
+            delivered_to: Some(180),
+        };
+        assert!(matches!(
+            with_undecodable(&lease, &contents, retry),
+            Verdict::Retry {
+                delivered_to: Some(150),
+                ..
+            }
+        ));
+        let fail = Verdict::Fail {
+            reason: "HTTP 401".into(),
+            delivered_to: Some(120),
+        };
+        assert!(matches!(
+            with_undecodable(&lease, &contents, fail),
+            Verdict::Fail {
+                delivered_to: Some(120),
+                ..
+            }
+        ));
+    }
 
     #[test]
     fn a_range_stopped_at_an_undecodable_record_fails_there_once_the_messages_before_went_through()

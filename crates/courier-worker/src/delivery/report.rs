@@ -111,7 +111,11 @@ async fn write_dead_letters<'a>(
     lease: &Lease,
     refused: &[Refused],
 ) -> Result<Option<&'a str>, String> {
-    let Some(route) = ctx.route(&lease.route).filter(|_| !refused.is_empty()) else {
+    // Undecodable records have no bytes to write: only what the destination refused is dead-lettered.
+    let Some(route) = ctx
+        .route(&lease.route)
+        .filter(|_| refused.iter().any(|r| !r.undecodable))
+    else {
         return Ok(None);
     };
     let config = &route.config;
@@ -121,6 +125,7 @@ async fn write_dead_letters<'a>(
     };
     let records: Vec<_> = refused
         .iter()
+        .filter(|r| !r.undecodable)
         .map(|r| {
             dead_letter::record(
                 &config.name,
@@ -156,7 +161,7 @@ async fn checkpoint_set_aside(
             offset: r.message.offset,
             status: r.status,
             reason: r.reason.clone(),
-            dead_letter_topic: topic.map(str::to_owned),
+            dead_letter_topic: topic.filter(|_| !r.undecodable).map(str::to_owned),
         })
         .collect();
     let topic_of_route = ctx

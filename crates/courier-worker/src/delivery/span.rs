@@ -127,7 +127,9 @@ pub(super) fn split(members: &[&Lease], verdict: Verdict, read: &[Offset]) -> Ve
                         .ok()
                     })
                     .collect();
-                let messages = count(&lease.range, refused.len());
+                // Undecodable offsets set aside were never read: only the refused messages were.
+                let refused_read = refused.iter().filter(|r| !r.undecodable).count();
+                let messages = count(&lease.range, refused_read);
                 if refused.is_empty() && lost.is_empty() {
                     Verdict::Delivered { messages }
                 } else {
@@ -265,6 +267,7 @@ mod tests {
             },
             reason: "HTTP 400".into(),
             status: Some(400),
+            undecodable: false,
         };
         let verdict = Verdict::SetAside {
             messages: 288,
