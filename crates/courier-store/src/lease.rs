@@ -147,19 +147,29 @@ impl Store {
 /// snapshot only delays its successor to the next call, never lets two run at once.
 ///
 /// A paused route's ranges are never picked (`courier pause`): the paused routes are read once per
-/// statement (an index holds only them), so every worker honours a pause at its next lease call.
+/// statement (an index holds only them) and taken out of the requested routes, so every worker honours a
+/// pause at its next lease call.
+///
+/// Written so that PostgreSQL's estimates always choose that walk, whatever its statistics say. Two
+/// earlier forms did not: `r.route <> ALL(ARRAY(SELECT .. paused))` was estimated to keep one row, so the
+/// planner read every workable row and sorted them (91-148 ms per lease at 60,000 workable ranges,
+/// `EXPLAIN ANALYZE`; 1-3 ms now); and `NOT EXISTS (.. h.start_offset < r.start_offset)` ran as a
+/// sequential scan per candidate of an ordered route (26 ms each there), where `min()` over
+/// `courier_ranges_heads` is one index probe. Same rows either way: a live unsettled range is the lowest
+/// of its partition exactly when its start is at most the lowest unsettled start.
 fn lease_candidates(also: &str) -> String {
     format!(
         "picked AS (
              SELECT r.id FROM courier_ranges r
-             WHERE r.kind = $5 AND r.state IN ('pending', 'leased') AND r.route = ANY($1::text[])
-               AND r.route <> ALL(ARRAY(SELECT name FROM courier_routes WHERE paused))
+             WHERE r.kind = $5 AND r.state IN ('pending', 'leased')
+               AND r.route = ANY(ARRAY(SELECT requested FROM unnest($1::text[]) AS requested
+                                       WHERE requested NOT IN (SELECT name FROM courier_routes WHERE paused)))
                AND ((r.state = 'pending' AND r.not_before <= now())
                     OR (r.state = 'leased' AND r.lease_expires_at <= now()))
-               AND (r.kind = 'replay' OR r.route <> ALL($6::text[]) OR NOT EXISTS (
-                        SELECT 1 FROM courier_ranges h
+               AND (r.kind = 'replay' OR r.route <> ALL($6::text[]) OR r.start_offset <= (
+                        SELECT min(h.start_offset) FROM courier_ranges h
                         WHERE h.route = r.route AND h.partition = r.partition AND h.kind = 'live'
-                          AND h.state IN ('pending', 'leased') AND h.start_offset < r.start_offset))
+                          AND h.state IN ('pending', 'leased')))
                {also}
              ORDER BY r.id LIMIT $2
              FOR UPDATE OF r SKIP LOCKED)"
