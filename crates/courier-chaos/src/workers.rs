@@ -77,99 +77,30 @@ impl WorkerSpec {
         }
     }
 
-    /// The same configuration as a `courier.toml`.
-    fn toml(&self) -> String {
-        let ms = |d: Duration| format!("\"{}ms\"", d.as_millis());
-        let t = &self.store.timeouts;
-        let w = &self.worker;
-        let d = &self.destination;
-        format!(
-            r#"# Written by courier gameday for one chaos worker.
-[store]
-url = "{url}"
-pool_size = {pool_size}
-application_name = "{app}"
-[store.timeouts]
-client_deadline = {client_deadline}
-statement_timeout = {statement_timeout}
-lock_timeout = {lock_timeout}
-ddl_lock_timeout = {ddl_lock_timeout}
-idle_in_transaction_session_timeout = {idle_tx}
-client_connection_check_interval = {check}
-pool_wait = {pool_wait}
-pool_create = {pool_create}
-[kafka]
-brokers = "{brokers}"
-[worker]
-delivery_tasks = {tasks}
-leases_per_task = {leases}
-replay_tasks = {replay}
-lease_ttl = {lease_ttl}
-renew_every = {renew}
-poll_interval = {poll}
-max_idle_poll = {max_idle_poll}
-plan_interval = {plan}
-max_tail_age = {tail}
-ranges_ahead = {ahead}
-drain_timeout = {drain}
-heartbeat_every = {heartbeat}
-compact_every = {compact}
-boot_timeout = {boot_timeout}
-retry_base = {retry_base}
-retry_cap = {retry_cap}
-[destinations.{dest}]
-url = "{dest_url}"
-timeout = {dest_timeout}
-max_in_flight = {in_flight}
-max_batch_messages = {batch}
-pause_after_failures = {pause_after}
-pause_for = {pause_for}
-[routes.{route}]
-topic = "{topic}"
-destination = "{dest}"
-range_size = {range_size}
-max_attempts = 100000
-"#,
-            url = self.store.url,
-            pool_size = self.store.pool_size,
-            app = self.store.application_name,
-            client_deadline = ms(t.client_deadline),
-            statement_timeout = ms(t.statement_timeout),
-            lock_timeout = ms(t.lock_timeout),
-            ddl_lock_timeout = ms(t.ddl_lock_timeout),
-            idle_tx = ms(t.idle_in_transaction_session_timeout),
-            check = ms(t.client_connection_check_interval),
-            pool_wait = ms(t.pool_wait),
-            pool_create = ms(t.pool_create),
-            brokers = self.brokers,
-            tasks = w.delivery_tasks,
-            leases = w.leases_per_task,
-            replay = w.replay_tasks,
-            lease_ttl = ms(w.lease_ttl),
-            renew = ms(w.renew_every),
-            poll = ms(w.poll_interval),
-            max_idle_poll = ms(w.max_idle_poll),
-            plan = ms(w.plan_interval),
-            tail = ms(w.max_tail_age),
-            ahead = w.ranges_ahead,
-            drain = ms(w.drain_timeout),
-            heartbeat = ms(w.heartbeat_every),
-            compact = ms(w.compact_every),
-            boot_timeout = ms(w.boot_timeout),
-            retry_base = ms(w.retry_base),
-            retry_cap = ms(w.retry_cap),
-            dest = crate::pipeline::DESTINATION,
-            dest_url = self.destination_url,
-            dest_timeout = ms(d.timeout),
-            in_flight = d.max_in_flight,
-            batch = d.max_batch_messages,
-            pause_after = d.pause_after_failures,
-            pause_for = ms(d.pause_for),
-            route = self.route,
-            topic = self.topic,
-            range_size = self.range_size,
-        )
+    /// The same configuration as a `courier.toml`, serialised from the very values the in-process
+    /// launcher uses, so the two launchers cannot drift apart (a key written by hand could be forgotten).
+    fn toml(&self) -> Result<String, ChaosError> {
+        let file = ConfigFile {
+            store: &self.store,
+            kafka: KafkaConfig::new(&self.brokers),
+            worker: &self.worker,
+            destinations: self.destinations(),
+            routes: BTreeMap::from([(self.route.clone(), self.route())]),
+        };
+        toml::to_string(&file)
+            .map(|text| format!("# Written by courier gameday for one chaos worker.\n{text}"))
+            .map_err(|e| ChaosError::Setup(format!("cannot write a worker's configuration: {e}")))
     }
+}
+
+/// The layout of a `courier.toml` (the sections `courier run` reads).
+#[derive(serde::Serialize)]
+struct ConfigFile<'a> {
+    store: &'a StoreConfig,
+    kafka: KafkaConfig,
+    worker: &'a WorkerConfig,
+    destinations: BTreeMap<String, DestinationConfig>,
+    routes: BTreeMap<String, RouteConfig>,
 }
 
 type WorkerTask = JoinHandle<Result<Arc<WorkerStats>, WorkerError>>;
@@ -265,7 +196,7 @@ impl WorkerHandle {
         std::fs::create_dir_all(&dir)
             .map_err(|e| ChaosError::Setup(format!("cannot create {}: {e}", dir.display())))?;
         let config = dir.join("courier.toml");
-        std::fs::write(&config, spec.toml())
+        std::fs::write(&config, spec.toml()?)
             .map_err(|e| ChaosError::Setup(format!("cannot write {}: {e}", config.display())))?;
         let log = dir.join("worker.log");
         let log_file = std::fs::File::create(&log)
@@ -476,7 +407,47 @@ pub fn strip_ansi(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::strip_ansi;
+    use super::*;
+
+    /// Read back as `courier run` reads it: the same sections, each section's own types.
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct ReadBack {
+        store: StoreConfig,
+        kafka: KafkaConfig,
+        worker: WorkerConfig,
+        destinations: BTreeMap<String, DestinationConfig>,
+        routes: BTreeMap<String, RouteConfig>,
+    }
+
+    #[test]
+    fn a_worker_process_reads_back_every_setting_the_in_process_launcher_uses() {
+        let mut worker = crate::pipeline::fast_worker_config();
+        worker.delivery_tasks = 3;
+        worker.lease_ttl = Duration::from_millis(2500);
+        let spec = WorkerSpec {
+            store: StoreConfig::new("postgres://courier:secret@127.0.0.1:54329/scratch"),
+            brokers: "127.0.0.1:9092".into(),
+            route: "chaos".into(),
+            topic: "chaos-topic".into(),
+            destination_url: "http://127.0.0.1:9/sink".into(),
+            destination: crate::pipeline::fast_destination(Duration::from_millis(700)),
+            range_size: 50,
+            worker,
+            migrate: false,
+        };
+        let text = spec.toml().expect("serialises");
+        let back: ReadBack = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(back.store.url, spec.store.url);
+        assert_eq!(back.store.timeouts, spec.store.timeouts);
+        assert_eq!(back.kafka, KafkaConfig::new(&spec.brokers));
+        // Debug covers every field, including those no hand-written file ever listed.
+        assert_eq!(format!("{:?}", back.worker), format!("{:?}", spec.worker));
+        assert_eq!(back.destinations, spec.destinations());
+        let mut route = back.routes.get("chaos").cloned().expect("the route");
+        route.name = "chaos".into();
+        assert_eq!(format!("{route:?}"), format!("{:?}", spec.route()));
+    }
 
     #[test]
     fn strips_colour_sequences() {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::ClientConfig;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// How courier reaches Kafka. Deserializes from the `[kafka]` section of courier's configuration.
 ///
@@ -32,7 +32,7 @@ use serde::Deserialize;
 /// [kafka.extra]
 /// "socket.keepalive.enable" = "true"
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Bootstrap brokers, `host:port[,host:port...]`. Only used to discover the cluster.
@@ -76,7 +76,7 @@ pub struct KafkaConfig {
 }
 
 /// `security.protocol`: whether the connection is encrypted (TLS) and whether SASL authenticates it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SecurityProtocol {
     #[default]
@@ -107,7 +107,7 @@ impl SecurityProtocol {
 }
 
 /// `sasl.mechanism`: how the SASL user proves who it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum SaslMechanism {
     #[serde(rename = "PLAIN")]
     Plain,

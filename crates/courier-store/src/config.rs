@@ -8,12 +8,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
 
 /// How to reach the store and how long to wait for it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// PostgreSQL URL, e.g. `postgres://courier:courier@127.0.0.1:54329/courier`.
@@ -40,7 +40,7 @@ pub struct StoreConfig {
 
 /// How courier encrypts and authenticates its connections to PostgreSQL: libpq's `sslmode` values and
 /// meanings (`allow` is left out: it only adds a plaintext first attempt that `prefer` makes pointless).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SslMode {
     /// Never TLS. A server that only accepts TLS refuses the login.
@@ -129,7 +129,7 @@ impl StoreConfig {
 /// (`statement_timeout`) before the client abandons it; a transaction whose client vanished releases its
 /// locks within `idle_in_transaction_session_timeout`; a backend whose client left while it waited on a
 /// lock is ended within `client_connection_check_interval`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     /// The client's deadline around every store call (tokio timeout). A call that outlives it is abandoned

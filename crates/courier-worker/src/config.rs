@@ -8,10 +8,10 @@ use std::time::Duration;
 use courier_core::{Backoff, Ordering};
 use courier_http::DestinationConfig;
 use courier_store::RouteSettings;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The `[worker]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerConfig {
     /// Concurrent delivery tasks in this process. Each holds at most `leases_per_task` ranges at a time.
@@ -192,7 +192,7 @@ pub fn validate_delivery<'a>(
 }
 
 /// Where a new route starts reading a partition the first time it sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StartFrom {
     /// The oldest message Kafka still has.
@@ -203,7 +203,7 @@ pub enum StartFrom {
 }
 
 /// One `[routes.NAME]` section: a topic delivered to a destination, with its own progress.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Filled from the section name.
@@ -245,7 +245,7 @@ pub struct RouteConfig {
 /// delivered. On a route with `ordering = "partition"` this means a later message of the same key can
 /// reach the destination before the quarantined earlier one is replayed. Where order matters more than
 /// progress, `"fail-range"` stops the partition at the range instead, as before.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnPoison {
     #[default]
