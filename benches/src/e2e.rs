@@ -25,6 +25,11 @@ use crate::sink::Counters;
 
 pub const BATCH: usize = 500;
 
+/// Messages a tuned delivery task holds at once: the defaults' 8 ranges of 1,000.
+const MESSAGES_IN_HAND: usize = 8_000;
+/// Messages a tuned planner carves ahead per partition: 64 ranges of 1,000.
+const MESSAGES_AHEAD: usize = 64_000;
+
 /// Waits until the sink has counted `expected` messages.
 pub async fn wait_for(counters: &Counters, expected: u64, limit: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -294,9 +299,10 @@ impl CourierSetup {
         })
     }
 
-    /// Tuned for draining a backlog fast (the settings of the throughput matrix): 64 ranges ahead per
-    /// partition, idle tasks polling every 10 ms, as many requests in flight to the destination as the
-    /// pipe sends ([`crate::PIPE_IN_FLIGHT`]) or one per task, whichever is more.
+    /// Tuned for draining a backlog fast (the settings of the throughput matrix): sized in messages, not
+    /// ranges ([`MESSAGES_AHEAD`] carved ahead per partition, [`MESSAGES_IN_HAND`] per task), idle tasks
+    /// polling every 10 ms, as many requests in flight to the destination as the pipe sends
+    /// ([`crate::PIPE_IN_FLIGHT`]) or one per task, whichever is more.
     pub fn tuned(topic: &str, url: &str, tasks: usize, range_size: u32) -> anyhow::Result<Self> {
         let mut route = default_route("bench", topic, "sink")?;
         route.range_size = range_size;
@@ -304,10 +310,14 @@ impl CourierSetup {
         Ok(Self {
             worker: WorkerConfig {
                 delivery_tasks: tasks,
+                // A task holds as many messages as with the defaults (8 ranges of 1,000): small ranges
+                // are held, and go out as spans, many at a time (docs/scaling.md, "Small ranges").
+                leases_per_task: (MESSAGES_IN_HAND / range_size as usize).max(8),
                 replay_tasks: 0,
                 max_tail_age: Duration::from_millis(50),
                 poll_interval: Duration::from_millis(10),
-                ranges_ahead: 64,
+                // As many messages carved ahead as 64 ranges of 1,000, whatever the range size.
+                ranges_ahead: (MESSAGES_AHEAD / range_size as usize).max(64),
                 ..WorkerConfig::default()
             },
             routes: vec![route],

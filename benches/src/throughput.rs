@@ -167,8 +167,10 @@ pub async fn section(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
         );
     }
     report.line(
-        "\nTuned: planning every 100 ms, tails carved after 50 ms, 64 ranges ahead per partition, idle \
-         tasks polling every 10 ms, one request in flight per task, a pool of tasks + 4 connections. \
+        "\nTuned: tails carved after 50 ms, 64,000 messages carved ahead per partition (64 ranges of \
+         1,000, 640 of 100), idle tasks polling every \
+         10 ms, up to 8,000 messages in hand per task (8 ranges of 1,000, 80 of 100), as many requests \
+         in flight as the pipe (4) or one per task, a pool of tasks + 4 connections. \
          Store transactions are `pg_stat_database` of the worker's database from its start until it \
          stopped and closed its connections (exact); a range is `range size` offsets of one partition.\n",
     );
