@@ -2,7 +2,7 @@
 //! status page), and `courier status` being honest: a route nobody runs, a destination failing now and a
 //! broker that does not answer all need attention, and the last costs seconds.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -1,7 +1,7 @@
 //! What an installation runs: the systemd unit, the Kubernetes example and the least-privilege roles of
 //! `deploy/`, checked against the binary, the defaults and the real local PostgreSQL.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

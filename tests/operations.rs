@@ -1,7 +1,7 @@
 //! The on-call tools against real services: `courier status`, `courier replay`, `courier probe`, and
 //! the StatsD metrics a worker sends.
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Stdio};
 use std::time::Duration;

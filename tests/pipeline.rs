@@ -3,7 +3,7 @@
 //! Every test creates its own topic and database and synchronises on what the destination received or
 //! what the store says, never on sleeps.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! bad messages; they are quarantined, listed by `courier status`, written to the dead-letter topic, and
 //! replayed one by one or together with `courier replay --quarantined`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::process::{Child, Stdio};

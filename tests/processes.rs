@@ -8,7 +8,7 @@ use courier_sink::Behaviour;
 use courier_testkit::{kafka_brokers, TestDb};
 use serde_json::Value;
 
-mod common;
+use crate::common;
 
 use common::{courier, stderr_of, write_config};
 

@@ -1,8 +1,6 @@
 //! Helpers shared by the end-to-end tests: running the `courier` binary, writing its configuration,
 //! producing test messages, serving a destination.
 
-#![allow(dead_code)] // each test binary uses its own subset
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Output};
