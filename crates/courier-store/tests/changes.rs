@@ -3,39 +3,14 @@
 
 use std::time::Duration;
 
+use crate::fixture::{route_with_ranges, spec};
 use courier_core::{Ordering, RangeKind};
 use courier_store::protocol::ReplayAudit;
 use courier_store::{
-    Change, ChangeKind, ChangeRow, Failure, LeaseRequest, PlanRequest, ReplayFilter, RouteSettings,
-    RouteSpec, Store, StoreError,
+    Change, ChangeKind, ChangeRow, Failure, LeaseRequest, ReplayFilter, RouteSettings, Store,
+    StoreError,
 };
 use courier_testkit::TestDb;
-
-fn spec(name: &str) -> RouteSpec {
-    RouteSpec {
-        name: name.into(),
-        topic: format!("{name}-topic"),
-        destination: "d".into(),
-    }
-}
-
-async fn route_with_ranges(store: &Store, name: &str, high_watermark: i64) {
-    store
-        .ensure_route(&spec(name), &[(0, 0)])
-        .await
-        .expect("route");
-    store
-        .plan(&PlanRequest {
-            route: name.into(),
-            partition: 0,
-            high_watermark,
-            range_size: 100,
-            max_new_ranges: 1000,
-            max_tail_age: Duration::ZERO,
-        })
-        .await
-        .expect("plan");
-}
 
 fn lease_both(max: usize) -> LeaseRequest {
     LeaseRequest {

@@ -5,47 +5,10 @@
 
 use std::time::Duration;
 
-use courier_core::{CheckpointOutcome, Epoch, OffsetRange, Ordering, RangeKind};
-use courier_store::{
-    ChangeKind, Failure, LeaseRequest, Loss, PlanRequest, Quarantined, RouteSpec, Store, StoreError,
-};
+use crate::fixture::{lease, route_with_ranges};
+use courier_core::{CheckpointOutcome, Epoch, OffsetRange, RangeKind};
+use courier_store::{ChangeKind, Failure, Loss, Quarantined, StoreError};
 use courier_testkit::TestDb;
-
-async fn route_with_ranges(store: &Store, name: &str, high_watermark: i64) {
-    store
-        .ensure_route(
-            &RouteSpec {
-                name: name.into(),
-                topic: format!("{name}-topic"),
-                destination: "d".into(),
-            },
-            &[(0, 0)],
-        )
-        .await
-        .expect("route");
-    store
-        .plan(&PlanRequest {
-            route: name.into(),
-            partition: 0,
-            high_watermark,
-            range_size: 100,
-            max_new_ranges: 1000,
-            max_tail_age: Duration::ZERO,
-        })
-        .await
-        .expect("plan");
-}
-
-fn lease_request(route: &str) -> LeaseRequest {
-    LeaseRequest::one_route(
-        route,
-        Ordering::None,
-        "w",
-        100,
-        Duration::from_secs(60),
-        RangeKind::Live,
-    )
-}
 
 fn range(start: i64, end: i64) -> OffsetRange {
     OffsetRange::new(start, end).expect("a valid test range")
@@ -63,7 +26,10 @@ async fn a_loss_is_recorded_with_its_ranges_checkpoint_and_fenced_like_one() {
     let db = TestDb::migrated().await;
     let store = db.store().await;
     route_with_ranges(&store, "r", 200).await;
-    let leases = store.lease(&lease_request("r")).await.expect("lease");
+    let leases = store
+        .lease(&lease("r", RangeKind::Live))
+        .await
+        .expect("lease");
     assert_eq!(leases.len(), 2);
 
     // A stale epoch: nothing settled, nothing recorded.
@@ -162,7 +128,10 @@ async fn offsets_below_the_log_start_not_delivered_are_counted_before_a_worker_r
     let db = TestDb::migrated().await;
     let store = db.store().await;
     route_with_ranges(&store, "r", 300).await;
-    let leases = store.lease(&lease_request("r")).await.expect("lease");
+    let leases = store
+        .lease(&lease("r", RangeKind::Live))
+        .await
+        .expect("lease");
     assert_eq!(leases.len(), 3);
     // [0, 100) delivered; [100, 200) failed for good; [200, 300) delivered up to 220, then retrying.
     store.checkpoint(&leases[0]).await.expect("checkpoint");

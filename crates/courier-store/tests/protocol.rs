@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use courier_core::{CheckpointOutcome, OffsetRange, Ordering, RangeKind};
+use crate::fixture::lease;
+use courier_core::{CheckpointOutcome, OffsetRange, RangeKind};
 use courier_store::protocol::ReplayAudit;
 use courier_store::{
     FailOutcome, Failure, LeaseRequest, PlanRequest, RouteSpec, Store, StoreError,
@@ -38,17 +39,6 @@ fn plan(route: &str, partition: i32, high_watermark: i64, max_tail_age: Duration
         max_new_ranges: 1000,
         max_tail_age,
     }
-}
-
-fn lease(route: &str, kind: RangeKind) -> LeaseRequest {
-    LeaseRequest::one_route(
-        route,
-        Ordering::None,
-        "w",
-        100,
-        Duration::from_secs(60),
-        kind,
-    )
 }
 
 fn failure(reason: &str, permanent: bool, backoff: Duration, delivered_to: Option<i64>) -> Failure {

@@ -2,50 +2,11 @@
 //! range, moves the watermark past the poison), listed, replayed one offset at a time, quarantined again
 //! when the replay is refused again.
 
-use std::time::Duration;
-
-use courier_core::{CheckpointOutcome, Epoch, Ordering, RangeKind};
+use crate::fixture::{lease, route_with_ranges};
+use courier_core::{CheckpointOutcome, Epoch, RangeKind};
 use courier_store::protocol::ReplayAudit;
-use courier_store::{
-    LeaseRequest, PlanRequest, QuarantineFilter, Quarantined, RouteSpec, Store, StoreError,
-};
+use courier_store::{QuarantineFilter, Quarantined, StoreError};
 use courier_testkit::TestDb;
-
-async fn route_with_ranges(store: &Store, name: &str, high_watermark: i64) {
-    store
-        .ensure_route(
-            &RouteSpec {
-                name: name.into(),
-                topic: format!("{name}-topic"),
-                destination: "d".into(),
-            },
-            &[(0, 0)],
-        )
-        .await
-        .expect("route");
-    store
-        .plan(&PlanRequest {
-            route: name.into(),
-            partition: 0,
-            high_watermark,
-            range_size: 100,
-            max_new_ranges: 1000,
-            max_tail_age: Duration::ZERO,
-        })
-        .await
-        .expect("plan");
-}
-
-fn lease(route: &str, kind: RangeKind) -> LeaseRequest {
-    LeaseRequest::one_route(
-        route,
-        Ordering::None,
-        "w",
-        100,
-        Duration::from_secs(60),
-        kind,
-    )
-}
 
 fn poison(offset: i64) -> Quarantined {
     Quarantined {

@@ -3,6 +3,7 @@
 
 mod changes;
 mod concurrency;
+mod fixture;
 mod losses;
 mod migrations;
 mod model;
