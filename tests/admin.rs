@@ -2,10 +2,10 @@
 //! status page), and `courier status` being honest: a route nobody runs, a destination failing now and a
 //! broker that does not answer all need attention, and the last costs seconds.
 
-use crate::common;
+use crate::common::{self, Worker};
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{courier, one_route_config, sink, stderr_of, stdout_of, topic_with, write_config};
@@ -13,15 +13,6 @@ use courier_sink::Behaviour;
 use courier_store::{RouteSettings, RouteSpec};
 use courier_testkit::{unique_name, TestDb};
 use serde_json::Value;
-
-struct Worker(Child);
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

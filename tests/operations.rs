@@ -1,55 +1,15 @@
 //! The on-call tools against real services: `courier status`, `courier replay`, `courier probe`, and
 //! the StatsD metrics a worker sends.
 
-use crate::common;
+use crate::common::{self, id, start_worker, wait_for_count};
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::{courier, one_route_config, sink, stderr_of, stdout_of, topic_with, write_config};
 use courier_sink::Behaviour;
 use courier_testkit::TestDb;
 use serde_json::Value;
-
-struct Worker(Child);
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_worker(config: &str) -> Worker {
-    Worker(
-        courier(&["run", "--config", config])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn courier run"),
-    )
-}
-
-/// Polls the store until `sql` (returning one bigint) equals `expected`.
-async fn wait_for_count(db: &TestDb, sql: &str, expected: i64) {
-    let client = db.raw_client().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let value: i64 = client.query_one(sql, &[]).await.expect("query").get(0);
-        if value == expected {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{sql} stayed at {value}, expected {expected}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn id(element: &Value) -> Option<String> {
-    element.get("id").and_then(Value::as_str).map(str::to_owned)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_failures_replay_redelivers_them_audited_and_status_clears() {

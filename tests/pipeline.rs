@@ -3,7 +3,7 @@
 //! Every test creates its own topic and database and synchronises on what the destination received or
 //! what the store says, never on sleeps.
 
-use crate::common;
+use crate::common::{self, id};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -90,10 +90,6 @@ async fn start_worker(
         stop,
         task: tokio::spawn(worker.run(stopped)),
     }
-}
-
-fn id(element: &Value) -> Option<String> {
-    element.get("id").and_then(Value::as_str).map(str::to_owned)
 }
 
 /// Waits, woken by each delivery, until `expected` distinct ids have arrived at `sink`.

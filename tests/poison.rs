@@ -3,10 +3,9 @@
 //! bad messages; they are quarantined, listed by `courier status`, written to the dead-letter topic, and
 //! replayed one by one or together with `courier replay --quarantined`.
 
-use crate::common;
+use crate::common::{self, id, start_worker, wait_for_count, Worker};
 
 use std::collections::BTreeSet;
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::{courier, one_route_config, sink, stderr_of, stdout_of, write_config};
@@ -15,46 +14,6 @@ use courier_kafka::{create_topic, KafkaConfig, Producer, RangeReader};
 use courier_sink::Behaviour;
 use courier_testkit::{kafka_brokers, unique_name, TestDb};
 use serde_json::{json, Value};
-
-struct Worker(Child);
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_worker(config: &str) -> Worker {
-    Worker(
-        courier(&["run", "--config", config])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn courier run"),
-    )
-}
-
-/// Polls the store until `sql` (returning one bigint) equals `expected`.
-async fn wait_for_count(db: &TestDb, sql: &str, expected: i64) {
-    let client = db.raw_client().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let value: i64 = client.query_one(sql, &[]).await.expect("query").get(0);
-        if value == expected {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{sql} stayed at {value}, expected {expected}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn id(element: &Value) -> Option<String> {
-    element.get("id").and_then(Value::as_str).map(str::to_owned)
-}
 
 /// A topic of `partitions` x `per_partition` messages `{"id": "<p>-<seq>"}`; those with `bad(seq)` also
 /// carry `"poison": true`, and those with `big(seq)` a 4 KiB filler. Returns the topic and the ids of the

@@ -3,12 +3,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
 use courier_kafka::{create_topic, KafkaConfig, Producer};
 use courier_sink::Sink;
-use courier_testkit::{kafka_brokers, unique_name};
-use serde_json::json;
+use courier_testkit::{kafka_brokers, unique_name, TestDb};
+use serde_json::{json, Value};
 
 pub const COURIER: &str = env!("CARGO_BIN_EXE_courier");
 
@@ -101,4 +102,47 @@ range_size = 200
 "#,
         brokers = kafka_brokers()
     )
+}
+
+/// A `courier run` process, killed when dropped (a failing test leaves no worker behind).
+pub struct Worker(pub Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `courier run --config config`, its output discarded.
+pub fn start_worker(config: &str) -> Worker {
+    Worker(
+        courier(&["run", "--config", config])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn courier run"),
+    )
+}
+
+/// Polls the store until `sql` (returning one bigint) equals `expected`.
+pub async fn wait_for_count(db: &TestDb, sql: &str, expected: i64) {
+    let client = db.raw_client().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let value: i64 = client.query_one(sql, &[]).await.expect("query").get(0);
+        if value == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{sql} stayed at {value}, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The envelope id (`route/partition/offset`) of a delivered element.
+pub fn id(element: &Value) -> Option<String> {
+    element.get("id").and_then(Value::as_str).map(str::to_owned)
 }
