@@ -4,8 +4,8 @@
 //! Owns: [`Pipe`], [`naive`], [`CourierSetup`] (a worker's settings: defaults, or tuned for draining)
 //! and [`CourierRun`] (a running worker on its own scratch database, and the store transactions it ran).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -14,10 +14,8 @@ use courier_http::{DestinationConfig, Format};
 use courier_kafka::KafkaConfig;
 use courier_store::{Migrator, Store, StoreConfig};
 use courier_worker::{RouteConfig, Worker, WorkerConfig};
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message as _;
-use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::{watch, Semaphore};
 
@@ -83,39 +81,6 @@ async fn post(client: &reqwest::Client, url: &str, messages: &[Message]) -> anyh
     Ok(())
 }
 
-/// The pipe consumer's context: bytes received from the brokers, from librdkafka's statistics
-/// (`rxbytes` per broker connection, cumulative), counted the way courier's range reader counts them.
-#[derive(Default)]
-struct ReceivedBytes {
-    per_broker: Mutex<HashMap<String, u64>>,
-}
-
-impl ReceivedBytes {
-    fn total(&self) -> u64 {
-        self.per_broker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .sum()
-    }
-}
-
-impl ClientContext for ReceivedBytes {
-    fn stats(&self, statistics: Statistics) {
-        let mut per_broker = self
-            .per_broker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        // Cumulative per connection; a connection that leaves the report keeps what it had received.
-        for (name, broker) in statistics.brokers {
-            let seen = per_broker.entry(name).or_insert(0);
-            *seen = (*seen).max(broker.rxbytes);
-        }
-    }
-}
-
-impl ConsumerContext for ReceivedBytes {}
-
 /// The ceiling: one tuned consumer assigned every partition from the start, the same batches POSTed
 /// with `in_flight` requests at once. No store, no progress kept: not something to run in production.
 pub struct Pipe<'a> {
@@ -130,27 +95,9 @@ pub struct Pipe<'a> {
 /// log has been quiet for as long).
 const LINGER: Duration = Duration::from_millis(10);
 
-/// librdkafka's statistics interval, the same as courier's range readers use.
-const STATISTICS_MS: u64 = 1_000;
-
 impl Pipe<'_> {
     /// Delivers the first `total` messages of the topic and returns once the sink has them all.
     pub async fn run(&self, counters: &Counters, total: u64) -> anyhow::Result<()> {
-        self.drain(counters, total, false).await.map(|_| ())
-    }
-
-    /// Like [`run`](Self::run), then keeps the consumer polling past one more statistics report and
-    /// returns the bytes it received from the brokers (so not for timing).
-    pub async fn run_counting_bytes(&self, counters: &Counters, total: u64) -> anyhow::Result<u64> {
-        self.drain(counters, total, true).await
-    }
-
-    async fn drain(
-        &self,
-        counters: &Counters,
-        total: u64,
-        last_statistics: bool,
-    ) -> anyhow::Result<u64> {
         let in_flight = self.in_flight;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Message>>(in_flight * 2);
         let (brokers, topic, partitions) = (
@@ -158,15 +105,14 @@ impl Pipe<'_> {
             self.topic.to_owned(),
             self.partitions,
         );
-        let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
-            let consumer: BaseConsumer<ReceivedBytes> = ClientConfig::new()
+        let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let consumer: BaseConsumer = ClientConfig::new()
                 .set("bootstrap.servers", &brokers)
                 .set("group.id", "bench-pipe")
                 .set("enable.auto.commit", "false")
                 .set("fetch.wait.max.ms", "10")
                 .set("fetch.queue.backoff.ms", "10")
-                .set("statistics.interval.ms", STATISTICS_MS.to_string())
-                .create_with_context(ReceivedBytes::default())?;
+                .create()?;
             let mut assignment = TopicPartitionList::new();
             for p in 0..partitions {
                 assignment.add_partition_offset(&topic, p, Offset::Beginning)?;
@@ -201,14 +147,7 @@ impl Pipe<'_> {
                 }
             }
             drop(tx);
-            if last_statistics {
-                // Statistics are served by poll; wait for one report past the last message.
-                let until = Instant::now() + Duration::from_millis(STATISTICS_MS * 3 / 2);
-                while Instant::now() < until {
-                    let _ = consumer.poll(Duration::from_millis(50));
-                }
-            }
-            Ok(consumer.context().total())
+            Ok(())
         });
         let client = reqwest::Client::new();
         let slots = Arc::new(Semaphore::new(in_flight));

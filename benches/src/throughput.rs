@@ -35,6 +35,9 @@ struct Figures {
     megabytes_per_second: f64,
     machine_cpu_per_million: f64,
     process_cpu_per_million: f64,
+    postgres_cpu_per_million: f64,
+    broker_cpu_per_million: f64,
+    broker_bytes_per_message: f64,
 }
 
 impl Figures {
@@ -44,6 +47,9 @@ impl Figures {
             megabytes_per_second: sink_bytes as f64 / used.wall_seconds / 1e6,
             machine_cpu_per_million: used.machine_seconds / total as f64 * 1e6,
             process_cpu_per_million: used.process_seconds / total as f64 * 1e6,
+            postgres_cpu_per_million: used.postgres_seconds / total as f64 * 1e6,
+            broker_cpu_per_million: used.broker_seconds / total as f64 * 1e6,
+            broker_bytes_per_message: used.broker_bytes_written as f64 / total as f64,
         }
     }
 }
@@ -63,6 +69,9 @@ pub async fn section(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
         "MB/s",
         "machine CPU s / M msgs",
         "bench process CPU s / M msgs",
+        "PostgreSQL CPU s / M msgs",
+        "broker CPU s / M msgs",
+        "broker bytes out / msg",
         "store txns / 1000 msgs",
         "store txns / range",
         "vs pipe",
@@ -85,6 +94,9 @@ pub async fn section(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
             format!("{:.1}", figures.megabytes_per_second),
             format!("{:.1}", figures.machine_cpu_per_million),
             format!("{:.1}", figures.process_cpu_per_million),
+            format!("{:.1}", figures.postgres_cpu_per_million),
+            format!("{:.1}", figures.broker_cpu_per_million),
+            format!("{:.0}", figures.broker_bytes_per_message),
             per_thousand,
             per_range,
             format!("{:.2}x", figures.rate / base.0),
