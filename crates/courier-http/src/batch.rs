@@ -49,7 +49,7 @@ pub fn message_id(route: &str, partition: Partition, offset: Offset) -> String {
 
 /// An envelope's bytes besides its key, headers and payload: field names, punctuation, numbers, and the
 /// id and topic, counting route and topic names of up to 64 bytes each.
-const ENVELOPE_BYTES: usize = 320;
+pub(crate) const ENVELOPE_BYTES: usize = 320;
 /// A header's bytes besides its name and value.
 const HEADER_BYTES: usize = 48;
 

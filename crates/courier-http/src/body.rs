@@ -22,14 +22,12 @@
 //! JSON can only be insignificant whitespace (inside strings it must be escaped), so each `\r` or `\n`
 //! byte becomes a space and the value is unchanged.
 
-use std::io::Write as _;
-
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use courier_core::{Header, Message};
 use serde::de::IgnoredAny;
 
-use crate::batch::{message_id, Batch};
+use crate::batch::Batch;
 use crate::config::Format;
 
 /// How a key, header value or payload is written. Every value that is not JSON or UTF-8 is base64.
@@ -78,13 +76,25 @@ impl Encoding {
 /// one envelope per line for [`Format::Ndjson`]. [`Format::PerMessage`] sends no batch body (see
 /// [`per_message_body`]) and is encoded as a JSON array here.
 pub fn encode(batch: &Batch<'_>, format: Format) -> Vec<u8> {
+    // A capacity, not a limit: raw lengths plus the envelope's fixed part, no UTF-8 scan (base64 and
+    // escapes only ever make the body grow once).
     let estimate: usize = batch
         .messages
         .iter()
-        .map(crate::batch::message_size)
+        .map(|m| {
+            crate::batch::ENVELOPE_BYTES
+                + m.payload.as_ref().map_or(0, Vec::len)
+                + m.key.as_ref().map_or(0, Vec::len)
+        })
         .sum::<usize>()
         + 2;
     let mut body = Vec::with_capacity(estimate);
+    // Every id of the batch starts with `"route/`: escaped once per batch, not once per message.
+    let id_prefix = id_prefix(batch.route);
+    let topic = json_string(batch.topic);
+    let envelope = |body: &mut Vec<u8>, message: &Message, single_line: bool| {
+        push_envelope(body, &id_prefix, &topic, message, single_line);
+    };
     match format {
         Format::Json | Format::PerMessage => {
             body.push(b'[');
@@ -92,13 +102,13 @@ pub fn encode(batch: &Batch<'_>, format: Format) -> Vec<u8> {
                 if i > 0 {
                     body.push(b',');
                 }
-                push_envelope(&mut body, batch, message, false);
+                envelope(&mut body, message, false);
             }
             body.push(b']');
         }
         Format::Ndjson => {
             for message in batch.messages {
-                push_envelope(&mut body, batch, message, true);
+                envelope(&mut body, message, true);
                 body.push(b'\n');
             }
         }
@@ -106,24 +116,47 @@ pub fn encode(batch: &Batch<'_>, format: Format) -> Vec<u8> {
     body
 }
 
-fn push_envelope(body: &mut Vec<u8>, batch: &Batch<'_>, message: &Message, single_line: bool) {
+/// `"route/` as JSON: the id's opening quote and its escaped route, without the closing quote.
+fn id_prefix(route: &str) -> Vec<u8> {
+    let mut prefix = json_string(route);
+    prefix.pop();
+    prefix.push(b'/');
+    prefix
+}
+
+fn json_string(text: &str) -> Vec<u8> {
+    let mut json = Vec::with_capacity(text.len() + 2);
+    push_string(&mut json, text);
+    json
+}
+
+fn push_integer(body: &mut Vec<u8>, value: impl itoa::Integer) {
+    body.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+/// One envelope; `id_prefix` and `topic` are already JSON (see [`id_prefix`]).
+fn push_envelope(
+    body: &mut Vec<u8>,
+    id_prefix: &[u8],
+    topic: &[u8],
+    message: &Message,
+    single_line: bool,
+) {
+    // The id is `route/partition/offset` (`crate::batch::message_id`): digits need no escaping.
     body.extend_from_slice(b"{\"id\":");
-    push_string(
-        body,
-        &message_id(batch.route, message.partition, message.offset),
-    );
-    body.extend_from_slice(b",\"topic\":");
-    push_string(body, batch.topic);
-    // Writing into a Vec cannot fail.
-    let _ = write!(
-        body,
-        ",\"partition\":{},\"offset\":{},\"timestamp\":",
-        message.partition, message.offset
-    );
+    body.extend_from_slice(id_prefix);
+    push_integer(body, message.partition);
+    body.push(b'/');
+    push_integer(body, message.offset);
+    body.extend_from_slice(b"\",\"topic\":");
+    body.extend_from_slice(topic);
+    body.extend_from_slice(b",\"partition\":");
+    push_integer(body, message.partition);
+    body.extend_from_slice(b",\"offset\":");
+    push_integer(body, message.offset);
+    body.extend_from_slice(b",\"timestamp\":");
     match message.timestamp_ms {
-        Some(ms) => {
-            let _ = write!(body, "{ms}");
-        }
+        Some(ms) => push_integer(body, ms),
         None => body.extend_from_slice(b"null"),
     }
     body.extend_from_slice(b",\"key\":");
@@ -465,6 +498,29 @@ mod tests {
                 _ => payload.clone(),
             };
             prop_assert_eq!(decode(&envelope["payload"], &envelope["payload_encoding"]), expected);
+        }
+
+        /// The id, topic and numbers are written by hand (no formatter): they must read back as what
+        /// `message_id` and the message say, whatever the names hold.
+        #[test]
+        fn ids_and_numbers_read_back(
+            route in "[a-z\"\\\\/é\u{1}-]{0,12}",
+            topic in "[a-z\"\\\\.é\u{1f}-]{0,12}",
+            partition in any::<i32>(),
+            offset in any::<i64>(),
+            timestamp in proptest::option::of(any::<i64>()),
+        ) {
+            let message = Message { partition, offset, timestamp_ms: timestamp, ..message(0, None) };
+            let messages = [message];
+            let batch = Batch { route: &route, topic: &topic, ..batch(&messages) };
+            let array: Vec<Value> = serde_json::from_slice(&encode(&batch, Format::Json)).expect("a JSON array");
+            let envelope = &array[0];
+            let id = crate::batch::message_id(&route, partition, offset);
+            prop_assert_eq!(envelope["id"].as_str(), Some(id.as_str()));
+            prop_assert_eq!(envelope["topic"].as_str(), Some(topic.as_str()));
+            prop_assert_eq!(envelope["partition"].as_i64(), Some(i64::from(partition)));
+            prop_assert_eq!(envelope["offset"].as_i64(), Some(offset));
+            prop_assert_eq!(envelope["timestamp"].as_i64(), timestamp);
         }
     }
 

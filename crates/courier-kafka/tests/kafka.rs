@@ -388,6 +388,52 @@ async fn ranges_read_through_by_an_earlier_read_come_from_the_window() {
     .await;
 }
 
+/// How many idle consumers of `reader` still have a partition assigned (and so keep prefetching).
+fn still_assigned(reader: &RangeReader) -> usize {
+    let debug = format!("{reader:?}");
+    debug
+        .split("still_assigned: ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no still_assigned in {debug}"))
+}
+
+#[tokio::test]
+async fn a_range_read_out_of_order_leaves_no_consumer_prefetching_what_was_read() {
+    bounded(async {
+        let topic = topic_with_messages("out_of_order", 1, &[(0, 400)]).await;
+        let reader = RangeReader::connect(config()).await.expect("reader");
+        // A later range first: its consumer stays assigned at 200, prefetching what follows.
+        let later = reader
+            .read(&topic, 0, range(100, 200))
+            .await
+            .expect("[100, 200)");
+        assert_exact(&later, 0, 100, 200);
+        assert_eq!(still_assigned(&reader), 1);
+        // The earlier range needs a consumer of its own, assigned at 0. What follows it was read
+        // already: left assigned, that consumer would fetch [100, ...) from the broker a second time.
+        let earlier = reader
+            .read(&topic, 0, range(0, 100))
+            .await
+            .expect("[0, 100)");
+        assert_exact(&earlier, 0, 0, 100);
+        assert_eq!(
+            still_assigned(&reader),
+            1,
+            "the consumer of the out-of-order read was left prefetching: {reader:?}"
+        );
+        // The first consumer still continues where it stood.
+        let next = reader
+            .read(&topic, 0, range(200, 300))
+            .await
+            .expect("[200, 300)");
+        assert_exact(&next, 0, 200, 300);
+        assert_eq!(still_assigned(&reader), 1);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_range_past_the_high_watermark_is_an_error_not_a_hang() {
     bounded(async {

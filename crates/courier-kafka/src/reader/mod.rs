@@ -54,7 +54,11 @@
 //!      the range ends the read there;
 //!    - the deadline ([`KafkaConfig::read_timeout`]) passes: [`ReadError::Timeout`], retryable.
 //! 5. After a success the consumer goes back to the pool still assigned, so it keeps prefetching (at most
-//!    `queued.max.messages.kbytes`); after an error it is unassigned first, so nothing stale survives.
+//!    `queued.max.messages.kbytes`); after an error it is unassigned first, so nothing stale survives,
+//!    and after a read out of order (what follows the range was read already: the window holds it, or
+//!    another consumer stands past it) too, so it does not fetch those bytes a second time. A read that
+//!    continues no consumer gets an unassigned or new one (up to two per partition being read) before
+//!    it takes one positioned elsewhere, whose prefetch would be thrown away.
 //!    A consumer left idle for [`PARK_AFTER`] is unassigned by a background task, and an unused lane's
 //!    window dropped: an idle worker does not keep long-polling the brokers (one fetch per
 //!    `fetch.wait.max.ms` per consumer) or holding memory.
@@ -80,6 +84,7 @@ mod range_read;
 mod window;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -92,6 +97,7 @@ use crate::error::{Error, ReadError};
 use crate::outage::{OutageLog, Waiting};
 use crate::traffic::Traffic;
 use pool::Pooled;
+use range_read::AfterRead;
 use window::Window;
 
 /// How long a pooled consumer keeps fetching its partition after its last read, in case the next range of
@@ -194,6 +200,8 @@ struct Inner {
     config: KafkaConfig,
     /// Idle consumers, least recently used first.
     idle: Mutex<Vec<Pooled>>,
+    /// Consumers alive, idle or on loan (the pool's size, see `pool::checkout`).
+    consumers: AtomicUsize,
     /// Partition counts per topic, from metadata. Partitions can be added to a topic, never removed, so a
     /// cached count is only ever too small: a partition beyond it triggers a refresh.
     partition_counts: Mutex<HashMap<String, CachedCount>>,
@@ -245,6 +253,7 @@ impl RangeReader {
         crate::refusal::check(&config).await?;
         let inner = Arc::new(Inner {
             idle: Mutex::new(Vec::new()),
+            consumers: AtomicUsize::new(1),
             partition_counts: Mutex::new(HashMap::new()),
             lanes: Mutex::new(HashMap::new()),
             traffic: Arc::default(),
@@ -465,7 +474,7 @@ impl Inner {
                 // A read through that met an undecodable batch: read this range alone, so that the
                 // offsets it reports undecodable are this range's own.
                 let through_read = self
-                    .read_exact(topic, partition, through, deadline)
+                    .read_exact(topic, partition, through, deadline, AfterRead::KeepReading)
                     .ok()
                     .filter(|read| read.undecodable.is_empty());
                 if let Some(read) = through_read {
@@ -486,7 +495,18 @@ impl Inner {
                 // The gap could not be read: read this range alone, so its outcome is its own.
             }
         }
-        let read = self.read_exact(topic, partition, rest, deadline)?;
+        // Read out of order (a later range of the partition was read first): what follows this range is
+        // read already, and a consumer left prefetching it would fetch it again.
+        let continuation_read = lane.window.holds(rest.end())
+            || self
+                .cursor_of(topic, partition)
+                .is_some_and(|next| next >= rest.end());
+        let after = if continuation_read {
+            AfterRead::Stop
+        } else {
+            AfterRead::KeepReading
+        };
+        let read = self.read_exact(topic, partition, rest, deadline, after)?;
         remember(&mut lane.window, rest, &read);
         messages.extend(read.messages);
         Ok(RangeContents {

@@ -45,6 +45,7 @@ impl Inner {
         partition: Partition,
         range: OffsetRange,
         deadline: Instant,
+        after: AfterRead,
     ) -> Result<RangeContents, ReadError> {
         let mut consumer = self.checkout(topic, partition, range.start())?;
         let cursor = consumer.take_cursor();
@@ -78,7 +79,7 @@ impl Inner {
             undecodable: std::mem::take(&mut read.undecodable),
         });
         let (stash, at_end) = (read.stash.take(), read.at_end);
-        if result.is_ok() && !read.fetch_stopped {
+        if result.is_ok() && !read.fetch_stopped && after == AfterRead::KeepReading {
             // Keep the partition assigned: the next range of this partition continues from here.
             consumer.set_cursor(Some(Cursor {
                 topic: topic.to_owned(),
@@ -89,11 +90,22 @@ impl Inner {
             }));
             return result;
         }
-        // After an error (or a fetch stopped out of range), start the next read from a clean assignment.
+        // After an error (or a fetch stopped out of range), start the next read from a clean assignment;
+        // after a read whose continuation was read already, stop the prefetch that would read it again.
         consumer.set_cursor(None);
         release(consumer, topic, partition);
         result
     }
+}
+
+/// What a read's consumer does once the range is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AfterRead {
+    /// Keep the partition assigned, prefetching: the next range of the partition continues from here.
+    KeepReading,
+    /// Unassign: what follows the range was read already (another consumer stands past it, or the
+    /// lane's window holds it), so prefetching it would only fetch the same bytes again.
+    Stop,
 }
 
 /// Unassigns a loaned consumer before it goes back to the pool. A consumer that cannot even unassign is

@@ -53,6 +53,11 @@ impl Window {
         self.start == self.end
     }
 
+    /// Whether the window holds `offset` (a message there, or a gap in the log).
+    pub(crate) fn holds(&self, offset: Offset) -> bool {
+        self.start <= offset && offset < self.end
+    }
+
     /// How many offsets ahead of a reader's position a read may start reading, so that what it reads
     /// for others still fits in the window: the window's capacity over the average message size.
     pub(crate) fn reach(&self) -> i64 {
