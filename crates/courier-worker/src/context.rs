@@ -106,10 +106,10 @@ impl Context {
 }
 
 /// Logs at most once per `every` for a given key, so a failure repeating every tick does not flood the
-/// log at 2 a.m. while still being visible.
+/// log at 2 a.m. while still being visible. On tokio's clock, like the loops that use it.
 pub(crate) struct Throttle {
     every: Duration,
-    last: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    last: std::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
 }
 
 impl Throttle {
@@ -121,7 +121,7 @@ impl Throttle {
     }
 
     pub fn ready(&self, key: &str) -> bool {
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now();
         let mut last = self
             .last
             .lock()
@@ -133,5 +133,28 @@ impl Throttle {
                 true
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::time::advance;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_repeating_failure_is_logged_once_per_period_per_key() {
+        let throttle = Throttle::new(Duration::from_secs(30));
+        assert!(throttle.ready("lease"));
+        assert!(!throttle.ready("lease"));
+        // Another failure is logged on its own account.
+        assert!(throttle.ready("plan"));
+        advance(Duration::from_secs(30) - Duration::from_millis(1)).await;
+        assert!(!throttle.ready("lease"));
+        advance(Duration::from_millis(1)).await;
+        assert!(throttle.ready("lease"));
+        // The period starts again from the line logged, not from the failures held back.
+        assert!(!throttle.ready("lease"));
+        assert!(throttle.ready("plan"));
     }
 }

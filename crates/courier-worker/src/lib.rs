@@ -24,7 +24,7 @@
 //! - `config`: [`WorkerConfig`] and [`RouteConfig`], and [`validate_delivery`], the one place their
 //!   rules (and the destinations') are checked.
 //! - [`metrics`]: every metric name, in one place.
-//! - `planner`: the planner tick.
+//! - `planner`: the planner tick; its `schedule`, when each of its steps is due (time only, no I/O).
 //! - `delivery`: lease → read → deliver → checkpoint for one range.
 //! - `idle`: idle delivery tasks take turns polling; the planner wakes one per range it carves.
 //! - `isolate`: bisecting a batch the destination refused for good, to quarantine only the bad messages.

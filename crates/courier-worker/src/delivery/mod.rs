@@ -108,7 +108,7 @@ pub(crate) async fn run(
             leases = lease(&ctx, kind, &throttle).await;
             if leases.is_empty() {
                 if !gate
-                    .wait_for_work(&ctx, &mut idle_wait, &mut stop_leasing)
+                    .wait_for_work(&ctx.config, &mut idle_wait, &mut stop_leasing)
                     .await
                 {
                     return;

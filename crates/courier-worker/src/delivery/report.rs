@@ -2,10 +2,11 @@
 //! set aside of it (its quarantined messages, after writing their dead letters, and the offsets Kafka
 //! deleted before delivery); every report retried on transient store errors for up to one lease TTL.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use courier_core::{Backoff, CheckpointOutcome, Lease, OffsetRange};
 use courier_store::{FailOutcome, Failure};
+use tokio::time::Instant;
 
 use super::range::attempt;
 use super::{Outcome, Verdict};
@@ -212,6 +213,21 @@ const REPORT_BACKOFF: Backoff = Backoff {
 pub(super) async fn with_retries<T, F, Fut>(
     give_up_after: Duration,
     operation: &'static str,
+    call: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = courier_store::Result<T>>,
+{
+    retry_jittered(give_up_after, operation, rand::random::<f64>, call).await
+}
+
+/// [`with_retries`], each pause's jitter drawn from `unit` (uniform in `[0, 1)`; fixed in tests). On
+/// tokio's clock, so paused time applies.
+async fn retry_jittered<T, F, Fut>(
+    give_up_after: Duration,
+    operation: &'static str,
+    mut unit: impl FnMut() -> f64,
     mut call: F,
 ) -> Option<T>
 where
@@ -225,7 +241,7 @@ where
             Ok(value) => return Some(value),
             Err(error) => {
                 metrics::store_error(operation);
-                let pause = REPORT_BACKOFF.delay(attempt, rand::random::<f64>());
+                let pause = REPORT_BACKOFF.delay(attempt, unit());
                 if !error.is_transient() || Instant::now() + pause > give_up {
                     tracing::error!(%error, operation, "Could not report to the store; the lease will expire and the range be delivered again. Runbook: docs/runbooks/store-unavailable.md");
                     return None;
@@ -235,5 +251,102 @@ where
                 attempt += 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use courier_store::StoreError;
+
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn transient() -> StoreError {
+        StoreError::LockTimeout { operation: "test" }
+    }
+
+    /// Reports failing with `errors` in turn, then going through: when each call came (from the start),
+    /// and what the retries came to.
+    async fn report_failing(
+        give_up_after: Duration,
+        unit: f64,
+        errors: Vec<StoreError>,
+    ) -> (Vec<Duration>, Option<&'static str>) {
+        let start = Instant::now();
+        let calls = RefCell::new(Vec::new());
+        let errors = RefCell::new(errors.into_iter());
+        let outcome = retry_jittered(
+            give_up_after,
+            "test",
+            || unit,
+            || {
+                calls.borrow_mut().push(start.elapsed());
+                let next = errors.borrow_mut().next();
+                async move { next.map_or(Ok("reported"), Err) }
+            },
+        )
+        .await;
+        (calls.into_inner(), outcome)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_report_is_retried_after_the_backoff_and_not_before() {
+        let errors = || vec![transient(), transient(), transient()];
+        // Full jitter: 100 ms, 200 ms, 400 ms (REPORT_BACKOFF from 100 ms, doubling).
+        let (calls, outcome) = report_failing(Duration::from_secs(30), 1.0, errors()).await;
+        assert_eq!(calls, [0, 100, 300, 700].map(|ms| ms * MS));
+        assert_eq!(outcome, Some("reported"));
+        // Each pause is the backoff's for the jitter drawn.
+        let (calls, _) = report_failing(Duration::from_secs(30), 0.5, errors()).await;
+        assert_eq!(calls, [0, 50, 150, 350].map(|ms| ms * MS));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pauses_between_reports_stop_growing_at_the_backoff_cap() {
+        let (calls, outcome) = report_failing(
+            Duration::from_secs(30),
+            1.0,
+            std::iter::repeat_with(transient).take(8).collect(),
+        )
+        .await;
+        let pauses: Vec<Duration> = calls.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(
+            pauses,
+            [100, 200, 400, 800, 1_600, 3_200, 5_000, 5_000].map(|ms| ms * MS)
+        );
+        assert_eq!(REPORT_BACKOFF.cap, 5_000 * MS);
+        assert_eq!(outcome, Some("reported"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reports_give_up_rather_than_retry_past_the_lease_ttl() {
+        let failing = || std::iter::repeat_with(transient).take(10).collect();
+        // The pause after the call at 700 ms (800 ms) would end past the TTL: give up there, at once.
+        let start = Instant::now();
+        let (calls, outcome) = report_failing(700 * MS, 1.0, failing()).await;
+        assert_eq!(calls, [0, 100, 300, 700].map(|ms| ms * MS));
+        assert_eq!(outcome, None);
+        assert_eq!(start.elapsed(), 700 * MS);
+        // A pause ending just past the TTL is not taken either.
+        let (calls, outcome) = report_failing(699 * MS, 1.0, failing()).await;
+        assert_eq!(calls, [0, 100, 300].map(|ms| ms * MS));
+        assert_eq!(outcome, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_error_that_retrying_cannot_fix_is_not_retried() {
+        let start = Instant::now();
+        let (calls, outcome) = report_failing(
+            Duration::from_secs(30),
+            1.0,
+            vec![StoreError::Config("no store".into())],
+        )
+        .await;
+        assert_eq!(calls, [Duration::ZERO]);
+        assert_eq!(outcome, None);
+        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 }

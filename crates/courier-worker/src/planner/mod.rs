@@ -18,16 +18,21 @@
 //! keeping up: latency matters), and after `max_tail_age` otherwise (full ranges while behind: store
 //! cost matters). While messages arrive the planner ticks every `plan_interval`; while nothing moves it
 //! slows down to [`QUIET_PLAN_INTERVAL`].
+//!
+//! When each of those is due is decided by `schedule` (time only, no I/O); this module does the calls.
+
+mod schedule;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use courier_kafka::PartitionWatermarks;
 use courier_store::{PartitionProgress, PlanRequest, PlanRound};
 use tokio::sync::watch;
 
 use crate::{metrics, Context, Throttle};
+use schedule::Schedule;
 
 /// Longest a claim on planning a route lasts without renewal: new messages of a dead planner's routes
 /// wait at most about this long to be carved.
@@ -48,21 +53,15 @@ const RETRY_AFTER_EVERY: Duration = Duration::from_secs(1);
 
 /// What the planner remembers between ticks. Only the planner of a route moves its frontier, so the
 /// cached frontier is what the store has (a stale one only makes a round carve nothing).
-#[derive(Default)]
 struct State {
+    /// When the next tick comes, and what is due at it.
+    schedule: Schedule,
     /// Routes this worker plans now.
     owned: Vec<String>,
-    last_claim: Option<Instant>,
-    last_round: Option<Instant>,
-    last_compaction: Option<Instant>,
-    last_retry_after: Option<Instant>,
     /// Where every partition of the owned routes stood after the last round.
     progress: HashMap<(String, i32), PartitionProgress>,
     /// At the last tick some partition had messages not carved yet.
     uncarved: bool,
-    /// The last round held some partition's short tail back because ranges of it were in flight: the
-    /// planner ticks again as soon as this worker settles ranges.
-    tail_held: bool,
     /// Kafka's watermarks of every planned topic at the last tick.
     last_marks: HashMap<String, Vec<PartitionWatermarks>>,
     /// Ticks a partition's high watermark stayed below its frontier.
@@ -70,6 +69,17 @@ struct State {
 }
 
 impl State {
+    fn new(config: &crate::WorkerConfig) -> Self {
+        Self {
+            schedule: Schedule::new(config),
+            owned: Vec::new(),
+            progress: HashMap::new(),
+            uncarved: false,
+            last_marks: HashMap::new(),
+            behind_ticks: BTreeMap::new(),
+        }
+    }
+
     /// Takes `owned` as the routes planned from now on; `true` when that changed anything.
     fn adopt(&mut self, mut owned: Vec<String>) -> bool {
         // The store returns them in no particular order: compared unsorted, every claim looked like a
@@ -79,7 +89,7 @@ impl State {
             return false;
         }
         // Newly owned routes need their progress read before anything is carved for them.
-        self.last_round = None;
+        self.schedule.reread_progress();
         let keep: HashSet<&str> = owned.iter().map(String::as_str).collect();
         self.progress
             .retain(|(route, _), _| keep.contains(route.as_str()));
@@ -90,41 +100,21 @@ impl State {
 
 pub(crate) async fn run(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
     let throttle = Throttle::new(Duration::from_secs(30));
-    // Compaction first runs one compact_every after start (chaos runs and tests read settled ranges
-    // back, with compaction set far out).
-    let mut state = State {
-        last_compaction: Some(Instant::now()),
-        ..State::default()
-    };
-    let busy = ctx.config.plan_interval;
-    let quiet = busy.max(QUIET_PLAN_INTERVAL);
-    let mut wait = busy;
-    let mut last_tick = tokio::time::Instant::now();
+    let mut state = State::new(&ctx.config);
     loop {
-        let settled = ctx.settled.notified();
         tokio::select! {
-            // At a fixed rate: a tick's own duration (Kafka and store round trips) is not added to the
-            // wait of the messages that arrive meanwhile.
-            () = tokio::time::sleep_until(last_tick + wait) => {}
-            // A tail held back behind ranges in flight goes as soon as they settle.
-            () = settled, if state.tail_held => {}
+            () = state.schedule.next_tick(&ctx.settled) => {}
             _ = crate::stopped(&mut stop) => return,
         }
-        last_tick = tokio::time::Instant::now();
         ctx.liveness.beat(crate::Loop::Planner);
-        // Messages arriving: tick at `plan_interval`, so they are carved and delivered within about that
-        // long. Nothing moving: slow down, so an idle worker's planner costs little.
-        wait = if tick(&ctx, &mut state, &throttle).await {
-            busy
-        } else {
-            (wait * 2).min(quiet)
-        };
+        let moved = tick(&ctx, &mut state, &throttle).await;
+        state.schedule.ticked(moved);
     }
 }
 
 /// One planner tick; `true` when something moved (new messages, or some not carved yet).
 async fn tick(ctx: &Context, state: &mut State, throttle: &Throttle) -> bool {
-    if due(state.last_claim, planner_ttl(&ctx.config) / 3) {
+    if state.schedule.claim_due() {
         claim(ctx, state, throttle).await;
     }
     let moved = if state.owned.is_empty() {
@@ -132,15 +122,10 @@ async fn tick(ctx: &Context, state: &mut State, throttle: &Throttle) -> bool {
     } else {
         plan_owned(ctx, state, throttle).await
     };
-    if due(state.last_retry_after, RETRY_AFTER_EVERY) {
-        state.last_retry_after = Some(Instant::now());
+    if state.schedule.due_retry_after() {
         share_retry_after(ctx).await;
     }
     moved
-}
-
-fn due(last: Option<Instant>, every: Duration) -> bool {
-    last.is_none_or(|at| at.elapsed() >= every)
 }
 
 async fn claim(ctx: &Context, state: &mut State, throttle: &Throttle) {
@@ -148,7 +133,7 @@ async fn claim(ctx: &Context, state: &mut State, throttle: &Throttle) {
     let ttl = planner_ttl(&ctx.config);
     match ctx.store.claim_planning(&names, &ctx.id, ttl).await {
         Ok(owned) => {
-            state.last_claim = Some(Instant::now());
+            state.schedule.claimed();
             if state.adopt(owned) {
                 tracing::info!(worker = %ctx.id, planning = state.owned.len(), of = names.len(), "Planning routes.");
             }
@@ -159,7 +144,7 @@ async fn claim(ctx: &Context, state: &mut State, throttle: &Throttle) {
                 tracing::warn!(%error, "Could not claim the planning of routes; retrying.");
             }
             // Keep planning what was claimed until its claim would have lapsed.
-            if state.last_claim.is_some_and(|at| at.elapsed() >= ttl) {
+            if state.schedule.claim_lapsed() {
                 state.owned.clear();
             }
         }
@@ -204,8 +189,7 @@ async fn plan_owned(ctx: &Context, state: &mut State, throttle: &Throttle) -> bo
         .progress
         .values()
         .any(|p| p.watermark < p.frontier || p.expired_leases > 0);
-    let round_due =
-        state.last_round.is_none() || (settling && due(state.last_round, ADVANCE_EVERY));
+    let round_due = state.schedule.round_due(settling);
     if unchanged && !state.uncarved && !round_due {
         return false;
     }
@@ -213,7 +197,7 @@ async fn plan_owned(ctx: &Context, state: &mut State, throttle: &Throttle) -> bo
         .iter()
         .map(|(topic, found)| ((*topic).to_owned(), found.clone()))
         .collect();
-    let fresh = state.last_round.is_some();
+    let fresh = state.schedule.progress_known();
     let mut requests = Vec::new();
     // Some partition has messages not carved yet (its backlog is full, or its tail waits): rounds go
     // on every tick, so watermarks advance and the backlog refills as fast as delivery drains it.
@@ -237,7 +221,7 @@ async fn plan_owned(ctx: &Context, state: &mut State, throttle: &Throttle) -> bo
                     tracing::warn!(route = %name, %error, "Could not register new partitions; retrying.");
                 }
             }
-            state.last_round = None; // read them back in this tick's round
+            state.schedule.reread_progress(); // read them back in this tick's round
         }
         for mark in marks {
             let key = (name.clone(), mark.partition);
@@ -254,7 +238,7 @@ async fn plan_owned(ctx: &Context, state: &mut State, throttle: &Throttle) -> bo
 
     state.uncarved = uncarved;
     let moved = uncarved || !unchanged;
-    if requests.is_empty() && !uncarved && !round_due && state.last_round.is_some() {
+    if requests.is_empty() && !uncarved && !round_due && state.schedule.progress_known() {
         report_lag(&owned, &marks, state);
         return moved;
     }
@@ -264,17 +248,12 @@ async fn plan_owned(ctx: &Context, state: &mut State, throttle: &Throttle) -> bo
     };
     match ctx.store.plan_round(&round).await {
         Ok(outcome) => {
-            state.last_round = Some(Instant::now());
-            state.tail_held =
-                round
-                    .partitions
-                    .iter()
-                    .zip(&outcome.planned)
-                    .any(|(request, planned)| {
-                        // Short of a range: a tail waiting, not a backlog capped at ranges_ahead.
-                        let left = request.high_watermark - planned.frontier;
-                        left > 0 && left < i64::from(request.range_size)
-                    });
+            state.schedule.round_done();
+            state.schedule.tail_held = round
+                .partitions
+                .iter()
+                .zip(&outcome.planned)
+                .any(|(request, planned)| holds_tail_back(request, planned.frontier));
             // One idle task per `leases_per_task` new ranges, at most every task: each that finds work
             // wakes one more.
             let tasks = outcome.carved().div_ceil(ctx.config.leases_per_task.max(1));
@@ -312,14 +291,21 @@ async fn plan_owned(ctx: &Context, state: &mut State, throttle: &Throttle) -> bo
         }
     }
     report_lag(&owned, &marks, state);
-    if due(state.last_compaction, ctx.config.compact_every) {
-        state.last_compaction = Some(Instant::now());
+    if state.schedule.due_compaction() {
         if let Err(error) = ctx.store.compact_routes(&state.owned, 10_000).await {
             metrics::store_error("compact");
             tracing::debug!(%error, "Compaction failed; it runs again later.");
         }
     }
     moved
+}
+
+/// Whether a round that carved `request` up to `frontier` held the partition's short tail back (the
+/// store carves it after `max_tail_age` while ranges of it are in flight): less than a range left, not
+/// a backlog capped at `ranges_ahead`.
+fn holds_tail_back(request: &PlanRequest, frontier: i64) -> bool {
+    let left = request.high_watermark - frontier;
+    left > 0 && left < i64::from(request.range_size)
 }
 
 /// What to carve of one partition this round, if anything.
@@ -403,7 +389,10 @@ async fn share_retry_after(ctx: &Context) {
                     .iter()
                     .filter(|r| r.config.destination == destination)
                 {
-                    route.deliverer.block_until(Instant::now() + wait);
+                    // The deliverer's gate runs on the standard clock.
+                    route
+                        .deliverer
+                        .block_until(std::time::Instant::now() + wait);
                 }
             }
         }
@@ -426,20 +415,40 @@ mod tests {
     }
 
     #[test]
+    fn a_tail_is_held_back_when_less_than_a_range_is_left_uncarved() {
+        let request = PlanRequest {
+            route: "orders".into(),
+            partition: 0,
+            high_watermark: 1_050,
+            range_size: 100,
+            max_new_ranges: 32,
+            max_tail_age: Duration::from_millis(200),
+        };
+        // 50 messages left behind ranges in flight: the planner wakes when they settle.
+        assert!(holds_tail_back(&request, 1_000));
+        assert!(holds_tail_back(&request, 1_049));
+        // Everything carved: nothing to wake for.
+        assert!(!holds_tail_back(&request, 1_050));
+        // A whole range or more left: the backlog is capped at ranges_ahead, not a tail waiting.
+        assert!(!holds_tail_back(&request, 950));
+        assert!(!holds_tail_back(&request, 900));
+    }
+
+    #[test]
     fn the_same_routes_in_another_order_are_no_change_of_ownership() {
-        let mut state = State::default();
+        let mut state = State::new(&crate::WorkerConfig::default());
         assert!(state.adopt(vec!["b".into(), "a".into(), "c".into()]));
-        state.last_round = Some(Instant::now());
+        state.schedule.round_done();
         for route in ["a", "b", "c"] {
             state.progress.insert((route.into(), 0), progress(0));
         }
         // The store answers in no particular order: nothing changed, nothing is re-read.
         assert!(!state.adopt(vec!["c".into(), "a".into(), "b".into()]));
-        assert!(state.last_round.is_some());
+        assert!(state.schedule.progress_known());
         assert_eq!(state.progress.len(), 3);
         // A route lost: its progress goes, and the next round reads the rest afresh.
         assert!(state.adopt(vec!["c".into(), "a".into()]));
-        assert!(state.last_round.is_none());
+        assert!(!state.schedule.progress_known());
         assert_eq!(state.owned, vec!["a".to_owned(), "c".to_owned()]);
         let mut left: Vec<&str> = state.progress.keys().map(|(r, _)| r.as_str()).collect();
         left.sort_unstable();
