@@ -21,10 +21,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use courier_core::{CheckpointOutcome, Epoch, Lease, OffsetRange, RangeKind};
 use courier_store::{DedicatedConnection, PlanRequest, RouteSpec, Store, StoreConfig, Timeouts};
+use courier_testkit::db::db_error;
 use tokio::sync::watch;
 use tokio_postgres::types::{ToSql, Type};
 
-use crate::env::{db_error, RawSession, HARNESS_APP};
+use crate::env::{raw_session, RawSession, HARNESS_APP};
 use crate::judge::FaultWindow;
 use crate::pipeline::{poll, Pipeline, PipelineSpec, DESTINATION, ROUTE};
 use crate::report::{Incident8Figures, Mode, ScenarioReport};
@@ -156,7 +157,7 @@ async fn set_up(options: &Options, p: &mut Pipeline) -> Result<(Store, RawSessio
     p.produce(options.length.pick(2000, 4000)).await?;
     let harness = p.harness().await?;
     plan_everything(p, &harness).await?;
-    let monitor = p.db.raw(HARNESS_APP).await?;
+    let monitor = raw_session(&p.db, HARNESS_APP).await?;
     monitor
         .batch_execute(
             "CREATE TABLE chaos_claims (owner text NOT NULL, range_id bigint NOT NULL, epoch bigint NOT NULL,
@@ -195,7 +196,7 @@ async fn lock_out_the_clients(
     let window = options
         .length
         .pick(Duration::from_secs(6), Duration::from_secs(20));
-    let blocker = p.db.raw("chaos-blocker").await?;
+    let blocker = raw_session(&p.db, "chaos-blocker").await?;
     blocker
         .batch_execute("BEGIN; LOCK TABLE courier_ranges IN ACCESS EXCLUSIVE MODE")
         .await
@@ -209,7 +210,7 @@ async fn lock_out_the_clients(
             Store::connect(&StoreConfig {
                 application_name: CLIENT_APP.to_owned(),
                 pool_size: 1,
-                ..p.db.store_config(client_timeouts())
+                ..p.db.config_with(client_timeouts())
             })
             .await
             .map_err(|e| ChaosError::Setup(format!("client store: {e}")))?,
