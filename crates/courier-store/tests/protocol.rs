@@ -77,15 +77,10 @@ async fn racing_planners_never_overlap() {
     for planner in planners {
         planner.await.expect("task").expect("plan");
     }
-    let client = db.raw_client().await;
-    let rows = client
-        .query("SELECT start_offset, end_offset FROM courier_ranges WHERE route = 'r' ORDER BY start_offset", &[])
-        .await
-        .expect("rows");
     let mut next = 0;
-    for row in &rows {
-        assert_eq!(row.get::<_, i64>(0), next, "gap or overlap");
-        next = row.get(1);
+    for range in store.ranges("r").await.expect("ranges") {
+        assert_eq!(range.start_offset, next, "gap or overlap");
+        next = range.end_offset;
     }
     assert_eq!(next, 1900, "the highest watermark seen wins");
     assert_eq!(store.partitions("r").await.expect("p")[0].frontier, 1900);

@@ -372,7 +372,7 @@ async fn deliver_and_fence(
 
     let mut fenced = 0;
     for (_, range_id, epoch) in &late {
-        if stale_checkpoint_is_fenced(harness, monitor, *range_id, *epoch).await? {
+        if stale_checkpoint_is_fenced(harness, *range_id, *epoch).await? {
             fenced += 1;
         }
     }
@@ -387,20 +387,19 @@ async fn deliver_and_fence(
 /// Whether a checkpoint of range `range_id` at the claim's `epoch` is refused now.
 async fn stale_checkpoint_is_fenced(
     harness: &Store,
-    monitor: &RawSession,
     range_id: i64,
     epoch: i64,
 ) -> Result<bool, ChaosError> {
-    let row = monitor
-        .query_one(
-            "SELECT partition, start_offset, end_offset, epoch FROM courier_ranges WHERE id = $1",
-            &[&range_id],
-        )
+    let unread =
+        |e: String| ChaosError::Setup(format!("reading late-claimed range {range_id}: {e}"));
+    let now = harness
+        .ranges_by_id(&[range_id])
         .await
-        .map_err(sql_error("reading a late-claimed range"))?;
-    let (partition, start, end, now_epoch): (i32, i64, i64, i64) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
-    let Ok(range) = OffsetRange::new(start, end) else {
+        .map_err(|e| unread(e.to_string()))?
+        .pop()
+        .ok_or_else(|| unread("it is gone".into()))?;
+    let (partition, start, now_epoch) = (now.partition, now.start_offset, now.epoch);
+    let Ok(range) = OffsetRange::new(start, now.end_offset) else {
         return Ok(false);
     };
     let stale = Lease {
