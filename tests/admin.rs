@@ -274,7 +274,7 @@ async fn the_status_page_of_a_running_worker_shows_a_failing_destination_with_it
 
     // The store goes away: not ready (with the reason), yet alive: a restart would not bring it back.
     let (admin_db, connection) =
-        tokio_postgres::connect(&courier_testkit::db::server_url(), tokio_postgres::NoTls)
+        tokio_postgres::connect(&courier_core::local::database_url(), tokio_postgres::NoTls)
             .await
             .expect("connect to the server's own database");
     tokio::spawn(connection);

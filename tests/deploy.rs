@@ -121,7 +121,7 @@ fn admin_psql(database: &str) -> Result<Command, String> {
         command.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &url]);
         return Ok(command);
     }
-    let server: tokio_postgres::Config = courier_testkit::db::server_url()
+    let server: tokio_postgres::Config = courier_core::local::database_url()
         .parse()
         .map_err(|e| format!("DATABASE_URL does not parse: {e}"))?;
     let port = server.get_ports().first().copied().unwrap_or(5432);

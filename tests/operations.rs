@@ -1,7 +1,7 @@
 //! The on-call tools against real services: `courier status`, `courier replay`, `courier probe`, and
 //! the StatsD metrics a worker sends.
 
-use crate::common::{self, id, start_worker, wait_for_count};
+use crate::common::{self, id, start_worker, wait_for_count, wait_for_ranges};
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -98,12 +98,7 @@ async fn status_shows_failures_replay_redelivers_them_audited_and_status_clears(
         "{}",
         stdout_of(&output)
     );
-    wait_for_count(
-        &db,
-        "SELECT count(*) FROM courier_ranges WHERE state = 'failed'",
-        failed_ranges,
-    )
-    .await;
+    wait_for_ranges(&db, |c| c.failed, failed_ranges).await;
 
     // The real replay, audited, waited on.
     let output = courier(&[
@@ -539,7 +534,7 @@ async fn a_worker_with_another_url_and_format_refuses_to_start_until_the_change_
     drop(worker_a);
     let _worker_b = start_worker(config_b);
     let producer = courier_kafka::Producer::connect(courier_kafka::KafkaConfig::new(
-        courier_testkit::kafka_brokers(),
+        courier_core::local::kafka_brokers(),
     ))
     .await
     .expect("producer");
@@ -613,17 +608,11 @@ async fn a_paused_route_is_not_delivered_is_shown_by_status_and_resumes_recorded
     // ... and no worker leases it. Showing that nothing happens takes a while: 50 poll intervals.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(destination.stats().delivered_elements, 0);
-    let ever_leased: i64 = db
-        .raw_client()
-        .await
-        .query_one(
-            "SELECT count(*) FROM courier_ranges WHERE route = 'r' AND epoch > 0",
-            &[],
-        )
-        .await
-        .expect("count")
-        .get(0);
-    assert_eq!(ever_leased, 0, "a paused route's range was leased");
+    let ranges = db.store().await.ranges("r").await.expect("ranges");
+    assert!(
+        ranges.iter().all(|range| range.epoch == 0),
+        "a paused route's range was leased: {ranges:?}"
+    );
 
     let output = courier(&["status", "--config", config])
         .output()

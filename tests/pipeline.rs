@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
+use courier_core::local::kafka_brokers;
 use courier_core::{Header, OffsetRange, Ordering};
 use courier_http::{DestinationConfig, Format};
 use courier_kafka::{create_topic, KafkaConfig, OutgoingRecord, Producer};
 use courier_sink::{Behaviour, Sink};
 use courier_store::{ReplayAudit, Store};
-use courier_testkit::{kafka_brokers, unique_name, TestDb};
+use courier_testkit::{unique_name, TestDb};
 use courier_worker::{
     OnPoison, RouteConfig, StartFrom, Worker, WorkerConfig, WorkerError, WorkerStats,
 };
@@ -370,20 +371,16 @@ async fn a_permanent_4xx_fails_its_range_with_the_response_and_the_partition_kee
     wait_for_watermarks(&store, "r", 1000).await;
     worker.stop().await;
 
-    let client = db.raw_client().await;
-    let failed = client
-        .query("SELECT start_offset, end_offset, last_error FROM courier_ranges WHERE route = 'r' AND state = 'failed'", &[])
-        .await
-        .expect("failed ranges");
+    let failed = store.failed_ranges(Some("r")).await.expect("failed ranges");
     assert!(!failed.is_empty(), "the refused range is failed and listed");
     let mut lost_to_failure = 0;
-    for row in &failed {
-        let error: String = row.get(2);
+    for range in &failed {
+        let error = range.last_error.as_deref().unwrap_or_default();
         assert!(
             error.contains("422") && error.contains("unknown event schema v0"),
             "{error}"
         );
-        lost_to_failure += row.get::<_, i64>(1) - row.get::<_, i64>(0);
+        lost_to_failure += range.end_offset - range.start_offset;
     }
     let delivered = destination.count_by(id).len() as i64;
     assert_eq!(
@@ -994,14 +991,7 @@ async fn offsets_deleted_before_delivery_are_flagged_recorded_exactly_and_the_su
             (300, 371, Some(replay_id))
         ]
     );
-    let failed: i64 = client
-        .query_one(
-            "SELECT count(*) FROM courier_ranges WHERE state = 'failed'",
-            &[],
-        )
-        .await
-        .expect("failed")
-        .get(0);
+    let failed = store.range_counts(None).await.expect("failed").failed;
     assert_eq!(
         failed, 0,
         "the replayed range is settled, its loss recorded"

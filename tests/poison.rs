@@ -3,16 +3,18 @@
 //! bad messages; they are quarantined, listed by `courier status`, written to the dead-letter topic, and
 //! replayed one by one or together with `courier replay --quarantined`.
 
-use crate::common::{self, id, start_worker, wait_for_count, Worker};
+use crate::common::{self, id, start_worker, wait_for_count, wait_for_ranges, Worker};
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{courier, one_route_config, sink, stderr_of, stdout_of, write_config};
+use courier_core::local::kafka_brokers;
 use courier_core::OffsetRange;
 use courier_kafka::{create_topic, KafkaConfig, Producer, RangeReader};
 use courier_sink::Behaviour;
-use courier_testkit::{kafka_brokers, unique_name, TestDb};
+use courier_store::RangeCounts;
+use courier_testkit::{unique_name, TestDb};
 use serde_json::{json, Value};
 
 /// A topic of `partitions` x `per_partition` messages `{"id": "<p>-<seq>"}`; those with `bad(seq)` also
@@ -143,12 +145,7 @@ async fn poison_messages_are_quarantined_dead_lettered_listed_and_replayed_while
             .is_some_and(|seq| seq % 50 != 17)),
         "no bad message was accepted"
     );
-    wait_for_count(
-        &db,
-        "SELECT count(*) FROM courier_ranges WHERE state = 'failed'",
-        0,
-    )
-    .await;
+    wait_for_ranges(&db, |c| c.failed, 0).await;
 
     // Listed, one by one, with the destination's answer; attention with the runbook.
     let (code, json) = status(config);
@@ -330,12 +327,7 @@ async fn run_until_a_range_fails(
     );
     let config = config.to_str().expect("path").to_owned();
     let worker = start_worker(&config);
-    wait_for_count(
-        db,
-        "SELECT count(*) FROM courier_ranges WHERE state = 'failed'",
-        1,
-    )
-    .await;
+    wait_for_ranges(db, |c| c.failed, 1).await;
     (config, worker)
 }
 
@@ -499,12 +491,7 @@ async fn an_undecodable_batch_is_quarantined_and_the_messages_around_it_are_deli
     .await;
     let expected: BTreeSet<u64> = (0..50).chain(90..400).collect();
     assert_eq!(seqs_delivered(&destination), expected);
-    wait_for_count(
-        &db,
-        "SELECT count(*) FROM courier_ranges WHERE state <> 'done'",
-        0,
-    )
-    .await;
+    wait_for_ranges(&db, RangeCounts::not_done, 0).await;
     let client = db.raw_client().await;
     let reasons: Vec<(i64, String, Option<String>)> = client
         .query(
@@ -582,17 +569,17 @@ async fn an_undecodable_batch_fails_its_range_there_when_the_route_says_fail_ran
     let destination = sink().await;
     let (config, worker) = run_until_a_range_fails(&db, &topic, &destination).await;
     let config = config.as_str();
-    let client = db.raw_client().await;
-    let row = client
-        .query_one(
-            "SELECT start_offset, resume_offset, last_error FROM courier_ranges WHERE state = 'failed'",
-            &[],
-        )
+    let failed = db
+        .store()
+        .await
+        .failed_ranges(None)
         .await
         .expect("the failed range");
-    let (start, resume, error): (i64, Option<i64>, Option<String>) =
-        (row.get(0), row.get(1), row.get(2));
-    assert_eq!((start, resume), (0, Some(50)));
+    let [range] = failed.as_slice() else {
+        panic!("one failed range: {failed:?}")
+    };
+    let error = &range.last_error;
+    assert_eq!((range.start_offset, range.resume_offset), (0, Some(50)));
     assert!(
         error
             .as_deref()

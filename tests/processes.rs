@@ -4,8 +4,10 @@ use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use courier_core::local::kafka_brokers;
+use courier_core::RangeState;
 use courier_sink::Behaviour;
-use courier_testkit::{kafka_brokers, TestDb};
+use courier_testkit::TestDb;
 use serde_json::Value;
 
 use crate::common;
@@ -37,19 +39,13 @@ async fn a_worker_killed_mid_range_loses_nothing_and_duplicates_stay_inside_its_
     let victim_owner = format!("%-{}-%", victim.id());
 
     // Kill the victim while it holds a lease, after it has delivered something.
-    let client = db.raw_client().await;
+    let store = db.store().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let held: Vec<i64> = loop {
-        let rows = client
-            .query(
-                "SELECT id FROM courier_ranges WHERE state = 'leased' AND lease_owner LIKE $1",
-                &[&victim_owner],
-            )
-            .await
-            .expect("leases");
-        if !rows.is_empty() && sink.stats().delivered > 0 {
+        let leases = store.leases_held_by(&victim_owner).await.expect("leases");
+        if !leases.is_empty() && sink.stats().delivered > 0 {
             victim.kill().expect("SIGKILL");
-            break rows.iter().map(|r| r.get(0)).collect();
+            break leases.iter().map(|range| range.id).collect();
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -84,14 +80,11 @@ async fn a_worker_killed_mid_range_loses_nothing_and_duplicates_stay_inside_its_
     // ... and settles every range, the victim's included, before it is stopped.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let open: i64 = client
-            .query_one(
-                "SELECT count(*) FROM courier_ranges WHERE route = 'r' AND state <> 'done'",
-                &[],
-            )
+        let open = store
+            .range_counts(Some("r"))
             .await
             .expect("open ranges")
-            .get(0);
+            .not_done();
         if open == 0 {
             break;
         }
@@ -118,40 +111,34 @@ async fn a_worker_killed_mid_range_loses_nothing_and_duplicates_stay_inside_its_
             }
         }
     }
+    let ranges = store.ranges("r").await.expect("ranges");
     let mut duplicates = 0;
     for (id, deliveries) in batches_by_id.iter().filter(|(_, d)| d.len() > 1) {
         duplicates += deliveries.len() - 1;
         for (partition, offset) in deliveries {
-            let row = client
-                .query_one(
-                    "SELECT epoch FROM courier_ranges WHERE route = 'r' AND partition = $1 AND start_offset <= $2 AND end_offset > $2",
-                    &[partition, offset],
-                )
-                .await
+            let range = ranges
+                .iter()
+                .find(|r| r.partition == *partition && r.contains(*offset))
                 .expect("range of a duplicate");
             assert!(
-                row.get::<_, i64>(0) > 1,
+                range.epoch > 1,
                 "message {id} was delivered twice outside an interrupted range"
             );
         }
     }
-    for id in &held {
-        let row = client
-            .query_one(
-                "SELECT state, epoch FROM courier_ranges WHERE id = $1",
-                &[id],
-            )
-            .await
-            .expect("held range");
+    let held_now = store.ranges_by_id(&held).await.expect("held ranges");
+    assert_eq!(
+        held_now.len(),
+        held.len(),
+        "every held range is still there"
+    );
+    for range in &held_now {
         assert_eq!(
-            row.get::<_, String>(0),
-            "done",
+            range.state,
+            RangeState::Done,
             "a range the victim held was not delivered by the survivor"
         );
-        assert!(
-            row.get::<_, i64>(1) > 1,
-            "the victim's range was leased again"
-        );
+        assert!(range.epoch > 1, "the victim's range was leased again");
     }
     eprintln!(
         "killed worker held {} range(s); {duplicates} duplicate deliveries, all inside them",
@@ -311,14 +298,11 @@ async fn sigterm_drains_in_flight_ranges_and_leaves_no_lease_behind() {
         .expect("spawn");
     let owner = format!("%-{}-%", worker.id());
     let client = db.raw_client().await;
+    let store = db.store().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let leased: i64 = client
-            .query_one("SELECT count(*) FROM courier_ranges WHERE state = 'leased' AND lease_owner LIKE $1", &[&owner])
-            .await
-            .expect("count")
-            .get(0);
-        if leased > 0 {
+        let leased = store.leases_held_by(&owner).await.expect("leases");
+        if !leased.is_empty() {
             break;
         }
         assert!(
@@ -346,14 +330,7 @@ async fn sigterm_drains_in_flight_ranges_and_leaves_no_lease_behind() {
         stderr.contains("Draining") && stderr.contains("Worker stopped"),
         "{stderr}"
     );
-    let left: i64 = client
-        .query_one(
-            "SELECT count(*) FROM courier_ranges WHERE state = 'leased' AND lease_owner LIKE $1",
-            &[&owner],
-        )
-        .await
-        .expect("count")
-        .get(0);
+    let left = store.leases_held_by(&owner).await.expect("leases").len();
     assert_eq!(
         left, 0,
         "every in-flight range was finished or released, none left to expire"
@@ -389,14 +366,11 @@ async fn sighup_drains_like_sigterm_records_the_stop_and_says_so() {
         .expect("spawn");
     let owner = format!("%-{}-%", worker.id());
     let client = db.raw_client().await;
+    let store = db.store().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let leased: i64 = client
-            .query_one("SELECT count(*) FROM courier_ranges WHERE state = 'leased' AND lease_owner LIKE $1", &[&owner])
-            .await
-            .expect("count")
-            .get(0);
-        if leased > 0 {
+        let leased = store.leases_held_by(&owner).await.expect("leases");
+        if !leased.is_empty() {
             break;
         }
         assert!(
@@ -426,14 +400,7 @@ async fn sighup_drains_like_sigterm_records_the_stop_and_says_so() {
             && stderr.contains("Worker stopped"),
         "{stderr}"
     );
-    let left: i64 = client
-        .query_one(
-            "SELECT count(*) FROM courier_ranges WHERE state = 'leased' AND lease_owner LIKE $1",
-            &[&owner],
-        )
-        .await
-        .expect("count")
-        .get(0);
+    let left = store.leases_held_by(&owner).await.expect("leases").len();
     assert_eq!(left, 0, "every in-flight range was finished or released");
     let stopped: bool = client
         .query_one(

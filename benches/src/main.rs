@@ -120,9 +120,8 @@ async fn main() -> anyhow::Result<()> {
         only
     };
     let bench = Bench {
-        server: std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://courier:courier@127.0.0.1:54329/courier".into()),
-        brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into()),
+        server: courier_core::local::database_url(),
+        brokers: courier_core::local::kafka_brokers(),
         sink: sink::start().await?,
         args,
     };

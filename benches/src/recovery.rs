@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use courier_core::RangeState;
 use courier_kafka::KafkaConfig;
 
 use crate::report::Report;
@@ -92,39 +93,17 @@ async fn recovery(
     let survivor_task = tokio::spawn(surviving.run(stopped));
 
     let held: Vec<i64> = loop {
-        let owner = crashing_id.clone();
-        let ids = store
-            .run("bench: held", move |c| {
-                Box::pin(async move {
-                    let rows = c
-                        .query("SELECT id FROM courier_ranges WHERE state = 'leased' AND lease_owner = $1", &[&owner])
-                        .await
-                        .map_err(|e| courier_store::StoreError::from_db("bench", e))?;
-                    Ok(rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>())
-                })
-            })
-            .await?;
-        if !ids.is_empty() && sink.counters.messages() > 0 {
-            break ids;
+        let held = store.leases_held_by(&crashing_id).await?;
+        if !held.is_empty() && sink.counters.messages() > 0 {
+            break held.iter().map(|range| range.id).collect();
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     crash_task.abort();
     let crashed_at = Instant::now();
     loop {
-        let ids = held.clone();
-        let open: i64 = store
-            .run("bench: open", move |c| {
-                Box::pin(async move {
-                    let row = c
-                        .query_one("SELECT count(*) FROM courier_ranges WHERE id = ANY($1) AND state <> 'done'", &[&ids])
-                        .await
-                        .map_err(|e| courier_store::StoreError::from_db("bench", e))?;
-                    Ok(row.get::<_, i64>(0))
-                })
-            })
-            .await?;
-        if open == 0 {
+        let now = store.ranges_by_id(&held).await?;
+        if now.iter().all(|range| range.state == RangeState::Done) {
             break;
         }
         anyhow::ensure!(

@@ -6,9 +6,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use courier_core::local::kafka_brokers;
 use courier_kafka::{create_topic, KafkaConfig, Producer};
 use courier_sink::Sink;
-use courier_testkit::{kafka_brokers, unique_name, TestDb};
+use courier_store::RangeCounts;
+use courier_testkit::{unique_name, TestDb};
 use serde_json::{json, Value};
 
 pub const COURIER: &str = env!("CARGO_BIN_EXE_courier");
@@ -137,6 +139,23 @@ pub async fn wait_for_count(db: &TestDb, sql: &str, expected: i64) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{sql} stayed at {value}, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls the store until `pick` of its range counts (every route's) equals `expected`.
+pub async fn wait_for_ranges(db: &TestDb, pick: fn(&RangeCounts) -> i64, expected: i64) {
+    let store = db.store().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let counts = store.range_counts(None).await.expect("range counts");
+        if pick(&counts) == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ranges stayed at {counts:?}, expected {expected}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

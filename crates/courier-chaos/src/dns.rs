@@ -8,10 +8,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use courier_store::StoreError;
-
 use crate::judge::FaultWindow;
-use crate::pipeline::{Pipeline, PipelineSpec};
+use crate::pipeline::{Pipeline, PipelineSpec, ROUTE};
 use crate::report::ScenarioReport;
 use crate::workers::WorkerHandle;
 use crate::{scenario, ChaosError, Options};
@@ -73,21 +71,18 @@ async fn drive(
         .await?;
 
     let store = p.harness().await?;
-    let dns_failures: i64 = store
-        .run("chaos: dns failures", |c| {
-            Box::pin(async move {
-                let row = c
-                    .query_one(
-                        "SELECT count(*) FROM courier_ranges WHERE last_error ILIKE '%courier-chaos.invalid%'",
-                        &[],
-                    )
-                    .await
-                    .map_err(|e| StoreError::from_db("chaos: dns failures", e))?;
-                Ok(row.get(0))
-            })
-        })
+    let dns_failures = store
+        .ranges(ROUTE)
         .await
-        .map_err(|e| ChaosError::Setup(format!("reading last_error: {e}")))?;
+        .map_err(|e| ChaosError::Setup(format!("reading last_error: {e}")))?
+        .iter()
+        .filter(|range| {
+            range
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.to_ascii_lowercase().contains("courier-chaos.invalid"))
+        })
+        .count();
     report.note(format!(
         "outage {:.0} s: {requests_during} request(s) reached the destination; {dns_failures} range(s) recorded the DNS failure in last_error",
         outage.as_secs_f64()

@@ -1,26 +1,21 @@
 //! The services a chaos run talks to, and the scratch databases it creates on them.
 //!
 //! Owns: where PostgreSQL and Kafka are (`DATABASE_URL` / `KAFKA_BROKERS`, or the local ones the scripts
-//! start), whether they are *ours* to restart, [`ScratchDb`] (one fresh database per scenario and mode,
-//! dropped at the end), and [`RawSession`]: a plain connection with the server's defaults, the "naive"
-//! client of incident 8.
+//! start), whether they are *ours* to restart, the scratch database of a scenario run
+//! ([`Services::scratch_db`]: a `courier_testkit::TestDb`, one per scenario and mode, dropped at the
+//! end) and the harness's configuration on it, and [`RawSession`]: a plain connection with the
+//! server's defaults, the "naive" client of incident 8.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use courier_store::url::{redact, with_database};
-use courier_store::{StoreConfig, Timeouts};
+use courier_core::local;
+use courier_store::StoreConfig;
+use courier_testkit::TestDb;
 use tokio_postgres::NoTls;
 
 use crate::ChaosError;
 
-/// The local development cluster `scripts/postgres.sh start` creates.
-pub const LOCAL_DATABASE_URL: &str = "postgres://courier:courier@127.0.0.1:54329/courier";
-/// The local broker `scripts/kafka.sh start` runs.
-pub const LOCAL_BROKERS: &str = "127.0.0.1:9092";
-/// Every scratch database starts with this, so `scripts/postgres.sh clean-test-databases` (run by
-/// `make test`) also drops one a crashed run left behind.
-pub const SCRATCH_PREFIX: &str = "courier_test_chaos";
 /// `application_name` of the harness's own sessions, so "terminate every courier connection" never
 /// ends the harness's, and the evidence it prints tells them apart.
 pub const HARNESS_APP: &str = "courier-chaos";
@@ -42,30 +37,26 @@ pub struct Services {
 impl Services {
     /// From the environment, as every courier tool reads it.
     pub fn from_env() -> Self {
-        let database = std::env::var("DATABASE_URL").ok().filter(|v| !v.is_empty());
-        let brokers = std::env::var("KAFKA_BROKERS")
-            .ok()
-            .filter(|v| !v.is_empty());
+        let set = |variable| std::env::var(variable).is_ok_and(|v| !v.is_empty());
         Self {
-            external_database: database.is_some(),
-            external_kafka: brokers.is_some(),
-            server_url: database.unwrap_or_else(|| LOCAL_DATABASE_URL.to_owned()),
-            brokers: brokers.unwrap_or_else(|| LOCAL_BROKERS.to_owned()),
+            external_database: set("DATABASE_URL"),
+            external_kafka: set("KAFKA_BROKERS"),
+            server_url: local::database_url(),
+            brokers: local::kafka_brokers(),
             scripts_dir: find_scripts_dir(),
         }
     }
 
-    /// Opens a session with the server's defaults on the server's own database (to create and drop
-    /// scratch databases).
-    async fn admin(&self) -> Result<RawSession, ChaosError> {
-        RawSession::connect(&self.server_url, HARNESS_APP)
-            .await
-            .map_err(|e| {
-                ChaosError::Setup(format!(
-                    "cannot reach PostgreSQL at {} ({e}): start it with `scripts/postgres.sh start`, or set DATABASE_URL",
-                    redact(&self.server_url)
-                ))
-            })
+    /// A scratch database on this server for one scenario run, `courier_test_chaos_<label>_...` (so
+    /// `scripts/postgres.sh clean-test-databases` drops it if the run crashes), migrated or not.
+    /// [`TestDb::drop_now`] drops it at the end.
+    pub async fn scratch_db(&self, label: &str, migrated: bool) -> Result<TestDb, ChaosError> {
+        let label = format!("chaos_{label}");
+        Ok(if migrated {
+            TestDb::migrated_on(&self.server_url, &label).await?
+        } else {
+            TestDb::create_on(&self.server_url, &label).await?
+        })
     }
 }
 
@@ -114,112 +105,26 @@ pub async fn run_script(
     }
 }
 
-/// A unique, lowercase name for a topic, route or database: `prefix_<pid>_<random>`.
-pub fn unique_name(prefix: &str) -> String {
-    let suffix: u32 = rand::random();
-    format!("{prefix}_{}_{suffix:08x}", std::process::id())
+/// The harness's own store configuration on `db`: courier's limits, but named [`HARNESS_APP`].
+pub fn harness_config(db: &TestDb) -> StoreConfig {
+    StoreConfig {
+        application_name: HARNESS_APP.to_owned(),
+        pool_size: 4,
+        ..db.config()
+    }
 }
 
-/// One database created for one scenario run. Call [`ScratchDb::drop_now`] at the end; a run that
-/// crashed leaves it for `scripts/postgres.sh clean-test-databases` (its name starts with
-/// [`SCRATCH_PREFIX`]).
-#[derive(Debug, Clone)]
-pub struct ScratchDb {
-    pub name: String,
-    pub url: String,
-    services: Services,
-}
-
-impl ScratchDb {
-    /// Creates an empty database named after `label`.
-    pub async fn create(services: &Services, label: &str) -> Result<Self, ChaosError> {
-        let label: String = label
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let name = unique_name(&format!("{SCRATCH_PREFIX}_{label}"));
-        let admin = services.admin().await?;
-        admin
-            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-            .await
-            .map_err(|e| {
-                ChaosError::Setup(format!(
-                    "cannot create the scratch database {name}: {}; the role needs CREATEDB (scripts/postgres.sh grants it)",
-                    db_error(&e)
-                ))
-            })?;
-        Ok(Self {
-            url: with_database(&services.server_url, &name),
-            name,
-            services: services.clone(),
+/// A naive session on `db`: no courier options, the server's defaults (no lock or statement timeout, no
+/// idle-in-transaction timeout, no connection check).
+pub async fn raw_session(db: &TestDb, application_name: &str) -> Result<RawSession, ChaosError> {
+    RawSession::connect(&db.url, application_name)
+        .await
+        .map_err(|e| {
+            ChaosError::Setup(format!(
+                "cannot connect to scratch database {}: {e}",
+                db.name
+            ))
         })
-    }
-
-    /// Creates a database and applies courier's migrations.
-    pub async fn migrated(services: &Services, label: &str) -> Result<Self, ChaosError> {
-        let db = Self::create(services, label).await?;
-        courier_store::Migrator::embedded()
-            .run(&db.store_config(Timeouts::default()))
-            .await
-            .map_err(|e| {
-                ChaosError::Setup(format!("migrating scratch database {}: {e}", db.name))
-            })?;
-        Ok(db)
-    }
-
-    /// courier's store configuration for this database: `application_name = 'courier'`, as a worker's.
-    pub fn store_config(&self, timeouts: Timeouts) -> StoreConfig {
-        StoreConfig {
-            timeouts,
-            ..StoreConfig::new(&self.url)
-        }
-    }
-
-    /// The harness's own store configuration: courier's limits, but named [`HARNESS_APP`].
-    pub fn harness_config(&self) -> StoreConfig {
-        StoreConfig {
-            application_name: HARNESS_APP.to_owned(),
-            pool_size: 4,
-            ..StoreConfig::new(&self.url)
-        }
-    }
-
-    /// A naive session: no courier options, the server's defaults (no lock or statement timeout, no
-    /// idle-in-transaction timeout, no connection check).
-    pub async fn raw(&self, application_name: &str) -> Result<RawSession, ChaosError> {
-        RawSession::connect(&self.url, application_name)
-            .await
-            .map_err(|e| {
-                ChaosError::Setup(format!(
-                    "cannot connect to scratch database {}: {e}",
-                    self.name
-                ))
-            })
-    }
-
-    /// Drops the database, ending whatever sessions are still in it.
-    pub async fn drop_now(self) -> Result<(), ChaosError> {
-        let admin = self.services.admin().await?;
-        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
-        match tokio::time::timeout(Duration::from_secs(30), admin.batch_execute(&sql)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(ChaosError::Setup(format!(
-                "cannot drop scratch database {}: {}; `scripts/postgres.sh clean-test-databases` drops it later",
-                self.name,
-                db_error(&e)
-            ))),
-            Err(_) => Err(ChaosError::Setup(format!(
-                "dropping scratch database {} took over 30 s; `scripts/postgres.sh clean-test-databases` drops it later",
-                self.name
-            ))),
-        }
-    }
 }
 
 /// A plain `tokio_postgres` session whose socket closes the moment it is dropped (the connection task is
@@ -271,22 +176,5 @@ impl std::ops::Deref for RawSession {
 impl Drop for RawSession {
     fn drop(&mut self) {
         self.connection.abort();
-    }
-}
-
-/// A database error's own message and SQLSTATE when it has one, else the driver's text with causes.
-pub fn db_error(error: &tokio_postgres::Error) -> String {
-    match error.as_db_error() {
-        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => {
-            let mut text = error.to_string();
-            let mut source = std::error::Error::source(error);
-            while let Some(cause) = source {
-                text.push_str(": ");
-                text.push_str(&cause.to_string());
-                source = cause.source();
-            }
-            text
-        }
     }
 }

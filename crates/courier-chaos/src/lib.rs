@@ -63,6 +63,12 @@ pub enum ChaosError {
     WorkerBoot(String),
 }
 
+impl From<courier_testkit::SetupError> for ChaosError {
+    fn from(error: courier_testkit::SetupError) -> Self {
+        Self::Setup(error.0)
+    }
+}
+
 /// Short runs go in `make test`; full runs are `courier gameday --full` (`make chaos`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

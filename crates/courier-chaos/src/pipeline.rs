@@ -11,16 +11,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use courier_core::RangeKind;
 use courier_http::DestinationConfig;
 use courier_kafka::{create_topic, KafkaConfig, Producer};
 use courier_sink::Sink;
-use courier_store::{Store, StoreError, Timeouts};
+use courier_store::{Store, Timeouts};
+use courier_testkit::{unique_name, TestDb};
 use courier_worker::WorkerConfig;
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::env::{unique_name, ScratchDb, Services};
+use crate::env::{harness_config, Services};
 use crate::judge::{
     element_id, judge_with_timeline, Evidence, FaultWindow, Judgement, PartitionBounds, Produced,
     RangeRecord,
@@ -139,7 +141,7 @@ struct Trickle {
 /// A running pipeline. Call [`Pipeline::finish`] at the end to stop everything and drop the database.
 pub struct Pipeline {
     pub services: Services,
-    pub db: ScratchDb,
+    pub db: TestDb,
     /// The harness's own store handle (`application_name = 'courier-chaos'`).
     pub harness: Option<Store>,
     pub topic: String,
@@ -158,11 +160,7 @@ impl Pipeline {
         spec: PipelineSpec,
         launcher: Launcher,
     ) -> Result<Self, ChaosError> {
-        let db = if spec.migrate {
-            ScratchDb::migrated(services, &spec.label).await?
-        } else {
-            ScratchDb::create(services, &spec.label).await?
-        };
+        let db = services.scratch_db(&spec.label, spec.migrate).await?;
         match Self::start_in(services, spec, launcher, db.clone()).await {
             Ok(pipeline) => Ok(pipeline),
             Err(error) => {
@@ -177,10 +175,10 @@ impl Pipeline {
         services: &Services,
         spec: PipelineSpec,
         launcher: Launcher,
-        db: ScratchDb,
+        db: TestDb,
     ) -> Result<Self, ChaosError> {
         let harness = if spec.migrate {
-            Some(Store::connect(&db.harness_config()).await.map_err(|e| {
+            Some(Store::connect(&harness_config(&db)).await.map_err(|e| {
                 ChaosError::Setup(format!(
                     "cannot open the harness's store on {}: {e}",
                     db.name
@@ -223,7 +221,7 @@ impl Pipeline {
         if let Some(store) = &self.harness {
             return Ok(store.clone());
         }
-        let store = Store::connect(&self.db.harness_config())
+        let store = Store::connect(&harness_config(&self.db))
             .await
             .map_err(|e| {
                 ChaosError::Setup(format!(
@@ -245,7 +243,7 @@ impl Pipeline {
         WorkerSpec {
             store: courier_store::StoreConfig {
                 pool_size: self.spec.pool_size,
-                ..self.db.store_config(self.spec.store_timeouts.clone())
+                ..self.db.config_with(self.spec.store_timeouts.clone())
             },
             brokers: self.services.brokers.clone(),
             route: ROUTE.to_owned(),
@@ -276,7 +274,7 @@ impl Pipeline {
         };
         let store = match &self.harness {
             Some(store) => store.clone(),
-            None => Store::connect(&self.db.harness_config())
+            None => Store::connect(&harness_config(&self.db))
                 .await
                 .map_err(|e| ChaosError::Setup(format!("cannot open the harness's store: {e}")))?,
         };
@@ -569,49 +567,34 @@ pub async fn read_store_evidence(
     store: &Store,
     route: &str,
 ) -> Result<(Vec<RangeRecord>, Vec<PartitionBounds>), ChaosError> {
-    let route = route.to_owned();
-    store
-        .run("chaos: read ranges", move |c| {
-            Box::pin(async move {
-                let db = |e| StoreError::from_db("chaos: read ranges", e);
-                let ranges = c
-                    .query(
-                        "SELECT partition, start_offset, end_offset, epoch, state, kind = 'live', replay_id IS NOT NULL
-                         FROM courier_ranges WHERE route = $1",
-                        &[&route],
-                    )
-                    .await
-                    .map_err(db)?
-                    .iter()
-                    .map(|r| RangeRecord {
-                        partition: r.get(0),
-                        start: r.get(1),
-                        end: r.get(2),
-                        epoch: r.get(3),
-                        state: r.get(4),
-                        live: r.get(5),
-                        replayed: r.get(6),
-                    })
-                    .collect();
-                let partitions = c
-                    .query(
-                        "SELECT partition, initial_offset, frontier FROM courier_partitions WHERE route = $1",
-                        &[&route],
-                    )
-                    .await
-                    .map_err(db)?
-                    .iter()
-                    .map(|r| PartitionBounds {
-                        partition: r.get(0),
-                        initial: r.get(1),
-                        frontier: r.get(2),
-                    })
-                    .collect();
-                Ok((ranges, partitions))
-            })
-        })
+    let unread = |e| ChaosError::Setup(format!("cannot read the store's ranges: {e}"));
+    let ranges = store
+        .ranges(route)
         .await
-        .map_err(|e| ChaosError::Setup(format!("cannot read the store's ranges: {e}")))
+        .map_err(unread)?
+        .into_iter()
+        .map(|r| RangeRecord {
+            partition: r.partition,
+            start: r.start_offset,
+            end: r.end_offset,
+            epoch: r.epoch,
+            state: r.state.to_string(),
+            live: r.kind == RangeKind::Live,
+            replayed: r.replay_id.is_some(),
+        })
+        .collect();
+    let partitions = store
+        .partitions(route)
+        .await
+        .map_err(unread)?
+        .into_iter()
+        .map(|p| PartitionBounds {
+            partition: p.partition,
+            initial: p.initial_offset,
+            frontier: p.frontier,
+        })
+        .collect();
+    Ok((ranges, partitions))
 }
 
 /// Polls `probe` every 100 ms until it returns `Some`, for at most `bound`.

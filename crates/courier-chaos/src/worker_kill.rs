@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use courier_sink::Behaviour;
-use courier_store::{Store, StoreError};
+use courier_store::{RangeRecord, Store, StoreError};
 
 use crate::judge::FaultWindow;
 use crate::pipeline::{poll, Pipeline, PipelineSpec};
@@ -94,7 +94,7 @@ async fn has_booted(store: &Store, owner_like: &str) -> Result<bool, ChaosError>
 }
 
 /// The ranges `owner_like` holds right now, with their epochs.
-async fn held_by(store: &Store, owner_like: &str) -> Result<Vec<(i64, i64)>, ChaosError> {
+async fn held_by(store: &Store, owner_like: &str) -> Result<Vec<RangeRecord>, ChaosError> {
     store
         .leases_held_by(owner_like)
         .await
@@ -102,26 +102,15 @@ async fn held_by(store: &Store, owner_like: &str) -> Result<Vec<(i64, i64)>, Cha
 }
 
 /// Whether every `(id, epoch)` has been leased again since (its epoch moved on).
-async fn all_leased_again(store: &Store, held: &[(i64, i64)]) -> Result<bool, ChaosError> {
-    let ids: Vec<i64> = held.iter().map(|(id, _)| *id).collect();
-    let epochs: Vec<i64> = held.iter().map(|(_, epoch)| *epoch).collect();
-    store
-        .run("chaos: leased again", move |c| {
-            Box::pin(async move {
-                let row = c
-                    .query_one(
-                        "SELECT count(*) FROM courier_ranges r
-                         JOIN unnest($1::bigint[], $2::bigint[]) AS h (id, epoch) ON h.id = r.id
-                         WHERE r.epoch > h.epoch",
-                        &[&ids, &epochs],
-                    )
-                    .await
-                    .map_err(|e| StoreError::from_db("chaos: leased again", e))?;
-                Ok(usize::try_from(row.get::<_, i64>(0)).unwrap_or(0) == ids.len())
-            })
-        })
+async fn all_leased_again(store: &Store, held: &[RangeRecord]) -> Result<bool, ChaosError> {
+    let ids: Vec<i64> = held.iter().map(|range| range.id).collect();
+    let now = store
+        .ranges_by_id(&ids)
         .await
-        .map_err(|e| ChaosError::Setup(format!("reading epochs: {e}")))
+        .map_err(|e| ChaosError::Setup(format!("reading epochs: {e}")))?;
+    Ok(held
+        .iter()
+        .all(|h| now.iter().any(|r| r.id == h.id && r.epoch > h.epoch)))
 }
 
 async fn drive(
@@ -227,7 +216,8 @@ async fn drive(
         .await
         .ok_or_else(|| {
             ChaosError::Stuck(format!(
-                "ranges {held:?} of a killed worker were not leased again"
+                "ranges {:?} (id, epoch) of a killed worker were not leased again",
+                held.iter().map(|r| (r.id, r.epoch)).collect::<Vec<_>>()
             ))
         })?;
         slowest_release = slowest_release.max(killed_at.elapsed());

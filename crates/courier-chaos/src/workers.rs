@@ -27,8 +27,8 @@ use futures::FutureExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::env::unique_name;
 use crate::ChaosError;
+use courier_testkit::unique_name;
 
 /// How workers are run.
 #[derive(Debug, Clone, PartialEq, Eq)]

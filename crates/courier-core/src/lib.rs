@@ -6,6 +6,8 @@
 //! # Layout
 //! - [`range`]: offsets, partitions, the half-open [`OffsetRange`], range states and kinds.
 //! - [`lease`]: the [`Lease`] a worker holds (its fencing [`Epoch`]) and what a checkpoint can answer.
+//! - [`local`]: where the local development PostgreSQL and Kafka are, and `DATABASE_URL` /
+//!   `KAFKA_BROKERS` over them, for tests, chaos runs, the demo and the benches.
 //! - [`message`]: one Kafka message (key, headers, timestamp, payload) as it travels to a destination.
 //! - [`plan`]: carving `[frontier, high_watermark)` into ranges.
 //! - [`retry`]: what a delivery outcome means (success, retry later, give up) and the backoff policy.
@@ -14,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod lease;
+pub mod local;
 pub mod message;
 pub mod plan;
 pub mod range;

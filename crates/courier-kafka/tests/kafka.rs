@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use courier_core::local::kafka_brokers as brokers;
 use courier_core::{Header, Message, OffsetRange};
 use courier_kafka::{
     create_topic, create_topic_with_config, delete_records_before, Delivered, Error, KafkaConfig,
@@ -17,10 +18,6 @@ use rdkafka::ClientConfig;
 
 /// The upper bound on any one test.
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn brokers() -> String {
-    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
-}
 
 fn config() -> KafkaConfig {
     KafkaConfig::new(brokers()).with_read_timeout(Duration::from_secs(20))

@@ -11,6 +11,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
+use courier_core::local::kafka_brokers as plaintext_brokers;
 use courier_core::OffsetRange;
 use courier_kafka::{create_topic, Error, KafkaConfig, Producer, RangeReader, SaslMechanism};
 
@@ -46,10 +47,6 @@ fn sasl_brokers() -> String {
          knows user courier / courier-secret with PLAIN and SCRAM)"
     );
     brokers
-}
-
-fn plaintext_brokers() -> String {
-    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
 }
 
 /// Every formatted log line, from every thread (librdkafka's included).

@@ -32,6 +32,8 @@
 //!   goes through, and what a TLS failure means.
 //! - [`url`]: swapping the database of a URL, hiding its password.
 //! - `status`: the read-only snapshot behind `courier status`.
+//! - `evidence`: the ranges as they are, typed ([`RangeRecord`], [`RangeCounts`]): of a route, by id,
+//!   leased by a worker, failed; what tests, chaos runs and benches check, read without SQL of their own.
 //! - `error`: [`StoreError`], whose variants decide what the caller does next and whose messages say
 //!   what to do at 2 a.m.
 //!
@@ -49,6 +51,7 @@ mod changes;
 pub mod config;
 mod destinations;
 mod error;
+mod evidence;
 mod lease;
 mod losses;
 pub mod migrate;
@@ -68,6 +71,7 @@ mod workers;
 pub use changes::{Change, ChangeRow, Kind as ChangeKind, PausedRoute};
 pub use config::{SslMode, StoreConfig, Timeouts};
 pub use error::{Result, StoreError};
+pub use evidence::{RangeCounts, RangeRecord};
 pub use losses::{DeletedBeforeDelivery, Loss, LossRow, LossSummary, RECENT_LOSSES_HOURS};
 pub use migrate::{MigrationReport, Migrator, SchemaVersion};
 pub use planning::{PlanOutcome, PlanRequest, PlanRound, RoundOutcome};

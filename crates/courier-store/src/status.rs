@@ -160,19 +160,6 @@ pub struct Snapshot {
 }
 
 impl Store {
-    /// `(id, epoch)` of the ranges leased now by owners matching the SQL `LIKE` pattern `owner_like`:
-    /// evidence for chaos runs and tests ("what did this worker hold when it died?").
-    pub async fn leases_held_by(&self, owner_like: &str) -> Result<Vec<(i64, i64)>> {
-        let rows = self
-            .query(
-                "read leases held",
-                "SELECT id, epoch FROM courier_ranges WHERE state = 'leased' AND lease_owner LIKE $1",
-                params![owner_like.to_owned()],
-            )
-            .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-    }
-
     /// Reads the whole status snapshot.
     pub async fn snapshot(&self) -> Result<Snapshot> {
         let mut snapshot = self.snapshot_without_quarantined().await?;

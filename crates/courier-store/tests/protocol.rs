@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::fixture::lease;
-use courier_core::{CheckpointOutcome, OffsetRange, RangeKind};
+use courier_core::{CheckpointOutcome, OffsetRange, RangeKind, RangeState};
 use courier_store::protocol::ReplayAudit;
 use courier_store::{
     FailOutcome, Failure, LeaseRequest, PlanRequest, RouteSpec, Store, StoreError,
@@ -77,15 +77,10 @@ async fn racing_planners_never_overlap() {
     for planner in planners {
         planner.await.expect("task").expect("plan");
     }
-    let client = db.raw_client().await;
-    let rows = client
-        .query("SELECT start_offset, end_offset FROM courier_ranges WHERE route = 'r' ORDER BY start_offset", &[])
-        .await
-        .expect("rows");
     let mut next = 0;
-    for row in &rows {
-        assert_eq!(row.get::<_, i64>(0), next, "gap or overlap");
-        next = row.get(1);
+    for range in store.ranges("r").await.expect("ranges") {
+        assert_eq!(range.start_offset, next, "gap or overlap");
+        next = range.end_offset;
     }
     assert_eq!(next, 1900, "the highest watermark seen wins");
     assert_eq!(store.partitions("r").await.expect("p")[0].frontier, 1900);
@@ -174,6 +169,16 @@ async fn a_retryable_failure_backs_off_and_a_permanent_one_is_listed_with_its_re
         .await
         .expect("lease");
     assert_eq!(leases.len(), 2);
+    let held = store.leases_held_by("w").await.expect("held");
+    assert_eq!(
+        held.iter().map(|r| (r.id, r.epoch)).collect::<Vec<_>>(),
+        leases.iter().map(|l| (l.id, l.epoch.0)).collect::<Vec<_>>()
+    );
+    assert!(store
+        .leases_held_by("other")
+        .await
+        .expect("held")
+        .is_empty());
     let outcome = store
         .fail(
             &leases[0],
@@ -231,17 +236,42 @@ async fn a_retryable_failure_backs_off_and_a_permanent_one_is_listed_with_its_re
         CheckpointOutcome::Fenced
     );
 
-    let client = db.raw_client().await;
-    let row = client
-        .query_one(
-            "SELECT state, last_error FROM courier_ranges WHERE id = $1",
-            &[&leases[1].id],
-        )
-        .await
-        .expect("row");
+    let failed = store.failed_ranges(Some("r")).await.expect("failed");
     assert_eq!(
-        (row.get::<_, String>(0), row.get::<_, String>(1)),
-        ("failed".into(), "404 Not Found: no such hook".into())
+        failed
+            .iter()
+            .map(|r| (r.id, r.state, r.last_error.as_deref()))
+            .collect::<Vec<_>>(),
+        [(
+            leases[1].id,
+            RangeState::Failed,
+            Some("404 Not Found: no such hook")
+        )]
+    );
+    assert!(store
+        .failed_ranges(Some("other"))
+        .await
+        .expect("failed")
+        .is_empty());
+    let ranges = store.ranges("r").await.expect("ranges");
+    assert_eq!(
+        ranges
+            .iter()
+            .map(|r| (r.start_offset, r.state, r.resume_offset, r.attempts))
+            .collect::<Vec<_>>(),
+        [
+            (0, RangeState::Pending, Some(50), 1),
+            (100, RangeState::Failed, None, 1)
+        ]
+    );
+    assert_eq!(
+        store.ranges_by_id(&[leases[1].id]).await.expect("by id"),
+        failed
+    );
+    let counts = store.range_counts(Some("r")).await.expect("counts");
+    assert_eq!(
+        (counts.pending, counts.failed, counts.not_done()),
+        (1, 1, 2)
     );
     // The failed range is settled: the watermark moves past it, the partition keeps moving.
     let progress = store.advance_watermarks("r").await.expect("advance");

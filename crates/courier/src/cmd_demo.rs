@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
-use courier_core::Ordering;
+use courier_core::{local, Ordering};
 use courier_http::DestinationConfig;
 use courier_kafka::{create_topic, KafkaConfig, Producer};
 use courier_sink::Sink;
@@ -19,8 +19,6 @@ use courier_worker::{RouteConfig, StartFrom, Worker, WorkerConfig, WorkerStats};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use tokio::sync::watch;
-
-use crate::cmd_migrate::LOCAL_DATABASE_URL;
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -45,10 +43,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if args.events == 0 || args.partitions < 1 || args.tasks == 0 {
         bail!("--events, --partitions and --tasks must all be at least 1");
     }
-    let database_url =
-        std::env::var("DATABASE_URL").unwrap_or_else(|_| LOCAL_DATABASE_URL.to_owned());
-    let brokers = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned());
-    let store_config = StoreConfig::new(database_url);
+    let brokers = local::kafka_brokers();
+    let store_config = StoreConfig::new(local::database_url());
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()

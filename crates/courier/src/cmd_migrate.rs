@@ -4,14 +4,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use courier_core::local::LOCAL_DATABASE_URL;
 use courier_store::url::redact;
 use courier_store::{Migrator, StoreConfig, StoreError};
 use courier_worker::{BootRetry, Service, WorkerConfig};
 
 use crate::config::Config;
-
-/// The development cluster `make postgres` starts: `courier migrate --dev` and the demo use it.
-pub const LOCAL_DATABASE_URL: &str = "postgres://courier:courier@127.0.0.1:54329/courier";
 
 /// Which database to migrate: the file's `store.url` (with `DATABASE_URL` layered over it), else
 /// `DATABASE_URL`, else the development cluster, but only when asked for with `--dev`: a schema change

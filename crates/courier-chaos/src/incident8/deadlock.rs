@@ -11,9 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use courier_store::{Migrator, Timeouts};
+use courier_testkit::db::db_error;
+use courier_testkit::TestDb;
 use tokio::sync::Barrier;
 
-use crate::env::{RawSession, ScratchDb};
+use crate::env::{raw_session, RawSession};
 use crate::report::{Incident8Figures, Mode, ScenarioReport};
 use crate::{ChaosError, Options};
 
@@ -54,7 +56,7 @@ async fn naive(
 ) -> Result<ScenarioReport, ChaosError> {
     let started = Instant::now();
     let mut report = ScenarioReport::new("deadlock", Some(Mode::Naive), options.length);
-    let db = ScratchDb::create(&options.services, "deadlock_naive").await?;
+    let db = options.services.scratch_db("deadlock_naive", false).await?;
     let outcome = naive_rounds(&db, workers, rounds).await;
     db.drop_now().await?;
     let (outcomes, other_errors) = outcome?;
@@ -103,7 +105,7 @@ async fn naive(
 
 /// The naive boots, round after round, in `db`.
 async fn naive_rounds(
-    db: &ScratchDb,
+    db: &TestDb,
     workers: usize,
     rounds: usize,
 ) -> Result<(Vec<Vec<Boot>>, Vec<String>), ChaosError> {
@@ -113,7 +115,7 @@ async fn naive_rounds(
         // Connect first, so the boots start together at the barrier, not staggered by connecting.
         let mut sessions = Vec::new();
         for _ in 0..workers {
-            sessions.push(db.raw("naive-worker-boot").await?);
+            sessions.push(raw_session(db, "naive-worker-boot").await?);
         }
         let barrier = Arc::new(Barrier::new(workers));
         let mut boots = tokio::task::JoinSet::new();
@@ -161,10 +163,7 @@ async fn naive_boot(session: &RawSession) -> (Boot, Option<String>) {
             Some("42P07") => (Boot::AlreadyExists, None),
             _ => (
                 Boot::Other,
-                Some(format!(
-                    "naive boot failed: {}",
-                    crate::env::db_error(&error)
-                )),
+                Some(format!("naive boot failed: {}", db_error(&error))),
             ),
         },
     }
@@ -177,7 +176,10 @@ async fn courier(
 ) -> Result<ScenarioReport, ChaosError> {
     let started = Instant::now();
     let mut report = ScenarioReport::new("deadlock", Some(Mode::Courier), options.length);
-    let db = ScratchDb::create(&options.services, "deadlock_courier").await?;
+    let db = options
+        .services
+        .scratch_db("deadlock_courier", false)
+        .await?;
     let migrator = Migrator::embedded();
     let outcome = courier_rounds(&db, &migrator, workers, rounds).await;
     db.drop_now().await?;
@@ -234,12 +236,12 @@ struct Runs {
 
 /// Courier's boots, round after round, in `db`.
 async fn courier_rounds(
-    db: &ScratchDb,
+    db: &TestDb,
     migrator: &Migrator,
     workers: usize,
     rounds: usize,
 ) -> Result<Runs, ChaosError> {
-    let config = db.store_config(Timeouts::default());
+    let config = db.config_with(Timeouts::default());
     let (mut failed, mut applied, mut retries, mut current) = (0, Vec::new(), 0, 0);
     let mut errors = Vec::new();
     let mut longest_wait = Duration::ZERO;
@@ -273,15 +275,12 @@ async fn courier_rounds(
             }
         }
     }
-    let monitor = db.raw(crate::env::HARNESS_APP).await?;
+    let monitor = raw_session(db, crate::env::HARNESS_APP).await?;
     let rows: i64 = monitor
         .query_one("SELECT count(*) FROM courier_migrations", &[])
         .await
         .map_err(|e| {
-            ChaosError::Setup(format!(
-                "cannot read courier_migrations: {}",
-                crate::env::db_error(&e)
-            ))
+            ChaosError::Setup(format!("cannot read courier_migrations: {}", db_error(&e)))
         })?
         .get(0);
     Ok(Runs {

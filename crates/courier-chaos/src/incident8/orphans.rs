@@ -21,10 +21,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use courier_core::{CheckpointOutcome, Epoch, Lease, OffsetRange, RangeKind};
 use courier_store::{DedicatedConnection, PlanRequest, RouteSpec, Store, StoreConfig, Timeouts};
+use courier_testkit::db::db_error;
 use tokio::sync::watch;
 use tokio_postgres::types::{ToSql, Type};
 
-use crate::env::{db_error, RawSession, HARNESS_APP};
+use crate::env::{raw_session, RawSession, HARNESS_APP};
 use crate::judge::FaultWindow;
 use crate::pipeline::{poll, Pipeline, PipelineSpec, DESTINATION, ROUTE};
 use crate::report::{Incident8Figures, Mode, ScenarioReport};
@@ -156,7 +157,7 @@ async fn set_up(options: &Options, p: &mut Pipeline) -> Result<(Store, RawSessio
     p.produce(options.length.pick(2000, 4000)).await?;
     let harness = p.harness().await?;
     plan_everything(p, &harness).await?;
-    let monitor = p.db.raw(HARNESS_APP).await?;
+    let monitor = raw_session(&p.db, HARNESS_APP).await?;
     monitor
         .batch_execute(
             "CREATE TABLE chaos_claims (owner text NOT NULL, range_id bigint NOT NULL, epoch bigint NOT NULL,
@@ -195,7 +196,7 @@ async fn lock_out_the_clients(
     let window = options
         .length
         .pick(Duration::from_secs(6), Duration::from_secs(20));
-    let blocker = p.db.raw("chaos-blocker").await?;
+    let blocker = raw_session(&p.db, "chaos-blocker").await?;
     blocker
         .batch_execute("BEGIN; LOCK TABLE courier_ranges IN ACCESS EXCLUSIVE MODE")
         .await
@@ -209,7 +210,7 @@ async fn lock_out_the_clients(
             Store::connect(&StoreConfig {
                 application_name: CLIENT_APP.to_owned(),
                 pool_size: 1,
-                ..p.db.store_config(client_timeouts())
+                ..p.db.config_with(client_timeouts())
             })
             .await
             .map_err(|e| ChaosError::Setup(format!("client store: {e}")))?,
@@ -371,7 +372,7 @@ async fn deliver_and_fence(
 
     let mut fenced = 0;
     for (_, range_id, epoch) in &late {
-        if stale_checkpoint_is_fenced(harness, monitor, *range_id, *epoch).await? {
+        if stale_checkpoint_is_fenced(harness, *range_id, *epoch).await? {
             fenced += 1;
         }
     }
@@ -386,20 +387,19 @@ async fn deliver_and_fence(
 /// Whether a checkpoint of range `range_id` at the claim's `epoch` is refused now.
 async fn stale_checkpoint_is_fenced(
     harness: &Store,
-    monitor: &RawSession,
     range_id: i64,
     epoch: i64,
 ) -> Result<bool, ChaosError> {
-    let row = monitor
-        .query_one(
-            "SELECT partition, start_offset, end_offset, epoch FROM courier_ranges WHERE id = $1",
-            &[&range_id],
-        )
+    let unread =
+        |e: String| ChaosError::Setup(format!("reading late-claimed range {range_id}: {e}"));
+    let now = harness
+        .ranges_by_id(&[range_id])
         .await
-        .map_err(sql_error("reading a late-claimed range"))?;
-    let (partition, start, end, now_epoch): (i32, i64, i64, i64) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
-    let Ok(range) = OffsetRange::new(start, end) else {
+        .map_err(|e| unread(e.to_string()))?
+        .pop()
+        .ok_or_else(|| unread("it is gone".into()))?;
+    let (partition, start, now_epoch) = (now.partition, now.start_offset, now.epoch);
+    let Ok(range) = OffsetRange::new(start, now.end_offset) else {
         return Ok(false);
     };
     let stale = Lease {

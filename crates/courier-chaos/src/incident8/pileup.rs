@@ -19,8 +19,9 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use courier_store::{Migrator, Store, Timeouts};
+use courier_testkit::db::db_error;
 
-use crate::env::{db_error, HARNESS_APP};
+use crate::env::{raw_session, HARNESS_APP};
 use crate::incident8::{
     deadlocks_reported, pileup_evidence, wait_backend_gone, wait_lock_waiter, with_boot_migration,
     BOOT_ALTER, BOOT_MIGRATION_VERSION,
@@ -100,7 +101,7 @@ async fn drive(
         "warm-up: the worker delivers before the fault",
     )
     .await?;
-    let monitor = p.db.raw(HARNESS_APP).await?;
+    let monitor = raw_session(&p.db, HARNESS_APP).await?;
     let deadlocks_before = deadlocks_reported(&monitor)
         .await
         .map_err(sql_error("reading pg_stat_database"))?;
@@ -157,7 +158,7 @@ async fn freeze_a_holder(
 ) -> Result<(i32, Box<dyn Send>), ChaosError> {
     Ok(match mode {
         Mode::Naive => {
-            let holder = p.db.raw("frozen-worker").await?;
+            let holder = raw_session(&p.db, "frozen-worker").await?;
             let pid = holder
                 .backend_pid()
                 .await
@@ -176,7 +177,7 @@ async fn freeze_a_holder(
             let config = courier_store::StoreConfig {
                 application_name: "frozen-worker".to_owned(),
                 pool_size: 1,
-                ..p.db.store_config(timeouts)
+                ..p.db.config_with(timeouts)
             };
             let holder_store = Store::connect(&config)
                 .await
@@ -204,7 +205,7 @@ async fn freeze_a_holder(
 async fn boot_a_worker(mode: Mode, p: &Pipeline) -> Result<Booting, ChaosError> {
     Ok(match mode {
         Mode::Naive => {
-            let session = p.db.raw("booting-worker").await?;
+            let session = raw_session(&p.db, "booting-worker").await?;
             tokio::spawn(async move {
                 let result = session
                     .batch_execute(BOOT_ALTER)
@@ -215,7 +216,7 @@ async fn boot_a_worker(mode: Mode, p: &Pipeline) -> Result<Booting, ChaosError> 
             })
         }
         Mode::Courier => {
-            let config = p.db.store_config(Timeouts::default());
+            let config = p.db.config_with(Timeouts::default());
             tokio::spawn(async move {
                 Migrator::new(with_boot_migration())
                     .run(&config)

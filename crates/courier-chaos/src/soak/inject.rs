@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use courier_sink::Behaviour;
-use courier_store::{Store, StoreError};
+use courier_store::{RangeRecord, Store};
 use serde::Serialize;
 use tokio::sync::Mutex;
 
@@ -200,7 +200,7 @@ async fn worker_stop(target: &Target, fault: Fault) -> Outcome {
 }
 
 /// `(id, epoch)` of the ranges `owner_like` holds.
-async fn held_leases(store: &Store, owner_like: &str) -> Result<Vec<(i64, i64)>, String> {
+async fn held_leases(store: &Store, owner_like: &str) -> Result<Vec<RangeRecord>, String> {
     store
         .leases_held_by(owner_like)
         .await
@@ -208,25 +208,13 @@ async fn held_leases(store: &Store, owner_like: &str) -> Result<Vec<(i64, i64)>,
 }
 
 /// How many of `held` have been leased again since (a greater epoch).
-async fn stolen_leases(store: &Store, held: &[(i64, i64)]) -> Result<i64, String> {
-    let (ids, epochs): (Vec<i64>, Vec<i64>) = held.iter().copied().unzip();
-    store
-        .run("soak: stolen leases", move |c| {
-            Box::pin(async move {
-                let row = c
-                    .query_one(
-                        "SELECT count(*) FROM courier_ranges r
-                         JOIN unnest($1::bigint[], $2::bigint[]) AS h (id, epoch) ON h.id = r.id
-                         WHERE r.epoch > h.epoch",
-                        &[&ids, &epochs],
-                    )
-                    .await
-                    .map_err(|e| StoreError::from_db("soak: stolen leases", e))?;
-                Ok(row.get(0))
-            })
-        })
-        .await
-        .map_err(|e| e.to_string())
+async fn stolen_leases(store: &Store, held: &[RangeRecord]) -> Result<usize, String> {
+    let ids: Vec<i64> = held.iter().map(|range| range.id).collect();
+    let now = store.ranges_by_id(&ids).await.map_err(|e| e.to_string())?;
+    Ok(now
+        .iter()
+        .filter(|r| held.iter().any(|h| h.id == r.id && r.epoch > h.epoch))
+        .count())
 }
 
 async fn pg_terminate(target: &Target, duration: Duration) -> Outcome {
