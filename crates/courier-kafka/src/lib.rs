@@ -2,8 +2,8 @@
 //! planner carves ranges from, and a producer and topic admin for the demo, probes and tests.
 //!
 //! # Layout
-//! - `config`: [`KafkaConfig`], and the librdkafka properties tuned for range reading (each one
-//!   commented with why).
+//! - `config`: [`KafkaConfig`]: its TLS and SASL settings, its validation, and the librdkafka
+//!   properties of each client, tuned for range reading (each one commented with why).
 //! - `reader`: [`RangeReader`], a pool of consumers that read exact ranges by assign + seek, never
 //!   committing (the store owns progress); [`PartitionWatermarks`] for the planner.
 //! - `producer`: [`Producer`], batches acknowledged by all in-sync replicas ([`OutgoingRecord`]s

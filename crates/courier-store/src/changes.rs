@@ -234,21 +234,18 @@ impl Store {
     ) -> Result<bool> {
         const OP: &str = "pause or resume route";
         let (route, reason, actor) = (route.to_owned(), reason.to_owned(), actor.to_owned());
-        self.run(OP, move |c| {
+        self.transaction(OP, move |tx| {
             Box::pin(async move {
-                let tx = c.transaction().await.map_err(db(OP))?;
                 let Some(row) = tx
                     .query_opt(
                         "SELECT paused FROM courier_routes WHERE name = $1 FOR UPDATE",
                         &[&route],
                     )
-                    .await
-                    .map_err(db(OP))?
+                    .await?
                 else {
                     let known: Vec<String> = tx
                         .query("SELECT name FROM courier_routes ORDER BY name", &[])
-                        .await
-                        .map_err(db(OP))?
+                        .await?
                         .iter()
                         .map(|row| row.get(0))
                         .collect();
@@ -273,8 +270,7 @@ impl Store {
                      WHERE name = $1",
                     &[&route, &paused, &actor, &reason],
                 )
-                .await
-                .map_err(db(OP))?;
+                .await?;
                 let (kind, verb) = if paused {
                     (Kind::RoutePaused, "paused: no worker leases its ranges until `courier resume`")
                 } else {
@@ -285,8 +281,7 @@ impl Store {
                 } else {
                     format!("route {route} {verb}; reason: {reason}")
                 };
-                insert(&tx, &Change::new(kind, summary).route(&route).actor(&actor)).await?;
-                tx.commit().await.map_err(db(OP))?;
+                insert(tx, &Change::new(kind, summary).route(&route).actor(&actor)).await?;
                 Ok(true)
             })
         })

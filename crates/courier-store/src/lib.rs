@@ -11,6 +11,8 @@
 //! - [`migrate`]: the embedded, forward-only, once-only migration runner. The only place with DDL.
 //! - `query`: the preamble of every single-statement call, once (connection, deadline,
 //!   prepared statement, error mapping), so each method below reads as its SQL and its row mapping.
+//! - `transaction`: the same for calls of several statements in one transaction (`BEGIN`, error
+//!   mapping, `COMMIT`), once.
 //! - [`protocol`]: the lease protocol's vocabulary (route specs, lease requests, failures, replays and
 //!   their outcomes), spoken by the statements in:
 //!   - `lease`: claiming ranges and renewing leases (the one lease statement);
@@ -65,6 +67,7 @@ pub mod routes;
 mod settle;
 mod status;
 mod tls;
+mod transaction;
 pub mod url;
 mod workers;
 

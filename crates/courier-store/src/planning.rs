@@ -17,7 +17,7 @@ use tokio_postgres::Row;
 use crate::error::Result;
 use crate::pool::{millis, Store};
 use crate::protocol::PartitionProgress;
-use crate::query::{db, invalid, params};
+use crate::query::{invalid, params};
 
 /// One partition to carve in a planning round.
 #[derive(Debug, Clone)]
@@ -111,9 +111,8 @@ impl Store {
     pub async fn plan_round(&self, round: &PlanRound) -> Result<RoundOutcome> {
         const OP: &str = "plan";
         let round = round.clone();
-        self.run(OP, move |c| {
+        self.transaction(OP, move |tx| {
             Box::pin(async move {
-                let tx = c.transaction().await.map_err(db(OP))?;
                 let mut planned = Vec::with_capacity(round.partitions.len());
                 if !round.partitions.is_empty() {
                     let routes: Vec<&str> = round.partitions.iter().map(|r| r.route.as_str()).collect();
@@ -136,8 +135,7 @@ impl Store {
                              FOR UPDATE OF p",
                             &[&routes, &partitions, &ages],
                         )
-                        .await
-                        .map_err(db(OP))?;
+                        .await?;
                     let mut inserts = RangeRows::default();
                     let mut updates = PartitionRows::default();
                     for request in &round.partitions {
@@ -172,8 +170,7 @@ impl Store {
                              ON CONFLICT (route, partition, start_offset) WHERE kind = 'live' DO NOTHING",
                             &[&inserts.routes, &inserts.partitions, &inserts.starts, &inserts.ends],
                         )
-                        .await
-                        .map_err(db(OP))?;
+                        .await?;
                     }
                     if !updates.routes.is_empty() {
                         // tail_seen_at: set when a short tail is first seen waiting, kept while it waits,
@@ -188,18 +185,16 @@ impl Store {
                              WHERE p.route = u.route AND p.partition = u.partition",
                             &[&updates.routes, &updates.partitions, &updates.frontiers, &updates.seen_now, &updates.keep],
                         )
-                        .await
-                        .map_err(db(OP))?;
+                        .await?;
                     }
                 }
                 let progress = if round.routes.is_empty() {
                     Vec::new()
                 } else {
-                    let statement = tx.prepare_cached(ADVANCE_WATERMARKS).await.map_err(db(OP))?;
-                    let rows = tx.query(&statement, &[&round.routes]).await.map_err(db(OP))?;
+                    let statement = tx.prepare_cached(ADVANCE_WATERMARKS).await?;
+                    let rows = tx.query(&statement, &[&round.routes]).await?;
                     rows.iter().map(|row| (row.get(5), progress_from_row(row))).collect()
                 };
-                tx.commit().await.map_err(db(OP))?;
                 Ok(RoundOutcome { planned, progress })
             })
         })

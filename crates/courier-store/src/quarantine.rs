@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::losses::{self, Loss};
 use crate::pool::Store;
 use crate::protocol::{ReplayAudit, ReplayOutcome};
-use crate::query::{db, invalid, params};
+use crate::query::{invalid, params};
 use crate::replay::insert_audit;
 
 /// One message refused by the destination, to record with its range's checkpoint.
@@ -155,22 +155,20 @@ impl Store {
             )
             .route(&lease.route)
         });
-        self.run(OP, move |c| {
+        self.transaction(OP, move |tx| {
             Box::pin(async move {
-                let tx = c.transaction().await.map_err(db(OP))?;
                 let settled = tx
                     .execute(
                         "UPDATE courier_ranges SET state = 'done', lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
                          WHERE id = $1 AND epoch = $2 AND state = 'leased'",
                         &[&id, &epoch],
                     )
-                    .await
-                    .map_err(db(OP))?;
+                    .await?;
                 if settled != 1 {
-                    // Dropping the transaction rolls it back: nothing changed.
+                    // Fenced: nothing changed, so the commit changes nothing either.
                     return Ok(CheckpointOutcome::Fenced);
                 }
-                losses::insert(&tx, &route, partition, replay_id, &losses).await?;
+                losses::insert(tx, &route, partition, replay_id, &losses).await?;
                 if !offsets.is_empty() {
                 tx.execute(
                     "INSERT INTO courier_quarantine (route, partition, message_offset, status, reason, dead_letter_topic)
@@ -180,13 +178,11 @@ impl Store {
                          times = courier_quarantine.times + 1, quarantined_at = now(), replay_id = NULL, replayed_at = NULL",
                     &[&route, &partition, &offsets, &statuses, &reasons, &topics],
                 )
-                .await
-                .map_err(db(OP))?;
+                .await?;
                 }
                 for change in change.iter().chain(&lost_change) {
-                    crate::changes::insert(&tx, change).await?;
+                    crate::changes::insert(tx, change).await?;
                 }
-                tx.commit().await.map_err(db(OP))?;
                 Ok(CheckpointOutcome::Applied)
             })
         })
@@ -234,9 +230,8 @@ impl Store {
         let route = route.to_owned();
         let filter = filter.clone();
         let audit = audit.clone();
-        self.run(OP, move |c| {
+        self.transaction(OP, move |tx| {
             Box::pin(async move {
-                let tx = c.transaction().await.map_err(db(OP))?;
                 let rows = tx
                     .query(
                         "SELECT partition, message_offset FROM courier_quarantine
@@ -247,8 +242,7 @@ impl Store {
                          FOR UPDATE",
                         &[&route, &filter.partition, &filter.offset],
                     )
-                    .await
-                    .map_err(db(OP))?;
+                    .await?;
                 let mut outcome = ReplayOutcome::default();
                 for row in &rows {
                     let offset: i64 = row.get(1);
@@ -264,7 +258,7 @@ impl Store {
                     _ => None,
                 };
                 let replay_id =
-                    insert_audit(&tx, &route, filter.partition, window, outcome.ranges.len(), &audit).await?;
+                    insert_audit(tx, &route, filter.partition, window, outcome.ranges.len(), &audit).await?;
                 let partitions: Vec<i32> = outcome.ranges.iter().map(|(p, _)| *p).collect();
                 let offsets: Vec<i64> = outcome.ranges.iter().map(|(_, r)| r.start()).collect();
                 tx.execute(
@@ -272,17 +266,14 @@ impl Store {
                      SELECT $1, p, o, o + 1, 'replay', $4 FROM unnest($2::int[], $3::bigint[]) AS t (p, o)",
                     &[&route, &partitions, &offsets, &replay_id],
                 )
-                .await
-                .map_err(db(OP))?;
+                .await?;
                 tx.execute(
                     "UPDATE courier_quarantine SET replay_id = $4, replayed_at = now()
                      FROM unnest($2::int[], $3::bigint[]) AS t (p, o)
                      WHERE route = $1 AND partition = t.p AND message_offset = t.o",
                     &[&route, &partitions, &offsets, &replay_id],
                 )
-                .await
-                .map_err(db(OP))?;
-                tx.commit().await.map_err(db(OP))?;
+                .await?;
                 outcome.replay_id = Some(replay_id);
                 Ok(outcome)
             })

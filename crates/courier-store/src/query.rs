@@ -6,8 +6,8 @@
 //! There is no retry here on purpose: whether a failed call is retried, and after which backoff, is the
 //! caller's decision ([`StoreError`] says which calls are safe to retry).
 //!
-//! Calls of several statements in one transaction still use [`Store::run`] directly, with [`db`] mapping
-//! each statement's error.
+//! Calls of several statements in one transaction go through `transaction`'s [`Store::transaction`],
+//! which maps each statement's error with [`db`] the same way.
 
 use std::borrow::Cow;
 

@@ -24,9 +24,8 @@ impl Store {
         let route = route.to_owned();
         let filter = filter.clone();
         let audit = audit.clone();
-        self.run(OP, move |c| {
+        self.transaction(OP, move |tx| {
             Box::pin(async move {
-                let tx = c.transaction().await.map_err(db(OP))?;
                 let rows = tx
                     .query(
                         "SELECT id, partition, start_offset, end_offset FROM courier_ranges
@@ -37,8 +36,7 @@ impl Store {
                          FOR UPDATE",
                         &[&route, &filter.partition, &filter.error_contains],
                     )
-                    .await
-                    .map_err(db(OP))?;
+                    .await?;
                 let mut outcome = ReplayOutcome::default();
                 let mut ids = Vec::with_capacity(rows.len());
                 for row in &rows {
@@ -49,16 +47,14 @@ impl Store {
                 if audit.dry_run || ids.is_empty() {
                     return Ok(outcome);
                 }
-                let replay_id = insert_audit(&tx, &route, filter.partition, None, ids.len(), &audit).await?;
+                let replay_id = insert_audit(tx, &route, filter.partition, None, ids.len(), &audit).await?;
                 tx.execute(
                     "UPDATE courier_ranges SET state = 'pending', attempts = 0, not_before = now(), replay_id = $2,
                             updated_at = now()
                      WHERE id = ANY($1)",
                     &[&ids, &replay_id],
                 )
-                .await
-                .map_err(db(OP))?;
-                tx.commit().await.map_err(db(OP))?;
+                .await?;
                 outcome.replay_id = Some(replay_id);
                 Ok(outcome)
             })
@@ -80,16 +76,14 @@ impl Store {
         const OP: &str = "replay window";
         let route = route.to_owned();
         let audit = audit.clone();
-        self.run(OP, move |c| {
+        self.transaction(OP, move |tx| {
             Box::pin(async move {
-                let tx = c.transaction().await.map_err(db(OP))?;
                 let row = tx
                     .query_opt(
                         "SELECT frontier FROM courier_partitions WHERE route = $1 AND partition = $2",
                         &[&route, &partition],
                     )
-                    .await
-                    .map_err(db(OP))?
+                    .await?
                     .ok_or_else(|| {
                         invalid(OP, format!("route {route:?} has no partition {partition}; `courier status` lists them"))
                     })?;
@@ -109,7 +103,7 @@ impl Store {
                 if audit.dry_run {
                     return Ok(ReplayOutcome { replay_id: None, ranges: outcome_ranges });
                 }
-                let replay_id = insert_audit(&tx, &route, Some(partition), Some(window), ranges.len(), &audit).await?;
+                let replay_id = insert_audit(tx, &route, Some(partition), Some(window), ranges.len(), &audit).await?;
                 let starts: Vec<i64> = ranges.iter().map(OffsetRange::start).collect();
                 let ends: Vec<i64> = ranges.iter().map(OffsetRange::end).collect();
                 tx.execute(
@@ -117,9 +111,7 @@ impl Store {
                      SELECT $1, $2, s, e, 'replay', $5 FROM unnest($3::bigint[], $4::bigint[]) AS t (s, e)",
                     &[&route, &partition, &starts, &ends, &replay_id],
                 )
-                .await
-                .map_err(db(OP))?;
-                tx.commit().await.map_err(db(OP))?;
+                .await?;
                 Ok(ReplayOutcome { replay_id: Some(replay_id), ranges: outcome_ranges })
             })
         })

@@ -21,7 +21,7 @@ use crate::changes::{Change, Kind};
 use crate::error::{Result, StoreError};
 use crate::pool::Store;
 use crate::protocol::RouteSpec;
-use crate::query::{db, invalid, params};
+use crate::query::{invalid, params};
 
 /// A route's delivery settings: key -> value as text (secrets already redacted), compared key by key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -265,9 +265,8 @@ impl Store {
         let settings = settings.clone();
         let create = first_partitions.is_some();
         let (partitions, offsets) = partition_offsets(OP, first_partitions.unwrap_or_default())?;
-        self.run(OP, move |c| {
+        self.transaction(OP, move |tx| {
             Box::pin(async move {
-                let tx = c.transaction().await.map_err(db(OP))?;
                 let initial = (!settings.is_empty()).then(|| settings.to_json());
                 let created = if create {
                     // ON CONFLICT DO NOTHING waits for a concurrent insert of the same name to settle, so
@@ -286,8 +285,7 @@ impl Store {
                          SELECT EXISTS (SELECT 1 FROM route)",
                         &[&route.name, &route.topic, &route.destination, &initial, &partitions, &offsets],
                     )
-                    .await
-                    .map_err(db(OP))?
+                    .await?
                     .get::<_, bool>(0)
                 } else {
                     false
@@ -297,8 +295,7 @@ impl Store {
                         "SELECT topic, destination, settings::text FROM courier_routes WHERE name = $1 FOR UPDATE",
                         &[&route.name],
                     )
-                    .await
-                    .map_err(db(OP))?
+                    .await?
                 else {
                     return Ok(None);
                 };
@@ -340,8 +337,7 @@ impl Store {
                             &!changes.is_empty(),
                         ],
                     )
-                    .await
-                    .map_err(db(OP))?;
+                    .await?;
                 }
                 // "What changed?", recorded with the change itself.
                 if created {
@@ -349,7 +345,7 @@ impl Store {
                         Kind::RouteCreated,
                         format!("route {} recorded: topic {:?} -> destination {:?}", route.name, route.topic, route.destination),
                     );
-                    crate::changes::insert(&tx, &change.route(&route.name).destination(&route.destination)).await?;
+                    crate::changes::insert(tx, &change.route(&route.name).destination(&route.destination)).await?;
                 } else if !changes.is_empty() {
                     let how = if !create {
                         "by `courier routes update`"
@@ -362,9 +358,8 @@ impl Store {
                         Kind::RouteSettingsChanged,
                         format!("route {} settings recorded {how}: {}", route.name, describe_changes(&changes)),
                     );
-                    crate::changes::insert(&tx, &change.route(&route.name).destination(&route.destination)).await?;
+                    crate::changes::insert(tx, &change.route(&route.name).destination(&route.destination)).await?;
                 }
-                tx.commit().await.map_err(db(OP))?;
                 Ok(Some(Registration {
                     created,
                     recorded: if created { Vec::new() } else { changes },

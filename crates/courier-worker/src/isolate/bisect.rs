@@ -1,108 +1,19 @@
-//! Poison isolation: what happens to a batch the destination refused for good.
-//!
-//! Owns the bisection. A refused batch is split in halves and each half sent again, left first,
+//! The bisection of a refused batch. It is split in halves and each half sent again, left first,
 //! recursively: halves that are accepted are delivered; a single message still refused is the poison and
-//! is quarantined (returned to the caller, which records it with the range's checkpoint). A "too large"
-//! answer (`too_large_statuses`, default 413) splits the same way, whatever `on_poison` says: halving a
-//! batch changes no order. Each refused message costs at most two requests per halving, so about
-//! `2 * log2(n)` extra requests for each bad message of `n`; [`MAX_EXTRA_REQUESTS`] bounds the whole
-//! isolation of one batch, past which the range fails with a reason saying so.
+//! is quarantined. Each refused message costs at most two requests per halving, so about `2 * log2(n)`
+//! extra requests for each bad message of `n`; [`MAX_EXTRA_REQUESTS`](super::MAX_EXTRA_REQUESTS) bounds the whole isolation of one
+//! batch, past which the range fails with a reason saying so.
 //!
 //! Sub-batches are named by their offsets like any batch (`route/partition/first-end`): the split points
 //! are message offsets, decided by the messages alone, so a retry of the range sends the same
 //! sub-batches under the same idempotency keys.
-//!
-//! Nothing is quarantined when the answer is about the request rather than its messages (3xx, 401, 403,
-//! 404, 405, 407, 410, 501: credentials or URL), nor when every message of the batch is refused on its
-//! own: the destination then refuses the route's data as a whole and the range fails as before, with
-//! that reason. A retryable answer (5xx, 429, timeout, circuit open)
-//! ends the isolation at once: the range is retried as usual and nothing is quarantined on a transient
-//! error.
 
-use std::time::Duration;
+use courier_core::{Disposition, Offset};
+use courier_http::{Batch, Delivery};
 
-use courier_core::{Disposition, Message, Offset};
-use courier_http::{Batch, Deliverer, Delivery};
-
+use super::{isolates, Destination, Isolation, Policy, Refused};
 use crate::config::OnPoison;
 use crate::metrics;
-
-/// Extra requests one refused batch may cost before isolation gives up and the range fails. Enough for
-/// several bad messages in a batch of a few hundred (2 * log2(500) is 18 per message).
-pub(crate) const MAX_EXTRA_REQUESTS: usize = 64;
-
-/// Where batches go: the [`Deliverer`], or a scripted destination in tests.
-pub(crate) trait Destination {
-    async fn deliver(&self, batch: &Batch<'_>) -> Delivery;
-}
-
-impl Destination for Deliverer {
-    async fn deliver(&self, batch: &Batch<'_>) -> Delivery {
-        Deliverer::deliver(self, batch).await
-    }
-}
-
-/// How to isolate: the route's policy and the destination's "too large" statuses.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Policy<'a> {
-    pub route: &'a str,
-    pub destination: &'a str,
-    pub on_poison: OnPoison,
-    pub too_large_statuses: &'a [u16],
-    pub max_extra_requests: usize,
-}
-
-impl<'a> Policy<'a> {
-    pub(crate) fn of(route: &'a crate::Route) -> Self {
-        Self {
-            route: &route.config.name,
-            destination: &route.config.destination,
-            on_poison: route.config.on_poison,
-            too_large_statuses: &route.deliverer.config().too_large_statuses,
-            max_extra_requests: MAX_EXTRA_REQUESTS,
-        }
-    }
-}
-
-/// One message the destination refused on its own.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Refused {
-    pub message: Message,
-    /// The destination's answer (status and the start of its body), or why Kafka's record could not be
-    /// decoded.
-    pub reason: String,
-    pub status: Option<u16>,
-    /// Kafka's record could not be decoded (the destination never saw it): `message` holds only its
-    /// partition and offset, and it gets no dead letter (there are no bytes to write).
-    pub undecodable: bool,
-}
-
-/// How an isolation ended.
-#[derive(Debug)]
-pub(crate) enum Isolation {
-    /// Every message of the batch was delivered, except `quarantined`.
-    Isolated { quarantined: Vec<Refused> },
-    /// A transient answer: retry the range as today.
-    Retry {
-        reason: String,
-        retry_after: Option<Duration>,
-    },
-    /// The range fails: the route keeps order (`fail-range`), or isolation ran out of requests.
-    Failed { reason: String },
-}
-
-/// Whether a batch refused with `refusal` is bisected, rather than failing its range at once: not for an
-/// answer about the request rather than its messages (credentials, URL, a redirect), which would refuse
-/// every half too, and with `on_poison = "fail-range"` only for "too large".
-pub(crate) fn isolates(refusal: &Delivery, policy: &Policy<'_>) -> bool {
-    let Some(status) = refusal.status else {
-        return false;
-    };
-    if matches!(status, 300..=399 | 401 | 403 | 404 | 405 | 407 | 410 | 501) {
-        return false;
-    }
-    policy.on_poison == OnPoison::Quarantine || policy.too_large_statuses.contains(&status)
-}
 
 /// Isolates the messages of `batch` that the destination refuses; `refusal` is its answer to the whole
 /// batch, already received.
@@ -269,10 +180,13 @@ fn log_done(policy: &Policy<'_>, batch: &Batch<'_>, quarantined: &[Refused], ext
 mod tests {
     use std::cell::RefCell;
     use std::collections::BTreeSet;
+    use std::time::Duration;
 
+    use courier_core::Message;
     use proptest::prelude::*;
 
     use super::*;
+    use crate::isolate::MAX_EXTRA_REQUESTS;
 
     /// Refuses (400) any batch holding a bad offset, answers 413 above `max_messages`, and 503 once
     /// `unavailable_after` requests have been made; records every batch it was sent.
