@@ -90,15 +90,21 @@ async fn recovery(
     .await?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let crash_task = tokio::spawn(crashing.run(stopped.clone()));
-    let survivor_task = tokio::spawn(surviving.run(stopped));
-
+    // The survivor starts once the crashing worker holds leases mid-delivery: started together, it could
+    // lease every range first and leave the crashing worker nothing to be holding when it dies.
+    let holding_since = Instant::now();
     let held: Vec<i64> = loop {
         let held = store.leases_held_by(&crashing_id).await?;
         if !held.is_empty() && sink.counters.messages() > 0 {
             break held.iter().map(|range| range.id).collect();
         }
+        anyhow::ensure!(
+            holding_since.elapsed() < Duration::from_secs(60),
+            "the crashing worker held no lease with delivery under way within 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
+    let survivor_task = tokio::spawn(surviving.run(stopped));
     crash_task.abort();
     let crashed_at = Instant::now();
     loop {

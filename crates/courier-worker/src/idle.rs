@@ -2,11 +2,16 @@
 //!
 //! Owns [`Gate`] (one for live tasks, one for replay tasks). An idle worker used to cost one lease
 //! statement per task per poll; now it costs one per poll whatever the number of tasks (and, with
-//! leasing across routes, whatever the number of routes). The task holding the turn waits
-//! `poll_interval`, doubling to `max_idle_poll`, then looks again; the others wait for
-//! [`Gate::work`]: the planner wakes one task per range it carves, and a task that finds work wakes one
+//! leasing across routes, whatever the number of routes). The task holding the turn waits the gate's
+//! poll wait, then looks again; the wait starts at `poll_interval` and doubles up to `max_idle_poll`
+//! each time a poll finds nothing, **for the worker as a whole**: the turn passes from task to task, and
+//! a wait kept per task let eight tasks poll eight times at the shortest wait before any of them slowed
+//! down (measured: 37 lease statements for 40 ranges in a two-second drain). Any task that finds work
+//! brings it back to `poll_interval` ([`Gate::found_work`]). The others wait for [`Gate::work`]: the
+//! planner wakes one task per hand of ranges it carves, and a task that finds a full hand wakes one
 //! more, so a burst of work fans out without every idle task querying the store at once.
 
+use std::sync::{Mutex as SyncMutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{watch, Mutex, Notify};
@@ -20,6 +25,8 @@ pub(crate) struct Gate {
     pub work: Notify,
     /// Held by the one idle task that polls.
     turn: Mutex<()>,
+    /// How long the next poll waits; `None` until the first poll (then `poll_interval`).
+    poll_wait: SyncMutex<Option<Duration>>,
 }
 
 impl Gate {
@@ -28,7 +35,6 @@ impl Gate {
     pub async fn wait_for_work(
         &self,
         config: &WorkerConfig,
-        idle_wait: &mut Duration,
         stop: &mut watch::Receiver<bool>,
     ) -> bool {
         let woken = self.work.notified();
@@ -36,17 +42,38 @@ impl Gate {
         tokio::select! {
             () = &mut woken => true,
             turn = self.turn.lock() => {
+                let wait = self.poll_wait(config);
                 let waited = tokio::select! {
-                    () = tokio::time::sleep(*idle_wait) => true,
+                    () = tokio::time::sleep(wait) => {
+                        // The poll comes now; if it finds nothing, the next one waits longer.
+                        let longest = config.max_idle_poll.max(config.poll_interval);
+                        *self.poll_wait_slot() = Some((wait * 2).min(longest));
+                        true
+                    }
                     () = &mut woken => true,
                     () = crate::stopped(stop) => false,
                 };
                 drop(turn);
-                *idle_wait = (*idle_wait * 2).min(config.max_idle_poll.max(config.poll_interval));
                 waited
             }
             () = crate::stopped(stop) => false,
         }
+    }
+
+    /// A task found work: the next idle poll comes after `poll_interval` again.
+    pub fn found_work(&self, config: &WorkerConfig) {
+        *self.poll_wait_slot() = Some(config.poll_interval);
+    }
+
+    fn poll_wait(&self, config: &WorkerConfig) -> Duration {
+        self.poll_wait_slot().unwrap_or(config.poll_interval)
+    }
+
+    fn poll_wait_slot(&self) -> std::sync::MutexGuard<'_, Option<Duration>> {
+        // A poisoned lock only means a task panicked while holding it; a duration is always valid.
+        self.poll_wait
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -67,15 +94,9 @@ mod tests {
     }
 
     /// Waits for work as an idle task does; whether to go on, and how long that took.
-    async fn wait(
-        gate: &Gate,
-        idle_wait: &mut Duration,
-        stop: &watch::Receiver<bool>,
-    ) -> (bool, Duration) {
+    async fn wait(gate: &Gate, stop: &watch::Receiver<bool>) -> (bool, Duration) {
         let from = Instant::now();
-        let go_on = gate
-            .wait_for_work(&config(), idle_wait, &mut stop.clone())
-            .await;
+        let go_on = gate.wait_for_work(&config(), &mut stop.clone()).await;
         (go_on, from.elapsed())
     }
 
@@ -83,37 +104,40 @@ mod tests {
     async fn the_polling_task_looks_again_after_its_wait_which_doubles_up_to_max_idle_poll() {
         let gate = Gate::default();
         let (_stop, stopping) = watch::channel(false);
-        let mut idle_wait = config().poll_interval;
         let mut waits = Vec::new();
         for _ in 0..6 {
-            let (go_on, waited) = wait(&gate, &mut idle_wait, &stopping).await;
+            let (go_on, waited) = wait(&gate, &stopping).await;
             assert!(go_on);
             waits.push(waited);
         }
         assert_eq!(waits, [100, 200, 400, 800, 1_000, 1_000].map(|ms| ms * MS));
+        // Work found: the next poll comes after poll_interval again.
+        gate.found_work(&config());
+        assert_eq!(wait(&gate, &stopping).await, (true, 100 * MS));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn one_idle_task_polls_at_a_time() {
+    async fn one_idle_task_polls_at_a_time_and_the_wait_grows_for_the_worker_not_per_task() {
         let gate = Gate::default();
         let (_stop, stopping) = watch::channel(false);
-        let (mut first, mut second) = (100 * MS, 100 * MS);
-        let ((_, first_waited), (_, second_waited)) = tokio::join!(
-            wait(&gate, &mut first, &stopping),
-            wait(&gate, &mut second, &stopping)
+        let (first, second, third) = tokio::join!(
+            wait(&gate, &stopping),
+            wait(&gate, &stopping),
+            wait(&gate, &stopping)
         );
-        // The second task takes its turn only once the first has looked: two lease statements in
-        // 200 ms, not two every 100 ms.
-        assert_eq!(first_waited, 100 * MS);
-        assert_eq!(second_waited, 200 * MS);
-        assert_eq!((first, second), (200 * MS, 200 * MS));
+        // Each task takes the turn once the one before has looked, and each poll waits twice as long
+        // as the last, whichever task makes it: three lease statements in 700 ms, not three every
+        // 100 ms.
+        assert_eq!(
+            [first.1, second.1, third.1],
+            [100, 300, 700].map(|ms| ms * MS)
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn idle_tasks_wake_at_once_when_work_is_notified() {
         let gate = Gate::default();
         let (_stop, stopping) = watch::channel(false);
-        let (mut polling, mut waiting) = (1_000 * MS, 1_000 * MS);
         let notify_twice_after = |after: Duration| {
             let gate = &gate;
             async move {
@@ -125,25 +149,21 @@ mod tests {
         // Two ranges carved 10 ms in: the task holding the turn and the one waiting for it both go,
         // long before the poll.
         let ((polled, polling_waited), (woken, waiting_waited), ()) = tokio::join!(
-            wait(&gate, &mut polling, &stopping),
-            wait(&gate, &mut waiting, &stopping),
+            wait(&gate, &stopping),
+            wait(&gate, &stopping),
             notify_twice_after(10 * MS)
         );
         assert!(polled && woken);
         assert_eq!((polling_waited, waiting_waited), (10 * MS, 10 * MS));
         // Work notified while no task waited is kept: the next task to wait goes at once.
         gate.work.notify_one();
-        assert_eq!(
-            wait(&gate, &mut polling, &stopping).await,
-            (true, Duration::ZERO)
-        );
+        assert_eq!(wait(&gate, &stopping).await, (true, Duration::ZERO));
     }
 
     #[tokio::test(start_paused = true)]
     async fn idle_tasks_stop_at_once_when_the_worker_stops() {
         let gate = Gate::default();
         let (stop, stopping) = watch::channel(false);
-        let (mut polling, mut waiting) = (1_000 * MS, 1_000 * MS);
         let stop_after = |after: Duration| {
             let stop = &stop;
             async move {
@@ -152,8 +172,8 @@ mod tests {
             }
         };
         let (polled, waited, ()) = tokio::join!(
-            wait(&gate, &mut polling, &stopping),
-            wait(&gate, &mut waiting, &stopping),
+            wait(&gate, &stopping),
+            wait(&gate, &stopping),
             stop_after(10 * MS)
         );
         assert_eq!(polled, (false, 10 * MS));

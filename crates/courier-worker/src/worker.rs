@@ -158,6 +158,10 @@ impl Worker {
                 hard_stopped.clone(),
             ));
         }
+        // Tasks start waiting at their gate: wake one of each kind to look for work at once (it wakes
+        // more if it finds a full hand), rather than every task asking the store as it starts.
+        ctx.gate(RangeKind::Live).work.notify_one();
+        ctx.gate(RangeKind::Replay).work.notify_one();
 
         // A closed channel (the sender dropped) also means stop.
         stopped(&mut shutdown).await;

@@ -97,25 +97,28 @@ pub(crate) async fn run(
 ) {
     let throttle = Throttle::new(Duration::from_secs(30));
     let gate = ctx.gate(kind);
-    let mut idle_wait = ctx.config.poll_interval;
     let mut leases: Vec<Lease> = Vec::new();
+    // Whether to ask the store before waiting at the gate. Not at start: the worker wakes one task for
+    // that, so a starting worker costs one lease statement rather than one per task. Not right after a
+    // settlement that asked for the next ranges and got none: it just looked.
+    let mut look = false;
     loop {
         ctx.liveness.beat(crate::Loop::Delivery);
         if leases.is_empty() {
             if *stop_leasing.borrow() {
                 return;
             }
-            leases = lease(&ctx, kind, &throttle).await;
+            if look {
+                leases = lease(&ctx, kind, &throttle).await;
+            }
             if leases.is_empty() {
-                if !gate
-                    .wait_for_work(&ctx.config, &mut idle_wait, &mut stop_leasing)
-                    .await
-                {
+                if !gate.wait_for_work(&ctx.config, &mut stop_leasing).await {
                     return;
                 }
+                look = true;
                 continue;
             }
-            idle_wait = ctx.config.poll_interval;
+            gate.found_work(&ctx.config);
             if leases.len() >= ctx.config.leases_per_task {
                 // A full hand: there may be more. Let one more idle task look, rather than all at once.
                 gate.work.notify_one();
@@ -159,6 +162,7 @@ pub(crate) async fn run(
                 }
             }
         }
+        look = true;
         if delivered.is_empty() {
             continue;
         }
@@ -169,6 +173,7 @@ pub(crate) async fn run(
             ctx.lease_request(kind, ctx.config.leases_per_task)
         };
         let done: Vec<Lease> = delivered.iter().map(|(lease, _)| lease.clone()).collect();
+        let mut asked = next.is_some();
         let settled = with_retries(ctx.config.lease_ttl, "checkpoint", || {
             ctx.store.checkpoint_all_and_lease(&done, next.as_ref())
         })
@@ -178,7 +183,10 @@ pub(crate) async fn run(
                 ctx.settled.notify_one();
                 (outcomes, next)
             }
-            None => (Vec::new(), Vec::new()),
+            None => {
+                asked = false;
+                (Vec::new(), Vec::new())
+            }
         };
         for (i, (lease, messages)) in delivered.iter().enumerate() {
             let outcome = match outcomes.get(i) {
@@ -194,6 +202,11 @@ pub(crate) async fn run(
             tally(&ctx.stats, &lease.route, kind, &outcome);
         }
         count_leased(&next);
+        if !next.is_empty() {
+            gate.found_work(&ctx.config);
+        }
+        // The settlement asked for the next ranges and found none: wait at the gate before asking again.
+        look = !asked || !next.is_empty();
         leases = next;
     }
 }
