@@ -19,11 +19,13 @@
 //! - this module: the task loop (lease, deliver what is in hand, settle), renewals, the tallies;
 //! - `span`: which ranges in hand go out together, and what a span's [`Verdict`] means for each;
 //! - `range`: delivering one range (or span): read, batches, answers judged into a [`Verdict`];
+//! - `unreadable`: what a read could not hand over (offsets deleted, batches undecodable) in a verdict;
 //! - `report`: telling the store what a [`Verdict`] other than "delivered" means, with retries.
 
 mod range;
 mod report;
 mod span;
+mod unreadable;
 
 use range::deliver;
 use report::{report, with_retries};

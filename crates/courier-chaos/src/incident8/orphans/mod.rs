@@ -13,60 +13,33 @@
 //! 250 ms (so a backend whose client was cancelled is ended within it). Either way a courier worker then
 //! delivers the backlog: a late claim only delays its range (its lease expires), its epoch is stale once
 //! the worker re-leases it (its checkpoint is fenced), and the judge counts 0 lost.
+//!
+//! This module holds the scenario (set-up, the lock window, delivery and fencing afterwards, the
+//! judgement); `clients` holds the impatient clients and the orphan count.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::Ordering as AtomicOrdering;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use courier_core::{CheckpointOutcome, Epoch, Lease, OffsetRange, RangeKind};
-use courier_store::{DedicatedConnection, PlanRequest, RouteSpec, Store, StoreConfig, Timeouts};
+use courier_store::{PlanRequest, RouteSpec, Store, StoreConfig};
 use courier_testkit::db::db_error;
 use tokio::sync::watch;
-use tokio_postgres::types::{ToSql, Type};
+
+mod clients;
 
 use crate::env::{raw_session, RawSession, HARNESS_APP};
 use crate::judge::FaultWindow;
 use crate::pipeline::{poll, Pipeline, PipelineSpec, DESTINATION, ROUTE};
 use crate::report::{Incident8Figures, Mode, ScenarioReport};
 use crate::{ChaosError, Options};
+use clients::{
+    client_loop, client_timeouts, sample, Clients, CANCELLED, CLIENTS, CLIENT_APP, DEADLINE,
+};
 
-/// `application_name` of the claiming clients.
-const CLIENT_APP: &str = "courier-chaos-client";
-/// Concurrent clients.
-const CLIENTS: usize = 4;
-/// A client's deadline for one claim.
-const DEADLINE: Duration = Duration::from_millis(500);
-/// The deadline of every third attempt: the caller was cancelled (shutdown, a parent's timeout).
-const CANCELLED: Duration = Duration::from_millis(150);
 /// Naive orphans stop being added past this many, to keep the shared server below `max_connections`.
 const ORPHAN_CAP: usize = 150;
-
-/// A lease-like claim of one pending range, recorded in `chaos_claims` by the same statement.
-const CLAIM_SQL: &str = "WITH picked AS (
-        SELECT id FROM courier_ranges WHERE route = $2 AND state = 'pending'
-        ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED),
-    claimed AS (
-        UPDATE courier_ranges r SET state = 'leased', epoch = r.epoch + 1, lease_owner = $1,
-            lease_expires_at = now() + interval '2 seconds', attempts = r.attempts + 1, updated_at = now()
-        FROM picked WHERE r.id = picked.id
-        RETURNING r.id, r.epoch)
-    INSERT INTO chaos_claims (owner, range_id, epoch) SELECT $1, id, epoch FROM claimed
-    RETURNING range_id, epoch";
-
-/// The limits courier derives from a 500 ms client deadline.
-pub fn client_timeouts() -> Timeouts {
-    Timeouts {
-        client_deadline: DEADLINE,
-        statement_timeout: Duration::from_millis(450),
-        lock_timeout: Duration::from_millis(300),
-        ddl_lock_timeout: Duration::from_millis(300),
-        idle_in_transaction_session_timeout: Duration::from_secs(3),
-        client_connection_check_interval: Duration::from_millis(250),
-        pool_wait: Duration::from_millis(400),
-        ..Timeouts::default()
-    }
-}
 
 pub async fn run(options: &Options) -> Result<Vec<ScenarioReport>, ChaosError> {
     let naive = one(options, Mode::Naive).await?;
@@ -76,42 +49,6 @@ pub async fn run(options: &Options) -> Result<Vec<ScenarioReport>, ChaosError> {
 
 fn sql_error(what: &str) -> impl Fn(tokio_postgres::Error) -> ChaosError + '_ {
     move |e| ChaosError::Setup(format!("{what}: {}", db_error(&e)))
-}
-
-/// What the clients did.
-#[derive(Default)]
-struct Clients {
-    /// `(owner, backend pid, when the client gave up)` of every abandoned attempt.
-    abandoned: Mutex<Vec<(String, i32, Instant)>>,
-    attempts: AtomicUsize,
-    server_gave_up: AtomicUsize,
-    received: AtomicUsize,
-    other_errors: Mutex<Vec<String>>,
-    /// Set by the sampler when naive orphans reach [`ORPHAN_CAP`].
-    capped: AtomicBool,
-}
-
-impl Clients {
-    fn abandoned(&self) -> Vec<(String, i32, Instant)> {
-        self.abandoned
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-}
-
-enum Conn {
-    Raw(RawSession),
-    Courier(DedicatedConnection),
-}
-
-impl Conn {
-    fn client(&self) -> &tokio_postgres::Client {
-        match self {
-            Self::Raw(session) => session,
-            Self::Courier(connection) => connection,
-        }
-    }
 }
 
 async fn one(options: &Options, mode: Mode) -> Result<ScenarioReport, ChaosError> {
@@ -541,37 +478,6 @@ fn judge(
     report.judgement = Some(judgement);
 }
 
-/// Counts orphans now: backends waiting on a lock whose client already gave up. Records when each
-/// abandoned backend was first seen gone.
-async fn sample(
-    monitor: &RawSession,
-    clients: &Clients,
-    gone_at: &mut HashMap<i32, Instant>,
-) -> Result<usize, ChaosError> {
-    let abandoned = clients.abandoned();
-    let waiting: HashSet<i32> = monitor
-        .query(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()
-               AND application_name = $1 AND wait_event_type = 'Lock'",
-            &[&CLIENT_APP],
-        )
-        .await
-        .map_err(sql_error("sampling pg_stat_activity"))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let now = Instant::now();
-    let mut orphans = 0;
-    for (_, pid, _) in &abandoned {
-        if waiting.contains(pid) {
-            orphans += 1;
-        } else {
-            gone_at.entry(*pid).or_insert(now);
-        }
-    }
-    Ok(orphans)
-}
-
 /// "+N per 5 s" from the sampled series.
 fn growth(series: &[(Duration, usize)]) -> String {
     let mut marks = Vec::new();
@@ -629,99 +535,4 @@ async fn plan_everything(p: &Pipeline, store: &Store) -> Result<(), ChaosError> 
             .map_err(setup)?;
     }
     Ok(())
-}
-
-/// One client: claim, give up at the deadline (closing the socket at once), retry on a new connection.
-async fn client_loop(
-    k: usize,
-    url: String,
-    store: Option<Store>,
-    clients: Arc<Clients>,
-    mut stop: watch::Receiver<bool>,
-) {
-    for n in 1..=10_000usize {
-        if *stop.borrow() {
-            return;
-        }
-        if clients.capped.load(AtomicOrdering::Relaxed) {
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(100)) => continue,
-                _ = stop.wait_for(|s| *s) => return,
-            }
-        }
-        let connected = match &store {
-            None => RawSession::connect(&url, CLIENT_APP)
-                .await
-                .map(Conn::Raw)
-                .map_err(|e| db_error(&e)),
-            Some(store) => store
-                .dedicated_connection()
-                .await
-                .map(Conn::Courier)
-                .map_err(|e| e.to_string()),
-        };
-        let conn = match connected {
-            Ok(conn) => conn,
-            Err(error) => {
-                remember(&clients, format!("client {k} could not connect: {error}"));
-                // Pacing a client whose server is refusing it (not synchronisation).
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let pid: i32 = match conn
-            .client()
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await
-        {
-            Ok(row) => row.get(0),
-            Err(error) => {
-                remember(&clients, format!("client {k}: {}", db_error(&error)));
-                continue;
-            }
-        };
-        let owner = format!("client{k}-attempt{n}");
-        let deadline = if n % 3 == 0 { CANCELLED } else { DEADLINE };
-        clients.attempts.fetch_add(1, AtomicOrdering::Relaxed);
-        // Parse, bind and execute in one message, as a client that has sent its statement: the wait
-        // for the lock is in execution, so a backend granted the lock later runs the claim to commit.
-        let params: [(&(dyn ToSql + Sync), Type); 2] = [(&owner, Type::TEXT), (&ROUTE, Type::TEXT)];
-        let claim = conn.client().query_typed(CLAIM_SQL, &params);
-        match tokio::time::timeout(deadline, claim).await {
-            Ok(Ok(rows)) => {
-                clients
-                    .received
-                    .fetch_add(rows.len(), AtomicOrdering::Relaxed);
-            }
-            Ok(Err(error)) => match error.code().map(|c| c.code()) {
-                Some("55P03" | "57014") => {
-                    clients.server_gave_up.fetch_add(1, AtomicOrdering::Relaxed);
-                }
-                _ => remember(&clients, format!("client {k}: {}", db_error(&error))),
-            },
-            Err(_) => {
-                // Gave up: the socket closes now (the connection task is aborted), the backend stays.
-                drop(conn);
-                clients
-                    .abandoned
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push((owner, pid, Instant::now()));
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(50)) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-    }
-}
-
-fn remember(clients: &Clients, error: String) {
-    let mut errors = clients
-        .other_errors
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    if errors.len() < 10 {
-        errors.push(error);
-    }
 }
