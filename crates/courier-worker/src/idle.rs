@@ -7,7 +7,9 @@
 //! each time a poll finds nothing, **for the worker as a whole**: the turn passes from task to task, and
 //! a wait kept per task let eight tasks poll eight times at the shortest wait before any of them slowed
 //! down (measured: 37 lease statements for 40 ranges in a two-second drain). Any task that finds work
-//! brings it back to `poll_interval` ([`Gate::found_work`]). The others wait for [`Gate::work`]: the
+//! brings it back to `poll_interval` ([`Gate::found_work`]), and a wait already begun then ends within
+//! `poll_interval`: while the worker is busy, a range no wake-up announced (a retry whose backoff
+//! passed, say) waits about `poll_interval` to be found, not a wait grown while the worker was idle. The others wait for [`Gate::work`]: the
 //! planner wakes one task per hand of ranges it carves, and a task that finds a full hand wakes one
 //! more, so a burst of work fans out without every idle task querying the store at once.
 
@@ -27,6 +29,9 @@ pub(crate) struct Gate {
     turn: Mutex<()>,
     /// How long the next poll waits; `None` until the first poll (then `poll_interval`).
     poll_wait: SyncMutex<Option<Duration>>,
+    /// Told when a task finds work, so the polling task's wait (begun while idle) ends within
+    /// `poll_interval` of it.
+    found: Notify,
 }
 
 impl Gate {
@@ -42,16 +47,24 @@ impl Gate {
         tokio::select! {
             () = &mut woken => true,
             turn = self.turn.lock() => {
-                let wait = self.poll_wait(config);
-                let waited = tokio::select! {
-                    () = tokio::time::sleep(wait) => {
-                        // The poll comes now; if it finds nothing, the next one waits longer.
-                        let longest = config.max_idle_poll.max(config.poll_interval);
-                        *self.poll_wait_slot() = Some((wait * 2).min(longest));
-                        true
+                let mut due = tokio::time::Instant::now() + self.poll_wait(config);
+                let waited = loop {
+                    let found = self.found.notified();
+                    tokio::select! {
+                        () = tokio::time::sleep_until(due) => {
+                            // The poll comes now; if it finds nothing, the next one waits longer.
+                            let longest = config.max_idle_poll.max(config.poll_interval);
+                            let wait = self.poll_wait(config);
+                            *self.poll_wait_slot() = Some((wait * 2).min(longest));
+                            break true;
+                        }
+                        () = &mut woken => break true,
+                        // Work was found meanwhile: the worker is busy, so poll within poll_interval.
+                        () = found => {
+                            due = due.min(tokio::time::Instant::now() + config.poll_interval);
+                        }
+                        () = crate::stopped(stop) => break false,
                     }
-                    () = &mut woken => true,
-                    () = crate::stopped(stop) => false,
                 };
                 drop(turn);
                 waited
@@ -63,6 +76,7 @@ impl Gate {
     /// A task found work: the next idle poll comes after `poll_interval` again.
     pub fn found_work(&self, config: &WorkerConfig) {
         *self.poll_wait_slot() = Some(config.poll_interval);
+        self.found.notify_waiters();
     }
 
     fn poll_wait(&self, config: &WorkerConfig) -> Duration {
@@ -114,6 +128,26 @@ mod tests {
         // Work found: the next poll comes after poll_interval again.
         gate.found_work(&config());
         assert_eq!(wait(&gate, &stopping).await, (true, 100 * MS));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_found_by_another_task_brings_a_long_wait_down_to_poll_interval() {
+        let gate = Gate::default();
+        let (_stop, stopping) = watch::channel(false);
+        for _ in 0..4 {
+            wait(&gate, &stopping).await;
+        }
+        // The wait has grown to 1 s; 10 ms into it another task finds work (woken by the planner): the
+        // worker is busy, so the poll comes 100 ms later, not 990 ms.
+        let found_after = |after: Duration| {
+            let gate = &gate;
+            async move {
+                sleep(after).await;
+                gate.found_work(&config());
+            }
+        };
+        let (polled, ()) = tokio::join!(wait(&gate, &stopping), found_after(10 * MS));
+        assert_eq!(polled, (true, 110 * MS));
     }
 
     #[tokio::test(start_paused = true)]

@@ -207,10 +207,18 @@ impl Inner {
     }
 
     /// An idle consumer for metadata and watermark queries (they leave the assignment alone): one
-    /// without a partition, else a new one, as [`checkout`](Self::checkout) does. A positioned one
-    /// is on loan while the query runs, and a read of its partition meanwhile would not see it.
+    /// without a partition if there is one, else any idle one, and a new one only when none is idle.
+    /// Never a new one otherwise: a new consumer must connect to the brokers before it can answer, and
+    /// the planner asks for watermarks every tick.
     pub(super) fn checkout_any(&self) -> Result<Loan<'_>, Error> {
-        let taken = self.take_idle(|_| false);
+        let taken = {
+            let mut idle = lock(&self.idle);
+            let index = idle
+                .iter()
+                .position(|pooled| pooled.cursor.is_none())
+                .or_else(|| idle.len().checked_sub(1));
+            index.map(|index| idle.remove(index))
+        };
         self.loan(taken)
     }
 

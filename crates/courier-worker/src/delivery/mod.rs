@@ -101,8 +101,8 @@ pub(crate) async fn run(
     let gate = ctx.gate(kind);
     let mut leases: Vec<Lease> = Vec::new();
     // Whether to ask the store before waiting at the gate. Not at start: the worker wakes one task for
-    // that, so a starting worker costs one lease statement rather than one per task. Not right after a
-    // settlement that asked for the next ranges and got none: it just looked.
+    // that, so a starting worker costs one lease statement rather than one per task. After a settlement,
+    // yes: ranges carved while it ran are found at once, not at the next wake-up.
     let mut look = false;
     loop {
         ctx.liveness.beat(crate::Loop::Delivery);
@@ -175,7 +175,6 @@ pub(crate) async fn run(
             ctx.lease_request(kind, ctx.config.leases_per_task)
         };
         let done: Vec<Lease> = delivered.iter().map(|(lease, _)| lease.clone()).collect();
-        let mut asked = next.is_some();
         let settled = with_retries(ctx.config.lease_ttl, "checkpoint", || {
             ctx.store.checkpoint_all_and_lease(&done, next.as_ref())
         })
@@ -185,10 +184,7 @@ pub(crate) async fn run(
                 ctx.settled.notify_one();
                 (outcomes, next)
             }
-            None => {
-                asked = false;
-                (Vec::new(), Vec::new())
-            }
+            None => (Vec::new(), Vec::new()),
         };
         for (i, (lease, messages)) in delivered.iter().enumerate() {
             let outcome = match outcomes.get(i) {
@@ -207,8 +203,6 @@ pub(crate) async fn run(
         if !next.is_empty() {
             gate.found_work(&ctx.config);
         }
-        // The settlement asked for the next ranges and found none: wait at the gate before asking again.
-        look = !asked || !next.is_empty();
         leases = next;
     }
 }
