@@ -104,6 +104,7 @@ async fn measure(bench: &Bench, variant: Variant) -> anyhow::Result<(Vec<u64>, O
     let counters = &bench.sink.counters;
     let topic = crate::load::produce_topic(&bench.brokers, args.partitions, 0).await?;
     let expected = (args.offered * args.seconds as f64) as u64;
+    let producer = crate::load::Load::connect(&bench.brokers, &topic, args.partitions).await?;
     counters.reset(true);
     let url = bench.sink.url.as_str();
     let courier: Option<CourierRun> = match variant {
@@ -129,16 +130,11 @@ async fn measure(bench: &Bench, variant: Variant) -> anyhow::Result<(Vec<u64>, O
         }
     };
     let load = async {
-        // Let the consumer join and go idle before the load starts.
+        // Let the consumer join and go idle, and the producer finish starting, before the load starts.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        crate::load::offer_load(
-            &bench.brokers,
-            &topic,
-            args.partitions,
-            args.offered,
-            Duration::from_secs(args.seconds),
-        )
-        .await
+        producer
+            .offer(args.offered, Duration::from_secs(args.seconds))
+            .await
     };
     let (consumed, loaded) = tokio::join!(consumer, load);
     let transactions = match courier {

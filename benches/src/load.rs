@@ -2,7 +2,7 @@
 //! were produced (the sink counts the first and reads the second for end-to-end latency).
 //!
 //! Owns: producing a whole topic up front ([`produce_topic`]) and producing at a fixed rate
-//! ([`offer_load`]).
+//! ([`Load`]).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -54,29 +54,44 @@ pub async fn produce_topic(
     Ok(topic)
 }
 
-/// Produces at `rate` messages per second for `duration`, in 10 ms steps; returns how many it sent.
-pub async fn offer_load(
-    brokers: &str,
-    topic: &str,
+/// A producer connected ahead of a measured load, so that its start-up (connections, its idempotent
+/// producer id, the topic's metadata: about a second on the local broker) is not counted as the
+/// latency of the first messages.
+pub struct Load {
+    producer: Producer,
+    topic: String,
     partitions: i32,
-    rate: f64,
-    duration: Duration,
-) -> anyhow::Result<u64> {
-    let producer = Producer::connect(KafkaConfig::new(brokers)).await?;
-    let total = (rate * duration.as_secs_f64()) as u64;
-    let started = Instant::now();
-    let mut sent = 0u64;
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    while started.elapsed() < duration {
-        tick.tick().await;
-        let due = ((rate * started.elapsed().as_secs_f64()) as u64).min(total);
-        if due > sent {
-            send(&producer, topic, partitions, sent..due).await?;
-            sent = due;
+}
+
+impl Load {
+    /// Connects, and sends nothing yet.
+    pub async fn connect(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<Self> {
+        let producer = Producer::connect(KafkaConfig::new(brokers)).await?;
+        Ok(Self {
+            producer,
+            topic: topic.to_owned(),
+            partitions,
+        })
+    }
+
+    /// Produces at `rate` messages per second for `duration`, in 10 ms steps; returns how many it sent.
+    pub async fn offer(&self, rate: f64, duration: Duration) -> anyhow::Result<u64> {
+        let (producer, topic, partitions) = (&self.producer, self.topic.as_str(), self.partitions);
+        let total = (rate * duration.as_secs_f64()) as u64;
+        let started = Instant::now();
+        let mut sent = 0u64;
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        while started.elapsed() < duration {
+            tick.tick().await;
+            let due = ((rate * started.elapsed().as_secs_f64()) as u64).min(total);
+            if due > sent {
+                send(producer, topic, partitions, sent..due).await?;
+                sent = due;
+            }
         }
+        if total > sent {
+            send(producer, topic, partitions, sent..total).await?;
+        }
+        Ok(total)
     }
-    if total > sent {
-        send(&producer, topic, partitions, sent..total).await?;
-    }
-    Ok(total)
 }

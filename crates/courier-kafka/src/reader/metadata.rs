@@ -154,7 +154,7 @@ impl Inner {
     /// grow with the partition count.
     pub(super) fn high_watermarks(&self, topic: &str) -> Result<Vec<PartitionWatermarks>, Error> {
         let deadline = Instant::now() + self.config.read_timeout;
-        let consumer = self.checkout_any()?;
+        let consumer = self.checkout_for_query()?;
         let cached = lock(&self.partition_counts)
             .get(topic)
             .filter(|c| c.fetched_at.elapsed() < COUNT_MAX_AGE)

@@ -17,6 +17,8 @@
 //!    share the reads.
 //! 2. The partition is checked against cached metadata (one metadata request per topic, refreshed when a
 //!    partition is not in the cache), so an unknown topic or partition is a clear error, not a timeout.
+//!    Metadata and watermark queries go through the reader's query consumer, which never has a
+//!    partition assigned, so they never wait behind a fetch (`pool::checkout_for_query`).
 //! 3. Otherwise `assign` at `start`: no subscription, no group membership, no commits. The store owns
 //!    progress.
 //! 4. Messages are polled until one of:
@@ -200,8 +202,12 @@ struct Inner {
     config: KafkaConfig,
     /// Idle consumers, least recently used first.
     idle: Mutex<Vec<Pooled>>,
-    /// Consumers alive, idle or on loan (the pool's size, see `pool::checkout`).
+    /// Consumers alive, idle or on loan (the pool's size, see `pool::checkout`), not counting the query
+    /// consumer.
     consumers: AtomicUsize,
+    /// The consumer metadata and watermark queries use, never assigned a partition
+    /// (`pool::checkout_for_query`); `None` while a query holds it.
+    query: Mutex<Option<Pooled>>,
     /// Partition counts per topic, from metadata. Partitions can be added to a topic, never removed, so a
     /// cached count is only ever too small: a partition beyond it triggers a refresh.
     partition_counts: Mutex<HashMap<String, CachedCount>>,
@@ -245,7 +251,8 @@ where
 }
 
 impl RangeReader {
-    /// Creates a reader and its first consumer (off the runtime: client creation does blocking I/O).
+    /// Creates a reader and its query consumer (off the runtime: client creation does blocking I/O);
+    /// reads create theirs as they need them.
     /// Fails on an invalid configuration, and with SASL or TLS configured on brokers that refuse
     /// courier's credentials (`Error::Refused`, at once); an unreachable cluster shows up on the first
     /// call (with SASL or TLS, here, after `read_timeout`).
@@ -253,7 +260,8 @@ impl RangeReader {
         crate::refusal::check(&config).await?;
         let inner = Arc::new(Inner {
             idle: Mutex::new(Vec::new()),
-            consumers: AtomicUsize::new(1),
+            consumers: AtomicUsize::new(0),
+            query: Mutex::new(None),
             partition_counts: Mutex::new(HashMap::new()),
             lanes: Mutex::new(HashMap::new()),
             traffic: Arc::default(),
@@ -262,7 +270,7 @@ impl RangeReader {
         });
         let creator = Arc::clone(&inner);
         let consumer = blocking(move || creator.create_consumer()).await??;
-        lock(&inner.idle).push(Pooled {
+        *lock(&inner.query) = Some(Pooled {
             consumer,
             cursor: None,
             idle_since: Instant::now(),
@@ -350,7 +358,7 @@ impl RangeReader {
         let topic = topic.to_owned();
         self.metadata_call(move |inner| {
             let deadline = Instant::now() + inner.config.read_timeout;
-            let consumer = inner.checkout_any()?;
+            let consumer = inner.checkout_for_query()?;
             inner.refresh_partition_count(&consumer, &topic, deadline)
         })
         .await

@@ -1,7 +1,8 @@
 //! The pool of librdkafka consumers a [`RangeReader`](super::RangeReader) reads with.
 //!
 //! Owns: [`Pooled`] consumers (each with the [`Cursor`] of the partition it still has assigned, if
-//! any), the [`Loan`] that returns a consumer to the pool when a read ends, and the background task
+//! any), the reader's query consumer (never assigned: metadata and watermark queries), the [`Loan`]
+//! that returns a consumer to the pool or that slot when a read or query ends, and the background task
 //! that parks consumers left idle ([`PARK_AFTER`](super::PARK_AFTER)) and serves the events idle
 //! consumers queue (statistics, logs, errors).
 
@@ -44,6 +45,14 @@ pub(super) struct Pooled {
 pub(super) struct Loan<'a> {
     inner: &'a Inner,
     pooled: Option<Pooled>,
+    /// Where it goes back: the idle list, or the query consumer's slot ([`Inner::checkout_for_query`]).
+    home: Home,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Home {
+    Idle,
+    Query,
 }
 
 impl Loan<'_> {
@@ -68,7 +77,7 @@ impl Loan<'_> {
 
     /// Drops the consumer instead of returning it to the pool.
     pub(super) fn spoil(mut self) {
-        if self.pooled.take().is_some() {
+        if self.pooled.take().is_some() && self.home == Home::Idle {
             self.inner.consumers.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -83,7 +92,10 @@ impl Drop for Loan<'_> {
                 serve_events(&pooled.consumer);
             }
             pooled.idle_since = Instant::now();
-            lock(&self.inner.idle).push(pooled);
+            match self.home {
+                Home::Idle => lock(&self.inner.idle).push(pooled),
+                Home::Query => *lock(&self.inner.query) = Some(pooled),
+            }
         }
     }
 }
@@ -128,7 +140,8 @@ pub(super) async fn park_idle_consumers(inner: Weak<Inner>) {
 impl Drop for Inner {
     fn drop(&mut self) {
         // Closing a consumer blocks (~100 ms each): keep that off the async runtime when there is one.
-        let idle = std::mem::take(&mut *lock(&self.idle));
+        let mut idle = std::mem::take(&mut *lock(&self.idle));
+        idle.extend(lock(&self.query).take());
         if idle.is_empty() {
             return;
         }
@@ -173,6 +186,10 @@ impl Inner {
         for pooled in idle.iter().filter(|pooled| pooled.cursor.is_none()) {
             serve_events(&pooled.consumer);
         }
+        drop(idle);
+        if let Some(query) = lock(&self.query).as_ref() {
+            serve_events(&query.consumer);
+        }
     }
 
     pub(super) fn create_consumer(&self) -> Result<BaseConsumer, Error> {
@@ -206,11 +223,24 @@ impl Inner {
         self.loan(taken)
     }
 
-    /// An idle consumer for metadata and watermark queries (they leave the assignment alone): one
-    /// without a partition if there is one, else any idle one, and a new one only when none is idle.
-    /// Never a new one otherwise: a new consumer must connect to the brokers before it can answer, and
-    /// the planner asks for watermarks every tick.
-    pub(super) fn checkout_any(&self) -> Result<Loan<'_>, Error> {
+    /// A consumer for metadata and watermark queries (they leave the assignment alone): the reader's
+    /// query consumer, which never has a partition assigned; while another query holds it, an idle
+    /// one without a partition, else any idle one, and a new one only when none is idle.
+    ///
+    /// Why a consumer of its own: a broker answers a connection's requests in order, and a consumer
+    /// with a partition assigned keeps a fetch waiting at the tail of the log (up to
+    /// `fetch.wait.max.ms`) on its connection, so a query it carried waited behind that fetch. The
+    /// planner asks for watermarks every tick, and under load every pooled consumer is positioned:
+    /// each watermark query took 14-16 ms (two ListOffsets, each behind a fetch) against about 1 ms on
+    /// an unassigned consumer, on the path of every message from the log to its destination.
+    pub(super) fn checkout_for_query(&self) -> Result<Loan<'_>, Error> {
+        if let Some(pooled) = lock(&self.query).take() {
+            return Ok(Loan {
+                inner: self,
+                pooled: Some(pooled),
+                home: Home::Query,
+            });
+        }
         let taken = {
             let mut idle = lock(&self.idle);
             let index = idle
@@ -259,6 +289,7 @@ impl Inner {
         Ok(Loan {
             inner: self,
             pooled: Some(pooled),
+            home: Home::Idle,
         })
     }
 
@@ -271,5 +302,57 @@ impl Inner {
                 .filter(|c| c.partition == partition && c.topic == topic)
                 .map(|c| c.next)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{KafkaConfig, RangeReader};
+
+    /// A reader on an address nothing listens on: consumers are created without a broker, and none of
+    /// these choices contacts one.
+    async fn reader() -> RangeReader {
+        RangeReader::connect(KafkaConfig::new("127.0.0.1:1"))
+            .await
+            .unwrap_or_else(|e| panic!("a reader needs no broker to start: {e}"))
+    }
+
+    #[tokio::test]
+    async fn queries_use_the_query_consumer_and_leave_positioned_consumers_to_reads() {
+        let reader = reader().await;
+        let inner = &*reader.inner;
+        let positioned = Pooled {
+            consumer: inner.create_consumer().expect("a consumer"),
+            cursor: Some(Cursor::at("events", 0, 10)),
+            idle_since: Instant::now(),
+        };
+        lock(&inner.idle).push(positioned);
+
+        let query = inner.checkout_for_query().expect("a consumer for a query");
+        assert!(query.home == Home::Query, "a query took a pooled consumer");
+        assert_eq!(
+            lock(&inner.idle).len(),
+            1,
+            "the positioned consumer stays idle"
+        );
+        assert!(inner.cursor_of("events", 0) == Some(10));
+
+        // While the query consumer is out, a second query borrows from the pool rather than wait.
+        let second = inner
+            .checkout_for_query()
+            .expect("a consumer for a second query");
+        assert!(second.home == Home::Idle);
+        drop(second);
+        drop(query);
+        assert!(
+            lock(&inner.query).is_some(),
+            "the query consumer went back to its slot"
+        );
+        assert_eq!(
+            lock(&inner.idle).len(),
+            1,
+            "the borrowed consumer went back to the pool"
+        );
     }
 }

@@ -31,6 +31,18 @@ pub(super) struct Cursor {
 }
 
 impl Cursor {
+    /// A cursor at `next` with nothing stashed (tests of the pool's choices).
+    #[cfg(test)]
+    pub(super) fn at(topic: &str, partition: Partition, next: Offset) -> Self {
+        Self {
+            topic: topic.to_owned(),
+            partition,
+            next,
+            stash: None,
+            at_end: false,
+        }
+    }
+
     pub(super) fn continues(&self, topic: &str, partition: Partition, start: Offset) -> bool {
         self.partition == partition && self.next == start && self.topic == topic
     }
