@@ -17,8 +17,9 @@ use crate::query::{invalid, params};
 use crate::settle::epoch_outcome;
 
 impl Store {
-    /// Claims up to `max_ranges` ranges of any of the requested routes, oldest first: pending ones whose
-    /// backoff has passed, and leased ones whose lease expired. Each claim bumps the epoch. Rows another
+    /// Claims up to `max_ranges` ranges of any of the requested routes, the oldest first, then more of
+    /// its partition, then the oldest of the rest ([`lease_candidates`]): pending ones whose backoff has
+    /// passed, and leased ones whose lease expired. Each claim bumps the epoch. Rows another
     /// worker is claiming right now are skipped, not waited on. For ordered routes only the lowest
     /// unsettled live range of each partition is eligible, so a partition is delivered in offset order.
     pub async fn lease(&self, request: &LeaseRequest) -> Result<Vec<Lease>> {
@@ -136,13 +137,27 @@ impl Store {
     }
 }
 
-/// The `picked AS (...)` part of a lease statement: the ranges a worker may claim, oldest first across
-/// every requested route, locked, skipping rows another worker is claiming right now. Parameters: $1
-/// routes, $2 limit, $5 kind, $6 ordered routes.
+/// The `picked AS (...)` part of a lease statement (with the `anchor`, `near` and `rest` it is made of):
+/// the ranges a worker may claim, locked, skipping rows another worker is claiming right now.
+/// Parameters: $1 routes, $2 limit, $5 kind, $6 ordered routes.
 ///
-/// The statement walks `courier_ranges_workable` (kind, id) in id order and stops after `limit` eligible
-/// rows; after locking a row PostgreSQL re-checks these conditions against its latest version, so a
-/// range claimed or settled meanwhile is skipped. For an ordered route a range is eligible only when no
+/// Which ranges: the oldest eligible range across every requested route (the *anchor*: fairness, no
+/// range waits behind ranges carved after it for longer than one call), then the eligible ranges of the
+/// anchor's partition in offset order, then the oldest eligible of the rest, up to the limit. Why the
+/// anchor's partition first (partition affinity): taken in plain id order, a hand of many small ranges
+/// was a slice of every partition (the planner carves a few ranges per partition per round), so the
+/// tasks of a worker read every partition at once at different places, out of order; a read that starts
+/// inside a record batch the broker sends whole from its start, and a consumer re-assigned behind
+/// another throws away what it prefetched. Measured from the broker's side (`make bench`, kafka-bytes,
+/// 8 tasks): 1.10-1.40x the bytes of one reader at ranges of 100 and 0.99-1.40x at 1,000 in plain id
+/// order, 1.01-1.12x and 0.99-1.15x with the anchor's partition first.
+///
+/// `anchor` and `rest` walk `courier_ranges_workable` (kind, id) in id order and stop after the rows they
+/// need, `near` walks `courier_ranges_heads` of one partition in offset order (the anchor's route and
+/// partition are compared as scalars so that it does; joined to `anchor`, it sorted the partition), and
+/// the update finds the picked rows by primary key (`= ANY(ARRAY(..))`; joined, it scanned the table):
+/// 2.7 ms at 60,000 workable ranges. After locking a row PostgreSQL re-checks these conditions against
+/// its latest version, so a range claimed or settled meanwhile is skipped. For an ordered route a range is eligible only when no
 /// lower live range of its partition is unsettled in this statement's snapshot: a range settled after the
 /// snapshot only delays its successor to the next call, never lets two run at once.
 ///
@@ -158,10 +173,8 @@ impl Store {
 /// `courier_ranges_heads` is one index probe. Same rows either way: a live unsettled range is the lowest
 /// of its partition exactly when its start is at most the lowest unsettled start.
 fn lease_candidates(also: &str) -> String {
-    format!(
-        "picked AS (
-             SELECT r.id FROM courier_ranges r
-             WHERE r.kind = $5 AND r.state IN ('pending', 'leased')
+    let eligible = format!(
+        "r.kind = $5 AND r.state IN ('pending', 'leased')
                AND r.route = ANY(ARRAY(SELECT requested FROM unnest($1::text[]) AS requested
                                        WHERE requested NOT IN (SELECT name FROM courier_routes WHERE paused)))
                AND ((r.state = 'pending' AND r.not_before <= now())
@@ -170,9 +183,26 @@ fn lease_candidates(also: &str) -> String {
                         SELECT min(h.start_offset) FROM courier_ranges h
                         WHERE h.route = r.route AND h.partition = r.partition AND h.kind = 'live'
                           AND h.state IN ('pending', 'leased')))
-               {also}
-             ORDER BY r.id LIMIT $2
-             FOR UPDATE OF r SKIP LOCKED)"
+               {also}"
+    );
+    format!(
+        "anchor AS (
+             SELECT r.route, r.partition FROM courier_ranges r
+             WHERE {eligible}
+             ORDER BY r.id LIMIT 1
+             FOR UPDATE OF r SKIP LOCKED),
+         near AS (
+             SELECT r.id FROM courier_ranges r
+             WHERE r.route = (SELECT route FROM anchor) AND r.partition = (SELECT partition FROM anchor)
+               AND {eligible}
+             ORDER BY r.route, r.partition, r.start_offset LIMIT $2
+             FOR UPDATE OF r SKIP LOCKED),
+         rest AS (
+             SELECT r.id FROM courier_ranges r
+             WHERE {eligible} AND r.id <> ALL(ARRAY(SELECT id FROM near))
+             ORDER BY r.id LIMIT greatest($2 - (SELECT count(*) FROM near), 0)
+             FOR UPDATE OF r SKIP LOCKED),
+         picked AS (SELECT id FROM near UNION ALL SELECT id FROM rest)"
     )
 }
 
@@ -181,7 +211,7 @@ const LEASE_UPDATE: &str = "courier_ranges r
      SET state = 'leased', epoch = r.epoch + 1, lease_owner = $3,
          lease_expires_at = now() + $4::bigint * interval '1 millisecond',
          attempts = r.attempts + 1, updated_at = now()
-     FROM picked WHERE r.id = picked.id
+     WHERE r.id = ANY(ARRAY(SELECT id FROM picked))
      RETURNING r.id, r.partition, r.start_offset, r.end_offset, r.epoch, r.attempts, r.kind,
                COALESCE(r.resume_offset, r.start_offset), r.route, r.replay_id";
 

@@ -12,8 +12,10 @@
 //! 3. bounded duplicates: a range is delivered twice only if its lease was interrupted or it was replayed;
 //! 4. monotonic: frontier and watermark never move backwards;
 //! 5. the watermark never passes an unsettled range;
-//! 6. fair leasing across routes: a lease call returns exactly the oldest eligible ranges of all routes
-//!    (carving order), so no route's ranges wait behind ranges carved after them;
+//! 6. fair leasing across routes, with partition affinity: a lease call returns exactly the oldest
+//!    eligible range of all routes (carving order), then the eligible ranges of its partition in offset
+//!    order, then the oldest eligible of the rest, so no range waits behind ranges carved after it for
+//!    longer than one call, and a task reads a partition forwards rather than a slice of every one;
 //! 7. a paused route's ranges are never leased (`courier pause`), and are again once it is resumed.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -446,9 +448,31 @@ async fn check_route(
     Ok(())
 }
 
+/// What a lease call of up to `max` ranges must return, of `leasable` (oldest first): the oldest, then
+/// the others of its partition lowest offset first, then the oldest of the rest (invariant 6).
+fn expected_pick(leasable: &[RangeKey], max: usize) -> BTreeSet<RangeKey> {
+    let Some(&(route, partition, _)) = leasable.first() else {
+        return BTreeSet::new();
+    };
+    let mut near: Vec<RangeKey> = leasable
+        .iter()
+        .filter(|key| key.0 == route && key.1 == partition)
+        .copied()
+        .collect();
+    near.sort_by_key(|key| key.2);
+    near.truncate(max);
+    let rest: Vec<RangeKey> = leasable
+        .iter()
+        .filter(|key| !near.contains(key))
+        .take(max - near.len())
+        .copied()
+        .collect();
+    near.into_iter().chain(rest).collect()
+}
+
 /// Checks leases a call returned against what the model says was leasable, then records them: exactly
-/// the `max` oldest leasable ranges across routes (fairness), at most one per partition of an ordered
-/// route, each epoch one up.
+/// the ranges [`expected_pick`] names (fairness and partition affinity), at most one per partition of an
+/// ordered route, each epoch one up.
 fn absorb_leases(
     model: &mut Model,
     worker: usize,
@@ -456,9 +480,13 @@ fn absorb_leases(
     leasable: &[RangeKey],
     leases: Vec<Lease>,
 ) -> Result<(), TestCaseError> {
-    let expected: BTreeSet<RangeKey> = leasable.iter().take(max).copied().collect();
+    let expected = expected_pick(leasable, max);
     let got: BTreeSet<RangeKey> = leases.iter().map(|l| model.key(l)).collect();
-    prop_assert_eq!(&got, &expected, "the oldest eligible ranges across routes");
+    prop_assert_eq!(
+        &got,
+        &expected,
+        "the oldest eligible range, then its partition's, then the oldest of the rest"
+    );
     prop_assert_eq!(got.len(), leases.len(), "a range leased twice in one call");
     let mut partitions_seen = BTreeSet::new();
     for lease in leases {
