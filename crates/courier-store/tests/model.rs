@@ -13,8 +13,8 @@
 //! 4. monotonic: frontier and watermark never move backwards;
 //! 5. the watermark never passes an unsettled range;
 //! 6. fair leasing across routes, with partition affinity: a lease call returns exactly the oldest
-//!    eligible range of all routes (carving order), then the eligible ranges of its partition in offset
-//!    order, then the oldest eligible of the rest, so no range waits behind ranges carved after it for
+//!    eligible range of all routes (carving order), then the oldest eligible ranges of its partition,
+//!    then the oldest eligible of the rest, so no range waits behind ranges carved after it for
 //!    longer than one call, and a task reads a partition forwards rather than a slice of every one;
 //! 7. a paused route's ranges are never leased (`courier pause`), and are again once it is resumed.
 
@@ -449,7 +449,7 @@ async fn check_route(
 }
 
 /// What a lease call of up to `max` ranges must return, of `leasable` (oldest first): the oldest, then
-/// the others of its partition lowest offset first, then the oldest of the rest (invariant 6).
+/// the others of its partition oldest first, then the oldest of the rest (invariant 6).
 fn expected_pick(leasable: &[RangeKey], max: usize) -> BTreeSet<RangeKey> {
     let Some(&(route, partition, _)) = leasable.first() else {
         return BTreeSet::new();
@@ -459,7 +459,6 @@ fn expected_pick(leasable: &[RangeKey], max: usize) -> BTreeSet<RangeKey> {
         .filter(|key| key.0 == route && key.1 == partition)
         .copied()
         .collect();
-    near.sort_by_key(|key| key.2);
     near.truncate(max);
     let rest: Vec<RangeKey> = leasable
         .iter()
