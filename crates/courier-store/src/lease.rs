@@ -12,7 +12,7 @@ use tokio_postgres::Row;
 
 use crate::error::Result;
 use crate::pool::{millis, Store};
-use crate::protocol::LeaseRequest;
+use crate::protocol::{LeaseRequest, Settlement};
 use crate::query::{invalid, params};
 use crate::settle::epoch_outcome;
 
@@ -49,14 +49,15 @@ impl Store {
         done: &Lease,
         next: &LeaseRequest,
     ) -> Result<(CheckpointOutcome, Vec<Lease>)> {
-        let (outcomes, leases) = self
+        let settlement = self
             .checkpoint_all_and_lease(std::slice::from_ref(done), Some(next))
             .await?;
-        let outcome = outcomes
+        let outcome = settlement
+            .outcomes
             .first()
             .copied()
             .unwrap_or(CheckpointOutcome::Fenced);
-        Ok((outcome, leases))
+        Ok((outcome, settlement.leases))
     }
 
     /// Checkpoints every range of `done` and, with `next`, leases the next ranges in one statement: a
@@ -64,12 +65,13 @@ impl Store {
     /// checkpoint is fenced on its own, exactly as [`Store::checkpoint`] (the outcomes come in `done`'s
     /// order); the lease makes the same choice as [`Store::lease`], never picking a range of `done` (one
     /// statement must not modify a row twice) and, with an ordered route, not yet seeing the successor of
-    /// a range checkpointed by the same statement (it comes with the next call).
+    /// a range checkpointed by the same statement: [`Settlement::successor_waiting`] says when one is
+    /// there to be leased by the next call.
     pub async fn checkpoint_all_and_lease(
         &self,
         done: &[Lease],
         next: Option<&LeaseRequest>,
-    ) -> Result<(Vec<CheckpointOutcome>, Vec<Lease>)> {
+    ) -> Result<Settlement> {
         let ids: Vec<i64> = done.iter().map(|lease| lease.id).collect();
         let epochs: Vec<i64> = done.iter().map(|lease| lease.epoch.0).collect();
         let (routes, ordered, owner, (limit, ttl, kind)) = match next {
@@ -90,11 +92,18 @@ impl Store {
                          UPDATE courier_ranges r SET state = 'done', lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
                          FROM unnest($7::bigint[], $8::bigint[]) AS d (id, epoch)
                          WHERE r.id = d.id AND r.epoch = d.epoch AND r.state = 'leased'
-                         RETURNING r.id, r.epoch),
+                         RETURNING r.id, r.epoch, r.route, r.partition, r.end_offset, r.kind),
                      {},
                      leased AS (UPDATE {LEASE_UPDATE})
                      SELECT (SELECT COALESCE(array_agg(id), '{{}}') FROM done),
-                            (SELECT COALESCE(array_agg(epoch), '{{}}') FROM done), leased.*
+                            (SELECT COALESCE(array_agg(epoch), '{{}}') FROM done),
+                            (SELECT EXISTS (
+                                SELECT 1 FROM done d JOIN courier_ranges s
+                                  ON s.route = d.route AND s.partition = d.partition
+                                 AND s.kind = 'live' AND s.start_offset = d.end_offset
+                                WHERE d.kind = 'live' AND d.route = ANY($6::text[])
+                                  AND s.state = 'pending' AND s.not_before <= now())),
+                            leased.*
                      FROM (SELECT 1) AS one LEFT JOIN leased ON true",
                     lease_candidates("AND r.id <> ALL($7::bigint[])")
                 ),
@@ -116,12 +125,17 @@ impl Store {
             .zip(&epochs)
             .map(|(id, epoch)| epoch_outcome(u64::from(checkpointed.contains(&(*id, *epoch)))))
             .collect();
+        let successor_waiting = rows.first().is_some_and(|row| row.get(2));
         let leases = rows
             .iter()
-            .filter(|row| row.get::<_, Option<i64>>(2).is_some())
-            .map(|row| lease_from_row(row, 2))
+            .filter(|row| row.get::<_, Option<i64>>(3).is_some())
+            .map(|row| lease_from_row(row, 3))
             .collect::<Result<Vec<_>>>()?;
-        Ok((outcomes, leases))
+        Ok(Settlement {
+            outcomes,
+            leases,
+            successor_waiting,
+        })
     }
 
     /// Extends a lease still held under `lease.epoch`.
@@ -153,7 +167,9 @@ impl Store {
 /// order, 1.01-1.12x and 0.99-1.15x with the anchor's partition first.
 ///
 /// Each of `anchor`, `near` and `rest` walks `courier_ranges_workable` (kind, id) in id order and stops
-/// after the rows it needs (`near` ordered by offset was planned, on a table not analyzed yet, as a sort
+/// after the rows it needs, `near` and `rest` from the anchor on (below it every eligible row was
+/// locked by another worker when the anchor was found: walking them again made the statement cost twice
+/// the old one under contention) (`near` ordered by offset was planned, on a table not analyzed yet, as a sort
 /// of the whole partition: 36-48 ms per lease at 5,000 ranges per partition), and the update finds the
 /// picked rows by primary key (`= ANY(ARRAY(..))`; joined to them, it scanned the table): 1-5 ms per
 /// lease at 60,000 and 80,000 workable ranges, with and without statistics, generic plan (`EXPLAIN
@@ -188,19 +204,20 @@ fn lease_candidates(also: &str) -> String {
     );
     format!(
         "anchor AS (
-             SELECT r.route, r.partition FROM courier_ranges r
+             SELECT r.id, r.route, r.partition FROM courier_ranges r
              WHERE {eligible}
              ORDER BY r.id LIMIT 1
              FOR UPDATE OF r SKIP LOCKED),
          near AS (
              SELECT r.id FROM courier_ranges r
-             WHERE r.route = (SELECT route FROM anchor) AND r.partition = (SELECT partition FROM anchor)
+             WHERE r.id >= (SELECT id FROM anchor)
+               AND r.route = (SELECT route FROM anchor) AND r.partition = (SELECT partition FROM anchor)
                AND {eligible}
              ORDER BY r.id LIMIT $2
              FOR UPDATE OF r SKIP LOCKED),
          rest AS (
              SELECT r.id FROM courier_ranges r
-             WHERE {eligible} AND r.id <> ALL(ARRAY(SELECT id FROM near))
+             WHERE r.id > (SELECT id FROM anchor) AND {eligible} AND r.id <> ALL(ARRAY(SELECT id FROM near))
              ORDER BY r.id LIMIT greatest($2 - (SELECT count(*) FROM near), 0)
              FOR UPDATE OF r SKIP LOCKED),
          picked AS (SELECT id FROM near UNION ALL SELECT id FROM rest)"

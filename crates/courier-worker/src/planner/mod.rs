@@ -256,10 +256,8 @@ async fn plan_owned(ctx: &Context, state: &mut State, throttle: &Throttle) -> bo
                 .any(|(request, planned)| holds_tail_back(request, planned.frontier));
             // One idle task per `leases_per_task` new ranges, at most every task: each that finds work
             // wakes one more.
-            let tasks = outcome.carved().div_ceil(ctx.config.leases_per_task.max(1));
-            for _ in 0..tasks.min(ctx.config.delivery_tasks) {
-                ctx.live.work.notify_one();
-            }
+            let hands = outcome.carved().div_ceil(ctx.config.leases_per_task.max(1));
+            ctx.live.announce(hands.min(ctx.config.delivery_tasks));
             if outcome.progress.iter().any(|(_, p)| p.expired_leases > 0) {
                 // A worker died or stalled: its ranges are up for grabs now, not at the next idle poll.
                 ctx.live.work.notify_one();
