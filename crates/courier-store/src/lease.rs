@@ -12,7 +12,7 @@ use tokio_postgres::Row;
 
 use crate::error::Result;
 use crate::pool::{millis, Store};
-use crate::protocol::{LeaseRequest, Settlement};
+use crate::protocol::LeaseRequest;
 use crate::query::{invalid, params};
 use crate::settle::epoch_outcome;
 
@@ -49,15 +49,14 @@ impl Store {
         done: &Lease,
         next: &LeaseRequest,
     ) -> Result<(CheckpointOutcome, Vec<Lease>)> {
-        let settlement = self
+        let (outcomes, leases) = self
             .checkpoint_all_and_lease(std::slice::from_ref(done), Some(next))
             .await?;
-        let outcome = settlement
-            .outcomes
+        let outcome = outcomes
             .first()
             .copied()
             .unwrap_or(CheckpointOutcome::Fenced);
-        Ok((outcome, settlement.leases))
+        Ok((outcome, leases))
     }
 
     /// Checkpoints every range of `done` and, with `next`, leases the next ranges in one statement: a
@@ -65,13 +64,12 @@ impl Store {
     /// checkpoint is fenced on its own, exactly as [`Store::checkpoint`] (the outcomes come in `done`'s
     /// order); the lease makes the same choice as [`Store::lease`], never picking a range of `done` (one
     /// statement must not modify a row twice) and, with an ordered route, not yet seeing the successor of
-    /// a range checkpointed by the same statement: [`Settlement::successor_waiting`] says when one is
-    /// there to be leased by the next call.
+    /// a range checkpointed by the same statement (it comes with the next call).
     pub async fn checkpoint_all_and_lease(
         &self,
         done: &[Lease],
         next: Option<&LeaseRequest>,
-    ) -> Result<Settlement> {
+    ) -> Result<(Vec<CheckpointOutcome>, Vec<Lease>)> {
         let ids: Vec<i64> = done.iter().map(|lease| lease.id).collect();
         let epochs: Vec<i64> = done.iter().map(|lease| lease.epoch.0).collect();
         let (routes, ordered, owner, (limit, ttl, kind)) = match next {
@@ -92,18 +90,11 @@ impl Store {
                          UPDATE courier_ranges r SET state = 'done', lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
                          FROM unnest($7::bigint[], $8::bigint[]) AS d (id, epoch)
                          WHERE r.id = d.id AND r.epoch = d.epoch AND r.state = 'leased'
-                         RETURNING r.id, r.epoch, r.route, r.partition, r.end_offset, r.kind),
+                         RETURNING r.id, r.epoch),
                      {},
                      leased AS (UPDATE {LEASE_UPDATE})
                      SELECT (SELECT COALESCE(array_agg(id), '{{}}') FROM done),
-                            (SELECT COALESCE(array_agg(epoch), '{{}}') FROM done),
-                            (SELECT EXISTS (
-                                SELECT 1 FROM done d JOIN courier_ranges s
-                                  ON s.route = d.route AND s.partition = d.partition
-                                 AND s.kind = 'live' AND s.start_offset = d.end_offset
-                                WHERE d.kind = 'live' AND d.route = ANY($6::text[])
-                                  AND s.state = 'pending' AND s.not_before <= now())),
-                            leased.*
+                            (SELECT COALESCE(array_agg(epoch), '{{}}') FROM done), leased.*
                      FROM (SELECT 1) AS one LEFT JOIN leased ON true",
                     lease_candidates("AND r.id <> ALL($7::bigint[])")
                 ),
@@ -125,17 +116,12 @@ impl Store {
             .zip(&epochs)
             .map(|(id, epoch)| epoch_outcome(u64::from(checkpointed.contains(&(*id, *epoch)))))
             .collect();
-        let successor_waiting = rows.first().is_some_and(|row| row.get(2));
         let leases = rows
             .iter()
-            .filter(|row| row.get::<_, Option<i64>>(3).is_some())
-            .map(|row| lease_from_row(row, 3))
+            .filter(|row| row.get::<_, Option<i64>>(2).is_some())
+            .map(|row| lease_from_row(row, 2))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Settlement {
-            outcomes,
-            leases,
-            successor_waiting,
-        })
+        Ok((outcomes, leases))
     }
 
     /// Extends a lease still held under `lease.epoch`.

@@ -81,7 +81,7 @@ pub use planning::{PlanOutcome, PlanRequest, PlanRound, RoundOutcome};
 pub use pool::{DedicatedConnection, Store};
 pub use protocol::{
     FailOutcome, Failure, LeaseRequest, PartitionProgress, ReplayAudit, ReplayFilter,
-    ReplayOutcome, RouteSpec, Settlement,
+    ReplayOutcome, RouteSpec,
 };
 pub use quarantine::{QuarantineFilter, QuarantineRow, Quarantined};
 pub use routes::{Registration, RouteRecord, RouteSettings, SettingChange};

@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use courier_core::{CheckpointOutcome, Lease, Offset, OffsetRange, Ordering, Partition, RangeKind};
+use courier_core::{Offset, OffsetRange, Ordering, Partition, RangeKind};
 
 /// A route as configured: its name, source topic and destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,20 +21,6 @@ pub struct RouteSpec {
     pub name: String,
     pub topic: String,
     pub destination: String,
-}
-
-/// What [`Store::checkpoint_all_and_lease`](crate::Store::checkpoint_all_and_lease) did.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Settlement {
-    /// One per range to checkpoint, in order: applied, or fenced (the lease was lost).
-    pub outcomes: Vec<CheckpointOutcome>,
-    /// The next ranges leased.
-    pub leases: Vec<Lease>,
-    /// A pending range of an ordered route follows a range just checkpointed: the same statement could
-    /// not lease it (it saw its predecessor unsettled), the next call can. Without it, asking again at
-    /// once would be a wasted statement (the usual case at the tail of the log, where the successor is
-    /// not carved yet).
-    pub successor_waiting: bool,
 }
 
 /// A worker asking for work, across every route it serves, in one statement.

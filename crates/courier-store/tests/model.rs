@@ -595,29 +595,11 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCase
                 let keys: Vec<_> = done.iter().map(|lease| model.key(lease)).collect();
                 let mut leasable = model.leasable();
                 leasable.retain(|key| !keys.contains(key));
-                // An ordered route's next range, pending behind a range checkpointed now, waits for the
-                // next call, and the caller is told so.
-                let successor_waiting = done.iter().zip(&expected).any(|(lease, outcome)| {
-                    let route = &model.routes[model.route_of(lease)];
-                    *outcome == CheckpointOutcome::Applied
-                        && route.ordering == Ordering::Partition
-                        && route.partitions[lease.partition as usize]
-                            .ranges
-                            .get(&lease.range.end())
-                            .is_some_and(|next| next.state == RangeState::Pending)
-                });
-                let settlement = store
+                let (outcomes, leases) = store
                     .checkpoint_all_and_lease(&done, Some(&lease_request(model, worker, max)))
                     .await
                     .expect("checkpoint and lease");
-                let (outcomes, leases) = (settlement.outcomes, settlement.leases);
                 prop_assert_eq!(&outcomes, &expected, "checkpoints of {:?}", done);
-                prop_assert_eq!(
-                    settlement.successor_waiting,
-                    successor_waiting,
-                    "whether a successor waits behind {:?}",
-                    done
-                );
                 for (lease, outcome) in done.iter().zip(outcomes) {
                     if outcome == CheckpointOutcome::Applied {
                         let range = model.range(lease);

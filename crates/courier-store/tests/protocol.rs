@@ -128,11 +128,10 @@ async fn a_short_tail_goes_at_once_when_nothing_is_in_flight_and_waits_for_its_a
         .await
         .expect("lease");
     assert_eq!(leases.len(), 4);
-    let outcomes = store
+    let (outcomes, _) = store
         .checkpoint_all_and_lease(&leases, None)
         .await
-        .expect("checkpoint all")
-        .outcomes;
+        .expect("checkpoint all");
     assert_eq!(outcomes, vec![CheckpointOutcome::Applied; 4]);
     let outcome = store.plan(&plan("r", 0, 360, age)).await.expect("plan");
     assert_eq!((outcome.carved, outcome.frontier), (1, 360));
