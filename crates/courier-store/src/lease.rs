@@ -150,18 +150,21 @@ impl Store {
 /// inside a record batch the broker sends whole from its start, and a consumer re-assigned behind
 /// another throws away what it prefetched. Measured from the broker's side (`make bench`, kafka-bytes,
 /// 8 tasks): 1.10-1.40x the bytes of one reader at ranges of 100 and 0.99-1.40x at 1,000 in plain id
-/// order, 1.01-1.12x and 0.99-1.15x with the anchor's partition first.
+/// order; 1.02-1.15x and 0.99-1.15x with the anchor's partition first and the worker's tasks leasing one
+/// after the other (`courier-worker`'s idle gate).
 ///
-/// Each of `anchor`, `near` and `rest` walks `courier_ranges_workable` (kind, id) in id order and stops
-/// after the rows it needs, `near` and `rest` from the anchor on (below it every eligible row was
-/// locked by another worker when the anchor was found: walking them again made the statement cost twice
-/// the old one under contention) (`near` ordered by offset was planned, on a table not analyzed yet, as a sort
-/// of the whole partition: 36-48 ms per lease at 5,000 ranges per partition), and the update finds the
-/// picked rows by primary key (`= ANY(ARRAY(..))`; joined to them, it scanned the table): 1-5 ms per
-/// lease at 60,000 and 80,000 workable ranges, with and without statistics, generic plan (`EXPLAIN
-/// ANALYZE`). After locking a row PostgreSQL re-checks these conditions against
-/// its latest version, so a range claimed or settled meanwhile is skipped. For an ordered route a range is eligible only when no
-/// lower live range of its partition is unsettled in this statement's snapshot: a range settled after the
+/// How: `anchor`, `near` and `rest` each walk `courier_ranges_workable` (kind, id) in id order and stop
+/// after the rows they need; `near` and `rest` start at the anchor, since every eligible row below it was
+/// locked by another worker when the anchor was found (walking those again doubled the statement's cost
+/// under contention). `near` is not ordered by offset: on a table not analyzed yet PostgreSQL planned that
+/// as a sort of the whole partition (36-48 ms per lease at 5,000 ranges per partition), and within a
+/// partition live ranges are carved in offset order anyway. The update finds the picked rows by primary
+/// key (`= ANY(ARRAY(..))`; joined to `picked`, it scanned the table). `EXPLAIN ANALYZE`, generic plan, at
+/// 60,000 and 80,000 workable ranges, with and without statistics: 1-5 ms per lease.
+///
+/// After locking a row PostgreSQL re-checks these conditions against its latest version, so a range
+/// claimed or settled meanwhile is skipped. For an ordered route a range is eligible only when no lower
+/// live range of its partition is unsettled in this statement's snapshot: a range settled after the
 /// snapshot only delays its successor to the next call, never lets two run at once.
 ///
 /// A paused route's ranges are never picked (`courier pause`): the paused routes are read once per

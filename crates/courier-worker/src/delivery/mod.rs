@@ -218,9 +218,11 @@ pub(crate) async fn run(
         count_leased(&next);
         if !next.is_empty() {
             gate.found_work(&ctx.config);
-            // Counted as taken (it may be a hand announced while this task was busy); this task goes
-            // on with it, and tasks waiting were woken by the announcement itself.
-            gate.took_hand(false);
+            // It may be a hand the planner announced while this task was busy: counted as taken, and
+            // the next task woken while announced hands remain, as when a hand is leased on its own.
+            if gate.took_hand(false) {
+                gate.work.notify_one();
+            }
         }
         leases = next;
     }

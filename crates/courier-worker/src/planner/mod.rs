@@ -254,8 +254,8 @@ async fn plan_owned(ctx: &Context, state: &mut State, throttle: &Throttle) -> bo
                 .iter()
                 .zip(&outcome.planned)
                 .any(|(request, planned)| holds_tail_back(request, planned.frontier));
-            // One idle task per `leases_per_task` new ranges, at most every task: each that finds work
-            // wakes one more.
+            // The new ranges in hands of `leases_per_task` (at most one per task) are announced: one
+            // idle task is woken, and each that takes a hand wakes the next while hands remain.
             let hands = outcome.carved().div_ceil(ctx.config.leases_per_task.max(1));
             ctx.live.announce(hands.min(ctx.config.delivery_tasks));
             if outcome.progress.iter().any(|(_, p)| p.expired_leases > 0) {
