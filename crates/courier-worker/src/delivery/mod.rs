@@ -192,12 +192,10 @@ pub(crate) async fn run(
         let (outcomes, next) = match settled {
             Some((outcomes, leased)) => {
                 ctx.settled.notify_one();
-                look = next.is_none()
-                    || done.iter().any(|lease| {
-                        ctx.route(&lease.route).is_none_or(|route| {
-                            route.config.ordering == courier_core::Ordering::Partition
-                        })
-                    });
+                look = next.as_ref().is_none_or(|asked| {
+                    done.iter()
+                        .any(|lease| asked.ordered.contains(&lease.route))
+                });
                 (outcomes, leased)
             }
             None => (Vec::new(), Vec::new()),
