@@ -135,9 +135,15 @@ impl Gate {
 
 #[cfg(test)]
 mod tests {
+    use tokio::time::{sleep, Instant};
+
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
     #[test]
     fn a_full_hand_wakes_another_task_only_when_more_may_wait() {
-        let gate = super::Gate::default();
+        let gate = Gate::default();
         // Unannounced work: a full hand may have more behind it, a partial one has not.
         assert!(gate.took_hand(true));
         assert!(!gate.took_hand(false));
@@ -149,7 +155,7 @@ mod tests {
         assert!(gate.took_hand(true));
         assert!(!gate.took_hand(true));
         // Announced hands wake one task, not one each: it wakes the next once it has leased.
-        let gate = super::Gate::default();
+        let gate = Gate::default();
         gate.announce(3);
         assert!(futures::FutureExt::now_or_never(gate.work.notified()).is_some());
         assert!(futures::FutureExt::now_or_never(gate.work.notified()).is_none());
@@ -160,12 +166,6 @@ mod tests {
         assert!(!gate.took_hand(false));
         assert!(gate.took_hand(true));
     }
-
-    use tokio::time::{sleep, Instant};
-
-    use super::*;
-
-    const MS: Duration = Duration::from_millis(1);
 
     fn config() -> WorkerConfig {
         WorkerConfig {

@@ -188,7 +188,8 @@ pub(crate) async fn run(
         // asked for nothing (draining, every destination holding off) or failed, and when it settled a
         // range of an ordered route: the statement saw that range unsettled, so it could not lease the
         // next one of its partition, and a task woken meanwhile for that next range may have found it
-        // still blocked (skipping the look there put 170-195 ms p99 stalls into the latency bench).
+        // still blocked (a version that skipped this look, told by the store when a successor waited,
+        // read 168-195 ms p99 in two of three latency runs, against 98-106 ms with it).
         let (outcomes, next) = match settled {
             Some((outcomes, leased)) => {
                 ctx.settled.notify_one();
